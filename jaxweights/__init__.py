@@ -1,0 +1,76 @@
+"""jaxweights: per-sample training weights for JAX and Flax NNX.
+
+The public API is this flat namespace; implementations live in submodules.
+"""
+
+from jaxweights import loss_based, normalize
+from jaxweights.checkpoint import Checkpointer
+from jaxweights.loss_based import (
+    STRATEGIES,
+    extremes,
+    linupper,
+    loss_reweighting,
+    loss_weights,
+    quadratic,
+    strategy_scores,
+    warmup_temperature,
+)
+from jaxweights.losses import cross_entropy, squared_error, token_mean_cross_entropy
+from jaxweights.models import MLP, TransformerConfig, TransformerLM, count_params
+from jaxweights.normalize import effective_sample_size
+from jaxweights.train import (
+    LossOutput,
+    TrainState,
+    data_mesh,
+    host_metrics,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    replicate,
+    shard_batch,
+)
+from jaxweights.weighting import (
+    PrepareContext,
+    WeightInputs,
+    Weighting,
+    stateless,
+    uniform_weighting,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpointer",
+    "LossOutput",
+    "MLP",
+    "PrepareContext",
+    "STRATEGIES",
+    "TrainState",
+    "TransformerConfig",
+    "TransformerLM",
+    "WeightInputs",
+    "Weighting",
+    "count_params",
+    "cross_entropy",
+    "data_mesh",
+    "effective_sample_size",
+    "extremes",
+    "host_metrics",
+    "init_train_state",
+    "linupper",
+    "loss_based",
+    "loss_reweighting",
+    "loss_weights",
+    "make_eval_step",
+    "make_train_step",
+    "normalize",
+    "quadratic",
+    "replicate",
+    "shard_batch",
+    "squared_error",
+    "stateless",
+    "strategy_scores",
+    "token_mean_cross_entropy",
+    "uniform_weighting",
+    "warmup_temperature",
+]

@@ -1,0 +1,70 @@
+"""Global-batch reductions shared by every weight function.
+
+Every statistic a weight function needs (sum, max, min, count) is taken over the
+*global* batch. Two execution modes give that for free or with one collective:
+
+* ``jax.jit`` with inputs sharded over a ``jax.sharding.Mesh``: the arrays are
+  global, ``jnp`` reductions are global, XLA inserts the collectives. Pass
+  ``axis_name=None``.
+* ``jax.shard_map`` (or legacy ``jax.pmap``): each device sees its shard, so the
+  local reduction is followed by ``lax.psum``/``pmax``/``pmin`` over ``axis_name``.
+
+The authors' reference code for loss-based reweighting all-gathers the losses and
+then slices the gathered weights by *local* rank, which is wrong on more than one
+node. Reducing statistics (instead of gathering samples) avoids the slicing
+altogether: each device keeps its own samples and only scalars cross devices.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+AxisName = Hashable | tuple[Hashable, ...] | None
+
+
+def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
+  """Returns a boolean ``[batch]`` mask (all True when ``mask`` is None)."""
+  if mask is None:
+    return jnp.ones(like.shape, dtype=bool)
+  mask = jnp.asarray(mask)
+  if mask.shape != like.shape:
+    raise ValueError(
+        f"mask has shape {mask.shape} but the per-sample values have shape "
+        f"{like.shape}; the mask must have one entry per sample."
+    )
+  return mask.astype(bool)
+
+
+def check_per_sample(x: jax.Array, name: str = "losses") -> jax.Array:
+  """Checks (at trace time) that ``x`` is a rank-1 ``[batch]`` array."""
+  x = jnp.asarray(x)
+  if x.ndim != 1:
+    raise ValueError(
+        f"{name} must be a rank-1 [batch] array of per-sample values, got shape "
+        f"{x.shape}. Reduce sequence losses per sample first "
+        "(e.g. jaxweights.token_mean_cross_entropy)."
+    )
+  if x.shape[0] == 0:
+    raise ValueError(f"{name} is empty: a batch needs at least one sample.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must be floating point, got dtype {x.dtype}.")
+  return x
+
+
+def gsum(x: jax.Array, axis_name: AxisName = None) -> jax.Array:
+  s = jnp.sum(x)
+  return s if axis_name is None else lax.psum(s, axis_name)
+
+
+def gmax(x: jax.Array, axis_name: AxisName = None) -> jax.Array:
+  s = jnp.max(x)
+  return s if axis_name is None else lax.pmax(s, axis_name)
+
+
+def gmin(x: jax.Array, axis_name: AxisName = None) -> jax.Array:
+  s = jnp.min(x)
+  return s if axis_name is None else lax.pmin(s, axis_name)

@@ -1,0 +1,74 @@
+"""Per-sample loss helpers: one scalar per sample, the input of every weighting.
+
+They differ from optax's elementwise losses only in how they reduce to one value
+per sample, and in what happens to samples with nothing to score (weight 0, loss 0:
+never 0/0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def token_mean_cross_entropy(
+    logits: jax.Array,
+    targets: jax.Array,
+    token_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Mean next-token cross-entropy over each sequence's active tokens.
+
+  Args:
+    logits: ``[batch, seq, vocab]`` unnormalised log-probabilities.
+    targets: ``[batch, seq]`` integer token ids.
+    token_mask: optional ``[batch, seq]``; True/1 marks tokens that count.
+
+  Returns:
+    ``(losses, sample_mask)``: ``[batch]`` float32 mean CE over active tokens,
+    and ``[batch]`` booleans, False for a sequence with no active token (its loss
+    is 0 and it must get weight 0; the train step does this).
+  """
+  if logits.ndim != 3:
+    raise ValueError(f"logits must be [batch, seq, vocab], got shape {logits.shape}.")
+  if targets.shape != logits.shape[:2]:
+    raise ValueError(
+        f"targets shape {targets.shape} does not match logits' [batch, seq] "
+        f"{logits.shape[:2]}."
+    )
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), targets
+  )
+  if token_mask is None:
+    token_mask = jnp.ones(targets.shape, bool)
+  if token_mask.shape != targets.shape:
+    raise ValueError(
+        f"token_mask shape {token_mask.shape} does not match targets {targets.shape}."
+    )
+  m = token_mask.astype(jnp.float32)
+  count = m.sum(axis=1)
+  total = jnp.where(m > 0, ce, 0.0).sum(axis=1)
+  losses = total / jnp.maximum(count, 1.0)
+  return losses, count > 0
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-sample softmax cross-entropy: ``[batch, classes]``, ``[batch]`` -> ``[batch]``."""
+  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+    raise ValueError(
+        f"expected logits [batch, classes] and labels [batch], got {logits.shape} "
+        f"and {labels.shape}."
+    )
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels
+  )
+
+
+def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-sample mean squared error over all non-batch axes -> ``[batch]``."""
+  if predictions.shape != targets.shape:
+    raise ValueError(
+        f"predictions {predictions.shape} and targets {targets.shape} differ."
+    )
+  se = (predictions.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2
+  return se.reshape(se.shape[0], -1).mean(axis=1)

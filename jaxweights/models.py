@@ -1,0 +1,133 @@
+"""Flax NNX models used by the experiments and benchmarks.
+
+Both are built only from ``nnx.Linear``, ``nnx.Embed`` and ``nnx.LayerNorm`` (the
+attention is written out with ``nnx.Linear`` projections rather than
+``nnx.MultiHeadAttention``), so every parameter belongs to a layer type whose
+per-sample gradient norm has an exact ghost form (issue 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MLP(nnx.Module):
+  """A ReLU multi-layer perceptron ``[batch, in] -> [batch, out]``."""
+
+  def __init__(
+      self,
+      in_features: int,
+      hidden: Sequence[int],
+      out_features: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    sizes = [in_features, *hidden, out_features]
+    self.layers = nnx.List(
+        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    return self.layers[-1](x)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes of :class:`TransformerLM`.
+
+  ``small()`` (4 layers x 256, vocab 4096) is the benchmark model; ``tiny()`` is
+  the quick-experiment model.
+  """
+
+  vocab_size: int = 4096
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  d_ff: int = 1024
+  max_len: int = 256
+
+  @classmethod
+  def small(cls, **kw) -> "TransformerConfig":
+    return cls(**kw)
+
+  @classmethod
+  def tiny(cls, **kw) -> "TransformerConfig":
+    base = dict(vocab_size=1024, d_model=96, n_layers=2, n_heads=4, d_ff=384, max_len=64)
+    base.update(kw)
+    return cls(**base)
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
+      )
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+class CausalSelfAttention(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.n_heads = cfg.n_heads
+    self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, rngs=rngs)
+    self.out = nnx.Linear(cfg.d_model, cfg.d_model, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, d = x.shape
+    q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+    heads = lambda z: z.reshape(b, t, self.n_heads, d // self.n_heads)
+    y = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    return self.out(y.reshape(b, t, d))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.ln1 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+    self.attn = CausalSelfAttention(cfg, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+    self.fc = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
+    self.proj = nnx.Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.ln1(x))
+    return x + self.proj(jax.nn.gelu(self.fc(self.ln2(x))))
+
+
+class TransformerLM(nnx.Module):
+  """A pre-LayerNorm decoder-only transformer: ``[batch, seq]`` ids -> logits.
+
+  Learned absolute position embeddings, GELU MLPs, an untied output head.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.tok = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+    self.pos = nnx.Embed(cfg.max_len, cfg.d_model, rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+    self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
+    t = tokens.shape[1]
+    if t > self.cfg.max_len:
+      raise ValueError(f"sequence length {t} exceeds max_len {self.cfg.max_len}.")
+    x = self.tok(tokens) + self.pos(jnp.arange(t))[None]
+    for block in self.blocks:
+      x = block(x)
+    return self.head(self.ln_f(x))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of scalar parameters in ``model``."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

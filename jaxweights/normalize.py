@@ -1,0 +1,177 @@
+"""Masked batch normalisers shared by every weighting family.
+
+All functions take a ``[batch]`` array, an optional boolean ``mask`` of the same
+shape (False = padding: the entry takes no part in any statistic and gets 0 out),
+and an optional ``axis_name`` for use under ``jax.shard_map``/``jax.pmap`` (see
+:mod:`jaxweights._reduce`). Under plain ``jax.jit`` with sharded inputs leave
+``axis_name=None``: the statistics are over the global batch either way.
+
+Degenerate batches are documented, not NaN:
+
+* every entry masked: outputs are all 0;
+* all valid entries equal (including a batch of one): ``minmax`` and ``zscore``
+  give 0, ``softmax`` gives uniform weights.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxweights._reduce import AxisName, as_mask, gmax, gmin, gsum
+
+_MINMAX_EPS = 1e-6
+
+
+def masked_count(mask: jax.Array, axis_name: AxisName = None) -> jax.Array:
+  """Number of valid entries in the global batch (float32 scalar)."""
+  return gsum(mask.astype(jnp.float32), axis_name)
+
+
+def minmax(
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    axis_name: AxisName = None,
+    eps: float = _MINMAX_EPS,
+) -> jax.Array:
+  """Min-max normalises ``x`` to ``[-1, 1]`` over the global batch.
+
+  ``h_i = (2 x_i - x_max - x_min) / max(x_max - x_min, eps)``.
+
+  Args:
+    x: ``[batch]`` values.
+    mask: optional ``[batch]`` booleans; masked entries are ignored and return 0.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+    eps: floor on the range, so all-equal values give 0 rather than 0/0.
+
+  Returns:
+    ``[batch]`` float32 values in ``[-1, 1]``; 0 where masked.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  mask = as_mask(mask, x)
+  has_any = masked_count(mask, axis_name) > 0
+  hi = gmax(jnp.where(mask, x, -jnp.inf), axis_name)
+  lo = gmin(jnp.where(mask, x, jnp.inf), axis_name)
+  hi = jnp.where(has_any, hi, 0.0)
+  lo = jnp.where(has_any, lo, 0.0)
+  h = (2.0 * x - hi - lo) / jnp.maximum(hi - lo, eps)
+  return jnp.where(mask, h, 0.0)
+
+
+def zscore(
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    axis_name: AxisName = None,
+    eps: float = 1e-8,
+) -> jax.Array:
+  """Z-scores ``x`` over the global batch: ``(x - mean) / sqrt(var + eps)``.
+
+  Args:
+    x: ``[batch]`` values.
+    mask: optional ``[batch]`` booleans; masked entries are ignored and return 0.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+    eps: added to the (population) variance.
+
+  Returns:
+    ``[batch]`` float32 standardised values; 0 where masked.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  mask = as_mask(mask, x)
+  n = jnp.maximum(masked_count(mask, axis_name), 1.0)
+  xm = jnp.where(mask, x, 0.0)
+  mean = gsum(xm, axis_name) / n
+  var = gsum(jnp.where(mask, (x - mean) ** 2, 0.0), axis_name) / n
+  return jnp.where(mask, (x - mean) / jnp.sqrt(var + eps), 0.0)
+
+
+def softmax(
+    logits: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    temperature: jax.typing.ArrayLike = 1.0,
+    axis_name: AxisName = None,
+) -> jax.Array:
+  """Masked softmax over the global batch: ``exp(x_i / T) / sum_j exp(x_j / T)``.
+
+  Args:
+    logits: ``[batch]`` scores.
+    mask: optional ``[batch]`` booleans; masked entries get weight 0.
+    temperature: ``T > 0``; ``T = inf`` gives exactly uniform weights. A Python
+      number ``<= 0`` raises; a traced value is clamped to at least ``1e-6``.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    ``[batch]`` float32 weights, non-negative, summing to 1 over the valid
+    entries of the global batch (all 0 if every entry is masked).
+  """
+  temperature = check_temperature(temperature)
+  x = jnp.asarray(logits, jnp.float32)
+  mask = as_mask(mask, x)
+  z = x / temperature
+  top = gmax(jnp.where(mask, z, -jnp.inf), axis_name)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  e = jnp.where(mask, jnp.exp(z - top), 0.0)
+  return _safe_div(e, gsum(e, axis_name))
+
+
+def sum_to_one(
+    w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None
+) -> jax.Array:
+  """Scales non-negative ``w`` to sum to 1 over the valid global batch.
+
+  All-zero (or all-masked) input returns zeros.
+  """
+  w = jnp.asarray(w, jnp.float32)
+  mask = as_mask(mask, w)
+  w = jnp.where(mask, w, 0.0)
+  return _safe_div(w, gsum(w, axis_name))
+
+
+def mean_one(
+    w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None
+) -> jax.Array:
+  """Scales non-negative ``w`` to mean 1 over the valid global batch.
+
+  All-zero (or all-masked) input returns zeros.
+  """
+  mask = as_mask(mask, jnp.asarray(w))
+  return sum_to_one(w, mask, axis_name=axis_name) * masked_count(mask, axis_name)
+
+
+def uniform(
+    mask: jax.Array, *, axis_name: AxisName = None
+) -> jax.Array:
+  """Uniform weights ``1 / n_valid`` on the valid entries (sum to 1)."""
+  mask = jnp.asarray(mask, bool)
+  return sum_to_one(mask.astype(jnp.float32), mask, axis_name=axis_name)
+
+
+def effective_sample_size(
+    w: jax.Array, *, axis_name: AxisName = None
+) -> jax.Array:
+  """Kish's effective sample size ``(sum w)^2 / sum w^2`` of ``[batch]`` weights."""
+  w = jnp.asarray(w, jnp.float32)
+  s = gsum(w, axis_name)
+  return _safe_div(s * s, gsum(w * w, axis_name))
+
+
+def check_temperature(temperature: jax.typing.ArrayLike):
+  """Validates a temperature: raises for a concrete value <= 0 or NaN.
+
+  Traced values cannot be checked at trace time; they are clamped to at least
+  1e-6 so a schedule that reaches 0 degrades to (near) argmax, never NaN.
+  """
+  if isinstance(temperature, (int, float)):
+    if not temperature > 0:  # also catches NaN
+      raise ValueError(
+          f"temperature must be > 0 (use float('inf') for uniform), got "
+          f"{temperature}."
+      )
+    return float(temperature)
+  return jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-6)
+
+
+def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)

@@ -1,0 +1,131 @@
+"""The weighting contract: what every family hands to the composition layer.
+
+A :class:`Weighting` is a pair of pure functions plus an optional pre-pass, in the
+spirit of ``optax.GradientTransformation``:
+
+* ``init() -> state``: the weighting's own pytree state (a schedule counter, an
+  estimated transition matrix, a frozen discriminator's parameters, a probe...).
+  It lives in the train state, so it jits, shards and checkpoints with it.
+* ``update(inputs, state) -> (weights, state)``: per-sample weights from the
+  detached per-sample losses and whatever else :class:`WeightInputs` carries.
+  The weights must sum to 1 over the valid samples of the *global* batch; the
+  train step minimises ``sum_i w_i * loss_i``. Uniform weights ``1/n`` therefore
+  give the plain mean loss: the plain step is the same code.
+* ``prepare(ctx) -> batch`` (optional): runs before the weighted forward pass and
+  may add per-sample signals to the batch (per-sample gradient norms from layer
+  activations and output gradients; density ratios and score corrections from a
+  frozen discriminator; ...). Returning a batch keeps the loss function and the
+  weights free to read those signals, while the composition layer stays ignorant
+  of any family.
+
+How each family maps on this contract (see DESIGN.md):
+
+* loss-based: ``update`` only, from ``inputs.losses``;
+* self-influence: ``prepare`` adds per-sample squared gradient norms;
+* TIW-DSM: ``prepare`` adds ratios/score corrections; the loss reads them;
+* DWS/RENT: ``update`` reads class probabilities from ``inputs.aux`` and draws
+  with ``inputs.key``; resampling with replacement *is* a weight vector (the
+  draw counts divided by the number of draws), so it needs no special path;
+* Q-probe: a probe model trained through the same step with grouped losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxweights._reduce import AxisName
+
+PyTree = Any
+
+
+class WeightInputs(NamedTuple):
+  """Everything a weighting may read at one step.
+
+  Attributes:
+    losses: ``[batch]`` per-sample losses, detached (``stop_gradient``). Entries
+      that are masked or non-finite are replaced by 0.
+    mask: ``[batch]`` booleans: valid (not padding, finite loss) samples.
+    aux: the loss function's auxiliary per-sample outputs, detached.
+    batch: the batch as the loss function saw it (after ``prepare``).
+    step: int32 scalar, the optimiser step about to be taken.
+    key: a PRNG key reserved for this step's weighting.
+    axis_name: the mapped data axis under ``shard_map``, else None (static).
+  """
+
+  losses: jax.Array
+  mask: jax.Array
+  aux: PyTree
+  batch: PyTree
+  step: jax.Array
+  key: jax.Array
+  axis_name: AxisName = None
+
+
+class PrepareContext(NamedTuple):
+  """What a weighting's optional ``prepare`` pre-pass receives.
+
+  Attributes:
+    loss_fn: the per-sample loss ``loss_fn(model, batch) -> LossOutput``.
+    model: the NNX model at the current parameters (do not mutate it).
+    batch: the incoming batch.
+    state: the weighting state.
+    step: int32 scalar step.
+    key: a PRNG key reserved for the pre-pass.
+    axis_name: the mapped data axis under ``shard_map``, else None.
+  """
+
+  loss_fn: Callable[..., Any]
+  model: Any
+  batch: PyTree
+  state: PyTree
+  step: jax.Array
+  key: jax.Array
+  axis_name: AxisName = None
+
+
+class Weighting(NamedTuple):
+  """A per-sample weighting: ``init``, ``update`` and an optional ``prepare``."""
+
+  init: Callable[[], PyTree]
+  update: Callable[[WeightInputs, PyTree], tuple[jax.Array, PyTree]]
+  prepare: Callable[[PrepareContext], PyTree] | None = None
+
+
+def stateless(
+    weight_fn: Callable[..., jax.Array], name: str | None = None
+) -> Weighting:
+  """Wraps a pure ``weight_fn(losses, mask=, axis_name=) -> weights`` as a Weighting.
+
+  The state is an empty tuple.
+  """
+
+  def update(inputs: WeightInputs, state):
+    w = weight_fn(inputs.losses, mask=inputs.mask, axis_name=inputs.axis_name)
+    return w, state
+
+  update.__name__ = name or getattr(weight_fn, "__name__", "weights")
+  return Weighting(init=tuple, update=update)
+
+
+def uniform_weighting() -> Weighting:
+  """Uniform ``1/n_valid`` weights: the plain mean-loss step."""
+  from jaxweights import normalize
+
+  def uniform_fn(losses, *, mask, axis_name=None):
+    del losses
+    return normalize.uniform(mask, axis_name=axis_name)
+
+  return stateless(uniform_fn, "uniform")
+
+
+def check_weights_shape(weights: jax.Array, losses: jax.Array) -> jax.Array:
+  weights = jnp.asarray(weights)
+  if weights.shape != losses.shape:
+    raise ValueError(
+        f"a weighting returned weights of shape {weights.shape} for losses of "
+        f"shape {losses.shape}; it must return one weight per sample."
+    )
+  return weights
