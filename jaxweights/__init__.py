@@ -15,6 +15,7 @@ from jaxweights.loss_based import (
     strategy_scores,
     warmup_temperature,
 )
+from jaxweights.loop import JsonlLogger, read_jsonl, train_loop
 from jaxweights.losses import cross_entropy, squared_error, token_mean_cross_entropy
 from jaxweights.models import MLP, TransformerConfig, TransformerLM, count_params
 from jaxweights.normalize import effective_sample_size
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpointer",
+    "JsonlLogger",
     "LossOutput",
     "MLP",
     "PrepareContext",
@@ -65,12 +67,14 @@ __all__ = [
     "make_train_step",
     "normalize",
     "quadratic",
+    "read_jsonl",
     "replicate",
     "shard_batch",
     "squared_error",
     "stateless",
     "strategy_scores",
     "token_mean_cross_entropy",
+    "train_loop",
     "uniform_weighting",
     "warmup_temperature",
 ]

@@ -1,0 +1,126 @@
+"""A minimal host loop: batches by step, metrics to JSON lines, resumable.
+
+The loop owns nothing the step does not: batches come from ``batch_fn(step)``, a
+pure function of the step index (see :mod:`jaxweights.data`), so restarting from a
+checkpoint at step ``k`` replays exactly the batches an uninterrupted run would
+have seen, and the result is bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+
+from jaxweights.checkpoint import Checkpointer
+from jaxweights.train import TrainState
+
+PyTree = Any
+
+
+class JsonlLogger:
+  """Appends one JSON object per line; ``None`` path logs nowhere."""
+
+  def __init__(self, path: str | os.PathLike | None):
+    self.path = None if path is None else os.fspath(path)
+    if self.path:
+      os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+  def log(self, record: dict) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
+             initial: int = 0, enabled: bool | None = None):
+  """A tqdm progress bar when available and stderr is a terminal (or forced)."""
+  if enabled is None:
+    enabled = sys.stderr.isatty()
+  if not enabled:
+    return iterable
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:  # tqdm is an experiments extra
+    return iterable
+  return tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True)
+
+
+def train_loop(
+    step_fn: Callable[[TrainState, PyTree], tuple[TrainState, dict]],
+    state: TrainState,
+    batch_fn: Callable[[int], PyTree],
+    num_steps: int,
+    *,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every: int = 0,
+    logger: JsonlLogger | None = None,
+    log_every: int = 1,
+    eval_fn: Callable[[TrainState], dict] | None = None,
+    eval_every: int = 0,
+    desc: str = "train",
+    show_progress: bool | None = None,
+) -> tuple[TrainState, list[dict]]:
+  """Runs ``step_fn`` from ``state.step`` up to ``num_steps``.
+
+  If ``checkpointer`` holds a checkpoint, the loop restores the latest one first
+  and continues from its step. Metrics are fetched to the host only every
+  ``log_every`` steps (each fetch is a device sync).
+
+  Args:
+    step_fn: a compiled ``step(state, batch) -> (state, metrics)``.
+    state: the initial state (also the restore target: shapes and shardings).
+    batch_fn: ``batch_fn(step) -> batch``, pure in ``step``.
+    num_steps: total number of updates of the run.
+    checkpointer: optional; saves every ``checkpoint_every`` steps and at the end.
+    checkpoint_every: 0 = only at the end.
+    logger: optional JSON-lines logger for metrics (and eval results).
+    log_every: metrics fetch/log period.
+    eval_fn: optional ``eval_fn(state) -> dict`` run every ``eval_every`` steps
+      and at the end.
+    eval_every: 0 = only at the end.
+    desc: progress-bar label.
+    show_progress: force the progress bar on/off (default: when a terminal).
+
+  Returns:
+    ``(final_state, history)``: the logged records of this invocation.
+  """
+  if num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+  if checkpointer is not None and checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+  start = int(jax.device_get(state.step))
+  history: list[dict] = []
+  t0 = time.perf_counter()
+
+  def record(rec):
+    history.append(rec)
+    if logger is not None:
+      logger.log(rec)
+
+  for step in progress(range(start, num_steps), total=num_steps, initial=start,
+                       desc=desc, enabled=show_progress):
+    state, metrics = step_fn(state, batch_fn(step))
+    done = step + 1
+    if log_every and (done % log_every == 0 or done == num_steps):
+      rec = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      rec.update(step=done, time_s=time.perf_counter() - t0)
+      record(rec)
+    if eval_fn is not None and eval_every and done % eval_every == 0 and done != num_steps:
+      record({"step": done, **eval_fn(state)})
+    if checkpointer is not None and checkpoint_every and done % checkpoint_every == 0:
+      checkpointer.save(done, state)
+  if eval_fn is not None and (start < num_steps or not history):
+    record({"step": num_steps, **eval_fn(state)})
+  if checkpointer is not None and start < num_steps:
+    checkpointer.save(num_steps, state, force=True)
+  return state, history
