@@ -121,6 +121,6 @@ def train_loop(
       checkpointer.save(done, state)
   if eval_fn is not None and (start < num_steps or not history):
     record({"step": num_steps, **eval_fn(state)})
-  if checkpointer is not None and start < num_steps:
+  if checkpointer is not None and checkpointer.latest_step() != num_steps:
     checkpointer.save(num_steps, state, force=True)
   return state, history

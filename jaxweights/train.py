@@ -254,7 +254,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name):
     (local_obj, aux), grads = grad_fn(state.params)
     detached, mask, weights, wstate, rest, n_nonfinite = aux
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
