@@ -1,0 +1,34 @@
+# jaxweights: `make demo` and `make test` are all the set-up a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test test-slow bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run every experiment's quick config and write results/REPORT.md.
+demo: $(STAMP)
+	$(PY) -m experiments.run_all --config quick --out results
+
+## The fast test suite (slow end-to-end runs are marked and excluded).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Only the slow end-to-end tests (quick experiment configs, multi-process runs).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+## Compiled-step benchmarks, as ratios against the plain step in the same process.
+bench: $(STAMP)
+	$(PY) -m benchmarks --json bench_results/bench.json --md bench_results/bench.md
+
+clean:
+	rm -rf $(VENV) results bench_results .pytest_cache
