@@ -119,10 +119,13 @@ class TransformerLM(nnx.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
-    t = tokens.shape[1]
+    b, t = tokens.shape
     if t > self.cfg.max_len:
       raise ValueError(f"sequence length {t} exceeds max_len {self.cfg.max_len}.")
-    x = self.tok(tokens) + self.pos(jnp.arange(t))[None]
+    # Positions per sample (not one shared [seq] lookup) so every layer's output
+    # gradient is per-sample, which exact ghost gradient norms need.
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    x = self.tok(tokens) + self.pos(positions)
     for block in self.blocks:
       x = block(x)
     return self.head(self.ln_f(x))
