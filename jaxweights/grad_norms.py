@@ -50,6 +50,7 @@ from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxweights._reduce import AxisName, as_mask, check_per_sample
@@ -156,6 +157,7 @@ def per_sample_grad_norms(
     key: jax.Array | None = None,
     fallback: Literal["error", "vmap"] = "error",
     linear_rule: Literal["auto", "ghost", "direct"] = "auto",
+    microbatches: int | None = None,
     axis_name: AxisName = None,
 ) -> GradNorms:
   """Per-sample squared gradient norms of ``loss_fn(model, batch).loss``.
@@ -177,11 +179,17 @@ def per_sample_grad_norms(
     linear_rule: for ``"ghost"``, force the Gram (``"ghost"``) or the
       outer-product (``"direct"``) form for dense layers; ``"auto"`` picks the
       cheaper one per layer.
+    microbatches: if given, score contiguous groups instead of samples: the
+      squared norm of each group's summed gradient (PRESENCE's microbatch mode).
+      The (local) batch size must be divisible by it.
     axis_name: the data axis when called under ``jax.shard_map``.
 
   Returns:
-    :class:`GradNorms` with ``[batch]`` float32 squared norms.
+    :class:`GradNorms` with ``[batch]`` (or ``[microbatches]``) float32 squared
+    norms.
   """
+  if microbatches is not None and microbatches < 1:
+    raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
   if method not in ("ghost", "vmap", "jvp"):
     raise ValueError(f"method must be 'ghost', 'vmap' or 'jvp', got {method!r}.")
   if fallback not in ("error", "vmap"):
@@ -194,13 +202,13 @@ def per_sample_grad_norms(
         f"{sorted(owners)}."
     )
   if method == "vmap":
-    return _vmap_norms(loss_fn, model, batch, chosen, chunk_size, axis_name)
+    return _vmap_norms(loss_fn, model, batch, chosen, chunk_size, axis_name, microbatches)
   if method == "jvp":
     if key is None:
       raise ValueError("method='jvp' needs a PRNG key.")
     if num_probes < 1:
       raise ValueError(f"num_probes must be >= 1, got {num_probes}.")
-    return _jvp_norms(loss_fn, model, batch, chosen, num_probes, key)
+    return _jvp_norms(loss_fn, model, batch, chosen, num_probes, key, microbatches)
 
   unsupported = [p for p in chosen if not _supported(owners[p][0])]
   if unsupported and fallback == "error":
@@ -211,9 +219,12 @@ def per_sample_grad_norms(
         "Pass fallback='vmap' to use exact vmap norms for those parameters."
     )
   tapped = [p for p in chosen if p not in unsupported]
-  result = _ghost_norms(loss_fn, model, batch, tapped, linear_rule, axis_name) if tapped else None
+  result = None
+  if tapped:
+    capture = ghost_capture(loss_fn, model, batch, tapped, axis_name=axis_name)
+    result = ghost_norms_from_capture(capture, linear_rule=linear_rule, microbatches=microbatches)
   if unsupported:
-    extra = _vmap_norms(loss_fn, model, batch, unsupported, chunk_size, axis_name)
+    extra = _vmap_norms(loss_fn, model, batch, unsupported, chunk_size, axis_name, microbatches)
     if result is None:
       return extra
     by_layer = {**result.by_layer, **extra.by_layer}
@@ -240,7 +251,37 @@ def _varying(tree, axis_name):
 # --- ghost -------------------------------------------------------------------------
 
 
-def _ghost_norms(loss_fn, model, batch, paths, linear_rule, axis_name) -> GradNorms:
+class LayerCapture(NamedTuple):
+  """One tapped layer's inputs and output gradients (per sample)."""
+
+  module: nnx.Module
+  inputs: jax.Array   # [B, ..., d] activations (token ids for Embed)
+  out_grads: jax.Array  # [B, ..., p] d(sum_i l_i) / d(output), float32
+
+
+class GhostCapture(NamedTuple):
+  """What one tapped forward + backward pass yields.
+
+  Attributes:
+    layers: ``{path: LayerCapture}`` for every tapped layer.
+    losses: ``[batch]`` per-sample losses (0 where invalid), not differentiable.
+    valid: ``[batch]`` booleans (mask & finite).
+    aux: the loss function's aux output.
+  """
+
+  layers: dict[str, LayerCapture]
+  losses: jax.Array
+  valid: jax.Array
+  aux: PyTree
+
+
+def ghost_capture(loss_fn, model, batch, paths, *, axis_name: AxisName = None) -> GhostCapture:
+  """Runs ``loss_fn`` once with ``paths`` tapped; returns activations and output grads.
+
+  The backward pass differentiates ``sum_i l_i`` (valid samples only) wrt zero
+  perturbations added to each tapped layer's output, so ``out_grads[i]`` is
+  sample ``i``'s own output gradient. No parameter gradient is formed.
+  """
   graphdef, state = nnx.split(model)
   wanted = set(paths)
 
@@ -248,6 +289,8 @@ def _ghost_norms(loss_fn, model, batch, paths, linear_rule, axis_name) -> GradNo
     m = nnx.merge(graphdef, state)
     for path, node in nnx.iter_graph(m):
       if isinstance(node, nnx.Module) and _path_str(path) in wanted:
+        if type(node) not in _TAPS:
+          raise ValueError(f"layer '{_path_str(path)}' ({type(node).__name__}) cannot be tapped.")
         node.__class__ = _TAPS[type(node)]
     return m
 
@@ -262,14 +305,13 @@ def _ghost_norms(loss_fn, model, batch, paths, linear_rule, axis_name) -> GradNo
   def summed(perturbations):
     out, inter = nnx.capture(run, nnx.Intermediate, init=perturbations)(tapped_model(), batch)
     total, valid = _masked_sum(out)
-    return total, (inter, valid)
+    return total, (inter, valid, out)
 
-  grads, (inter, valid) = jax.grad(summed, has_aux=True)(zeros)
+  grads, (inter, valid, out) = jax.grad(summed, has_aux=True)(zeros)
   grads_flat = {_path_str(p[:-1]): v.get_value() for p, v in nnx.to_flat_state(grads)}
   inter_flat = {_path_str(p[:-1]): v.get_value() for p, v in nnx.to_flat_state(inter)}
   modules = {_path_str(p): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Module)}
-
-  by_layer = {}
+  layers = {}
   for path in paths:
     if path not in grads_flat:
       raise ValueError(f"layer '{path}' has parameters but was not called by loss_fn.")
@@ -279,17 +321,86 @@ def _ghost_norms(loss_fn, model, batch, paths, linear_rule, axis_name) -> GradNo
           f"layer '{path}' was called {len(inputs)} times in one forward pass; ghost "
           "norms need each tapped layer called once (use method='vmap')."
       )
-    a, g = inputs[0], grads_flat[path].astype(jnp.float32)
-    module = modules[path]
-    if isinstance(module, nnx.Linear):
-      sq = _linear_sq(a, g, module.bias is not None, linear_rule)
-    elif isinstance(module, nnx.Embed):
-      sq = _embed_sq(a, g)
+    layers[path] = LayerCapture(modules[path], inputs[0], grads_flat[path].astype(jnp.float32))
+  losses = jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0))
+  return GhostCapture(layers, losses, valid, jax.lax.stop_gradient(out.aux))
+
+
+def _group_rows(x, groups: int | None):
+  """``[B, T, ...]`` -> ``[groups, (B / groups) * T, ...]``: a microbatch is one row."""
+  if groups is None:
+    return x
+  if x.shape[0] % groups:
+    raise ValueError(f"batch size {x.shape[0]} is not divisible into {groups} microbatches.")
+  return x.reshape(groups, -1, *x.shape[2:])
+
+
+def ghost_norms_from_capture(
+    capture: GhostCapture, *, linear_rule: str = "auto", microbatches: int | None = None
+) -> GradNorms:
+  """Squared gradient norms per sample (or per microbatch) from a capture."""
+  by_layer = {}
+  for path, (module, a, g) in capture.layers.items():
+    if isinstance(module, nnx.Embed):
+      ids, g = _as_seq(a, features=False), _as_seq(g)
+      sq = _embed_sq(_group_rows(ids, microbatches), _group_rows(g, microbatches))
     else:
-      sq = _layernorm_sq(a, g, module)
-    by_layer[path] = jnp.where(valid, sq, 0.0)
-  total = sum(by_layer.values())
-  return GradNorms(total, by_layer)
+      a, g = _group_rows(_as_seq(a), microbatches), _group_rows(_as_seq(g), microbatches)
+      if isinstance(module, nnx.Linear):
+        sq = _linear_sq(a, g, module.bias is not None, linear_rule)
+      else:
+        sq = _layernorm_sq(a, g, module)
+    by_layer[path] = sq
+  if microbatches is None:
+    by_layer = {k: jnp.where(capture.valid, v, 0.0) for k, v in by_layer.items()}
+  return GradNorms(sum(by_layer.values()), by_layer)
+
+
+def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Array) -> PyTree:
+  """The gradient of ``sum_i w_i l_i`` wrt all parameters, from a capture.
+
+  Book-keeping (Bu et al.): ``dW = A^T diag(w) G`` per layer, from the stored
+  activations and output gradients, so a norm-dependent weighting costs no second
+  backward pass. Every parameter of ``model`` must belong to a tapped layer.
+
+  Returns:
+    An ``nnx.State`` of gradients with the structure of ``nnx.state(model, nnx.Param)``.
+  """
+  params = nnx.state(model, nnx.Param)
+  flat = list(nnx.to_flat_state(params))
+  weights = jax.lax.stop_gradient(jnp.where(capture.valid, weights, 0.0)).astype(jnp.float32)
+  grads = {}
+  for path, (module, a, g) in capture.layers.items():
+    gw = g * weights.reshape((-1,) + (1,) * (g.ndim - 1))
+    if isinstance(module, nnx.Embed):
+      ids = a.reshape(-1)
+      rows = gw.reshape(-1, gw.shape[-1])
+      grads[(path, "embedding")] = jnp.zeros(module.embedding.shape, jnp.float32).at[ids].add(rows)
+      continue
+    a2 = a.reshape(-1, a.shape[-1]).astype(jnp.float32)
+    g2 = gw.reshape(-1, gw.shape[-1])
+    if isinstance(module, nnx.Linear):
+      grads[(path, "kernel")] = a2.T @ g2
+      if module.bias is not None:
+        grads[(path, "bias")] = g2.sum(0)
+    else:
+      mean = a2.mean(-1, keepdims=True)
+      var = jnp.mean(jnp.square(a2 - mean), -1, keepdims=True)
+      xhat = (a2 - mean) * jax.lax.rsqrt(var + module.epsilon)
+      if module.scale is not None:
+        grads[(path, "scale")] = (g2 * xhat).sum(0)
+      if module.bias is not None:
+        grads[(path, "bias")] = g2.sum(0)
+  out = []
+  for p, v in flat:
+    key = (_path_str(p[:-1]), str(p[-1]))
+    if key not in grads:
+      raise ValueError(
+          f"parameter '{'/'.join(key)}' is not in a tapped layer; book-keeping needs "
+          "every parameter in a Linear, Embed or LayerNorm."
+      )
+    out.append((p, v.replace(grads[key].astype(v.get_value().dtype))))
+  return nnx.State.from_flat_path(out)
 
 
 def _as_seq(x, features: bool = True):
@@ -368,31 +479,35 @@ def _group(sq_leaves, sel_paths, paths):
   return by_layer
 
 
-def _vmap_norms(loss_fn, model, batch, paths, chunk_size, axis_name) -> GradNorms:
+def _vmap_norms(loss_fn, model, batch, paths, chunk_size, axis_name, microbatches=None) -> GradNorms:
   sel, sel_paths, rebuild = _split_selected(model, paths)
   sel = _varying(sel, axis_name)
-  b = jax.tree.leaves(batch)[0].shape[0]
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+  if microbatches is None:
+    groups = jax.tree.map(lambda x: x[:, None], batch)  # [B, 1, ...]: one sample a group
+  else:
+    _group_rows(jax.tree.leaves(batch)[0], microbatches)  # checks divisibility
+    groups = jax.tree.map(
+        lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+  b = jax.tree.leaves(groups)[0].shape[0]
 
-  def one(sample):
-    single = jax.tree.map(lambda x: x[None], sample)
-
+  def one(group):
     def loss(values):
-      out = loss_fn(rebuild(values), single)
+      out = loss_fn(rebuild(values), group)
       total, valid = _masked_sum(out)
-      return total, valid[0]
+      return total, jnp.any(valid)
 
     grads, valid = jax.grad(loss, has_aux=True)(sel)
     sq = [jnp.where(valid, jnp.sum(jnp.square(g.astype(jnp.float32))), 0.0) for g in grads]
     return sq
 
-  sq_leaves = jax.lax.map(one, batch, batch_size=min(chunk_size or b, b))
+  sq_leaves = jax.lax.map(one, groups, batch_size=min(chunk_size or b, b))
   by_layer = _group(sq_leaves, sel_paths, paths)
   return GradNorms(sum(by_layer.values()), by_layer)
 
 
-def _jvp_norms(loss_fn, model, batch, paths, num_probes, key) -> GradNorms:
+def _jvp_norms(loss_fn, model, batch, paths, num_probes, key, microbatches=None) -> GradNorms:
   sel, _, rebuild = _split_selected(model, paths)
 
   def projections(probe_key):
@@ -404,7 +519,10 @@ def _jvp_norms(loss_fn, model, batch, paths, num_probes, key) -> GradNorms:
       return jnp.where(_valid(out), out.loss, 0.0)
 
     _, jv = jax.jvp(losses, (sel,), (tangent,))
-    return jnp.square(jv.astype(jnp.float32))
+    jv = jv.astype(jnp.float32)
+    if microbatches is not None:
+      jv = _group_rows(jv[:, None], microbatches).sum(axis=1)
+    return jnp.square(jv)
 
   sq = jax.lax.map(projections, jax.random.split(key, num_probes))
   return GradNorms(jnp.mean(sq, axis=0), {})

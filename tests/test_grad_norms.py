@@ -210,3 +210,39 @@ def test_one_device_equals_eight_devices(method):
   np.testing.assert_allclose(mapped(state, batch), want.total, rtol=RTOL)
   sharded = jax.jit(lambda b: per_sample_grad_norms(lm_loss, model, b, method=method).total)
   np.testing.assert_allclose(sharded(jw.shard_batch(batch, mesh)), want.total, rtol=RTOL)
+
+
+@pytest.mark.parametrize("setup, loss", [(lm_setup, lm_loss), (mlp_setup, mlp_loss)])
+def test_microbatch_norms_match_explicit_group_gradients(setup, loss):
+  model, batch = setup()
+  m = 4
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  n = jax.tree.leaves(batch)[0].shape[0] // m
+  want = []
+  for k in range(m):
+    part = jax.tree.map(lambda x: x[k * n:(k + 1) * n], batch)
+    g = jax.grad(lambda p: jnp.sum(loss(nnx.merge(graphdef, p, rest), part).loss))(params)
+    want.append(sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(g)))
+  for method in ("ghost", "vmap"):
+    got = per_sample_grad_norms(loss, model, batch, method=method, microbatches=m)
+    np.testing.assert_allclose(got.total, want, rtol=RTOL, err_msg=method)
+  est = per_sample_grad_norms(loss, model, batch, method="jvp", microbatches=m,
+                              num_probes=256, key=jax.random.key(0))
+  assert est.total.shape == (m,)
+  np.testing.assert_allclose(est.total, want, rtol=4.5 * np.sqrt(2 / 256))
+  with pytest.raises(ValueError, match="divisible"):
+    per_sample_grad_norms(loss, model, batch, microbatches=3)
+
+
+def test_bookkeeping_gradient_equals_autodiff():
+  from jaxweights.grad_norms import bookkeeping_grads, ghost_capture
+  model, batch = lm_setup()
+  paths = sorted({"/".join(map(str, p[:-1])) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+  capture = ghost_capture(lm_loss, model, batch, paths)
+  w = jnp.linspace(0.1, 1.0, 8)
+  got = bookkeeping_grads(model, capture, w)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  want = jax.grad(lambda p: jnp.sum(w * lm_loss(nnx.merge(graphdef, p, rest), batch).loss))(params)
+  for (pa, a), (pb, b) in zip(nnx.to_flat_state(got), nnx.to_flat_state(want)):
+    assert pa == pb
+    np.testing.assert_allclose(a.get_value(), b.get_value(), rtol=1e-4, atol=1e-6, err_msg=str(pa))
