@@ -400,7 +400,7 @@ def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Arr
           "every parameter in a Linear, Embed or LayerNorm."
       )
     out.append((p, v.replace(grads[key].astype(v.get_value().dtype))))
-  return nnx.State.from_flat_path(out)
+  return nnx.from_flat_state(out)
 
 
 def _as_seq(x, features: bool = True):
@@ -463,7 +463,7 @@ def _split_selected(model, paths):
   def rebuild(sel_values):
     values = dict(other)
     values.update(zip([p for p, _ in sel], sel_values))
-    new = nnx.State.from_flat_path(
+    new = nnx.from_flat_state(
         [(p, v.replace(values[p])) for p, v in flat]
     )
     return nnx.merge(graphdef, new, rest)

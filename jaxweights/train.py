@@ -33,6 +33,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxweights import normalize
 from jaxweights._reduce import as_mask, check_per_sample, gmax, gmin, gsum
 from jaxweights.weighting import (
+    GradientContext,
+    GradientOutput,
     PrepareContext,
     WeightInputs,
     Weighting,
@@ -250,9 +252,38 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name):
       n_nonfinite = gsum((given & ~finite).astype(jnp.float32), axis_name)
       return objective_value, (detached, mask, weights, wstate, rest, n_nonfinite)
 
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (local_obj, aux), grads = grad_fn(state.params)
-    detached, mask, weights, wstate, rest, n_nonfinite = aux
+    out = None
+    if weighting.gradient is not None:
+      out = weighting.gradient(
+          GradientContext(
+              loss_fn=loss_fn,
+              graphdef=graphdef,
+              params=state.params,
+              rest=state.rest,
+              batch=batch,
+              state=state.weighting_state,
+              step=state.step,
+              key=weight_key,
+              axis_name=axis_name,
+          )
+      )
+    if out is None:  # no override, or the override declined
+      grad_fn = jax.value_and_grad(objective, has_aux=True)
+      (local_obj, aux), grads = grad_fn(state.params)
+      detached, mask, weights, wstate, rest, n_nonfinite = aux
+    else:
+      if not isinstance(out, GradientOutput):
+        raise TypeError(
+            f"a weighting's gradient must return GradientOutput, got {type(out).__name__}."
+        )
+      detached = jax.lax.stop_gradient(out.losses)
+      mask = out.mask
+      weights = jax.lax.stop_gradient(
+          jnp.where(mask, check_weights_shape(out.weights, detached), 0.0)
+      )
+      grads, wstate, rest = out.grads, out.state, state.rest
+      local_obj = jnp.sum(weights * detached)
+      n_nonfinite = jnp.zeros((), jnp.float32)
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(grad_norm)

@@ -86,12 +86,67 @@ class PrepareContext(NamedTuple):
   axis_name: AxisName = None
 
 
+class GradientContext(NamedTuple):
+  """What a weighting's optional ``gradient`` override receives.
+
+  Attributes:
+    loss_fn: the per-sample loss ``loss_fn(model, batch) -> LossOutput``.
+    graphdef: the model's graph definition.
+    params: the ``nnx.Param`` state to differentiate.
+    rest: the model's other variables.
+    batch: the batch (after ``prepare``).
+    state: the weighting state.
+    step: int32 scalar step.
+    key: a PRNG key reserved for the weighting.
+    axis_name: the mapped data axis under ``shard_map``, else None. An override
+      that forms gradients itself (not through ``jax.grad`` wrt the replicated
+      parameters) must ``psum`` them over this axis.
+  """
+
+  loss_fn: Callable[..., Any]
+  graphdef: Any
+  params: PyTree
+  rest: PyTree
+  batch: PyTree
+  state: PyTree
+  step: jax.Array
+  key: jax.Array
+  axis_name: AxisName = None
+
+
+class GradientOutput(NamedTuple):
+  """What a ``gradient`` override returns (the step does the rest).
+
+  Attributes:
+    grads: gradient of ``sum_i w_i l_i`` over the global batch, like ``params``.
+    losses: ``[batch]`` detached per-sample losses, 0 where invalid.
+    mask: ``[batch]`` valid samples.
+    weights: ``[batch]`` the weights used (sum to 1 over the global batch).
+    state: the new weighting state.
+  """
+
+  grads: PyTree
+  losses: jax.Array
+  mask: jax.Array
+  weights: jax.Array
+  state: PyTree
+
+
 class Weighting(NamedTuple):
-  """A per-sample weighting: ``init``, ``update`` and an optional ``prepare``."""
+  """A per-sample weighting: ``init``, ``update``, optional ``prepare`` and ``gradient``.
+
+  ``gradient`` (optional) replaces the step's ``jax.grad`` of the weighted loss
+  when a family can form the weighted gradient more cheaply itself, e.g. from
+  stored activations and output gradients (book-keeping), so weights that
+  depend on per-sample gradients cost one backward pass instead of two. It may
+  return None (decided at trace time, e.g. for a model it cannot handle) to
+  decline; the step then takes the ordinary path through ``update``.
+  """
 
   init: Callable[[], PyTree]
   update: Callable[[WeightInputs, PyTree], tuple[jax.Array, PyTree]]
   prepare: Callable[[PrepareContext], PyTree] | None = None
+  gradient: Callable[[GradientContext], GradientOutput | None] | None = None
 
 
 def stateless(

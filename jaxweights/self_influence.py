@@ -1,0 +1,258 @@
+"""Self-influence scores and PRESENCE reweighting (Thakkar et al., EMNLP 2023).
+
+Self-influence of a sample is its squared gradient norm ``s(z) = ||grad l(z)||^2``
+(restricted to a layer set K); TracIn sums it over checkpoints with their learning
+rates, ``sum_c eta_c ||grad l(z; theta_c)||^2``.
+
+PRESENCE weights a batch by ``w = softmax(tau * zscore(s))``, with a two-stage
+``tau``: ``+1`` ("direct": favour novel, high self-influence samples) for the first
+``I`` steps, then ``-1`` ("inverse": suppress likely noise). It can score single
+samples (the paper's definition) or microbatches (what the authors ran: the batch
+split into M groups, each scored by the squared norm of its summed gradient; each
+sample then gets its group's weight shared among the group's valid samples).
+
+With ``method="ghost"`` on a model whose every parameter sits in a Linear, Embed or
+LayerNorm layer, the PRESENCE step uses book-keeping: one tapped forward/backward
+pass yields the norms, and the weighted gradient is formed from the same stored
+activations and output gradients, so no second backward pass is needed.
+
+References:
+  Thakkar, Bolukbasi, Ganapathy, Vashishth, Chandar, Talukdar. "Self-Influence
+  Guided Data Reweighting for Language Model Pre-training." EMNLP 2023.
+  Pruthi, Liu, Kale, Sundararajan. "Estimating Training Data Influence by Tracing
+  Gradient Descent." NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxweights import grad_norms, normalize
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, gsum
+from jaxweights.weighting import (
+    GradientContext,
+    GradientOutput,
+    PrepareContext,
+    WeightInputs,
+    Weighting,
+)
+
+Schedule = Callable[[jax.Array], jax.Array]
+SCORE_KEY = "presence_scores"
+
+
+def presence_weights(
+    scores: jax.Array,
+    *,
+    tau: jax.typing.ArrayLike = 1.0,
+    mask: jax.Array | None = None,
+    axis_name: AxisName = None,
+    eps: float = 1e-8,
+) -> jax.Array:
+  """PRESENCE weights ``softmax(tau * zscore(scores))`` over the global batch.
+
+  Args:
+    scores: ``[n]`` self-influence scores (squared gradient norms) of samples
+      or microbatches.
+    tau: inverse temperature; ``+1`` favours high self-influence, ``-1``
+      suppresses it, 0 is uniform. Any real value (may be traced).
+    mask: optional ``[n]`` booleans; False = padding (weight 0).
+    axis_name: data axis under ``shard_map``/``pmap``.
+    eps: added to the variance in the z-score.
+
+  Returns:
+    ``[n]`` float32 weights, ``>= 0``, summing to 1 over valid entries.
+  """
+  scores = check_per_sample(scores, "scores")
+  mask = as_mask(mask, scores) & jnp.isfinite(scores)
+  scores = jnp.where(mask, jax.lax.stop_gradient(scores), 0.0)
+  if isinstance(tau, (int, float)) and not np.isfinite(tau):
+    raise ValueError(f"tau must be finite, got {tau}.")
+  z = normalize.zscore(scores, mask, axis_name=axis_name, eps=eps)
+  return normalize.softmax(jnp.asarray(tau, jnp.float32) * z, mask, axis_name=axis_name)
+
+
+def two_stage_tau(switch_step: int, tau: float = 1.0) -> Schedule:
+  """PRESENCE's schedule: ``+tau`` for steps ``< switch_step``, then ``-tau``."""
+  if switch_step < 0:
+    raise ValueError(f"switch_step must be >= 0, got {switch_step}.")
+  if not np.isfinite(tau):
+    raise ValueError(f"tau must be finite, got {tau}.")
+  return lambda step: jnp.where(jnp.asarray(step) < switch_step, tau, -tau).astype(jnp.float32)
+
+
+def _expand_group_weights(group_w, sample_mask, microbatches, axis_name):
+  """Per-microbatch weights -> per-sample weights (shared by a group's valid samples)."""
+  del axis_name
+  m = sample_mask.reshape(microbatches, -1).astype(jnp.float32)
+  per = group_w / jnp.maximum(m.sum(1), 1.0)
+  return (per[:, None] * m).reshape(-1)
+
+
+def _weights(scores, sample_mask, tau, microbatches, axis_name):
+  """Per-sample weights from sample or microbatch scores."""
+  if microbatches is None:
+    return presence_weights(scores, tau=tau, mask=sample_mask, axis_name=axis_name)
+  group_mask = sample_mask.reshape(microbatches, -1).any(axis=1)
+  gw = presence_weights(scores, tau=tau, mask=group_mask, axis_name=axis_name)
+  return _expand_group_weights(gw, sample_mask, microbatches, axis_name)
+
+
+def presence(
+    *,
+    tau: float | Schedule = 1.0,
+    method: grad_norms.Method = "ghost",
+    layers: grad_norms.LayerSelector = None,
+    microbatches: int | None = None,
+    bookkeeping: Literal["auto", "never"] = "auto",
+    num_probes: int = 16,
+    chunk_size: int | None = None,
+) -> Weighting:
+  """The PRESENCE weighting for :func:`jaxweights.make_train_step`.
+
+  Args:
+    tau: a number or a schedule ``step -> tau`` (see :func:`two_stage_tau`).
+    method: how self-influence is computed: ``"ghost"`` (exact), ``"vmap"``
+      (exact, slow) or ``"jvp"`` (estimate).
+    layers: the layer set K (path prefixes or a predicate); None = all layers.
+    microbatches: None scores samples; an int M scores M contiguous microbatches
+      (per device under ``shard_map``).
+    bookkeeping: ``"auto"`` forms the weighted gradient from the ghost pass when
+      every parameter is in a tappable layer (one backward pass); ``"never"``
+      always takes a second, ordinary backward pass.
+    num_probes: probes for ``method="jvp"``.
+    chunk_size: chunk for ``method="vmap"``.
+
+  Returns:
+    A :class:`~jaxweights.Weighting`; its state is an empty tuple.
+  """
+  if not callable(tau) and not np.isfinite(tau):
+    raise ValueError(f"tau must be finite, got {tau}.")
+  if microbatches is not None and microbatches < 1:
+    raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
+  if bookkeeping not in ("auto", "never"):
+    raise ValueError(f"bookkeeping must be 'auto' or 'never', got {bookkeeping!r}.")
+  tau_at = tau if callable(tau) else (lambda step: jnp.float32(tau))
+
+  def use_bookkeeping(model) -> bool:
+    if method != "ghost" or bookkeeping != "auto":
+      return False
+    owners = grad_norms._layer_params(model)  # pylint: disable=protected-access
+    return all(grad_norms._supported(m) for m, _ in owners.values())  # pylint: disable=protected-access
+
+  def prepare(ctx: PrepareContext):
+    if use_bookkeeping(ctx.model):
+      return ctx.batch  # the gradient override computes everything in one pass
+    if not isinstance(ctx.batch, dict):
+      raise TypeError(
+          f"PRESENCE's prepare pass adds '{SCORE_KEY}' to a dict batch, got "
+          f"{type(ctx.batch).__name__}."
+      )
+    norms = grad_norms.per_sample_grad_norms(
+        ctx.loss_fn, ctx.model, ctx.batch, method=method, layers=layers,
+        microbatches=microbatches, num_probes=num_probes, key=ctx.key,
+        chunk_size=chunk_size, axis_name=ctx.axis_name,
+    )
+    scores = norms.total
+    if microbatches is not None:  # store per sample: each gets its group's score
+      n = jax.tree.leaves(ctx.batch)[0].shape[0] // microbatches
+      scores = jnp.repeat(scores, n)
+    return {**ctx.batch, SCORE_KEY: scores}
+
+  def update(inputs: WeightInputs, state):
+    scores = inputs.batch[SCORE_KEY]
+    if microbatches is not None:
+      scores = scores.reshape(microbatches, -1)[:, 0]
+    w = _weights(scores, inputs.mask, tau_at(inputs.step), microbatches, inputs.axis_name)
+    return w, state
+
+  def gradient(ctx: GradientContext) -> GradientOutput | None:
+    model = nnx.merge(ctx.graphdef, ctx.params, ctx.rest)
+    if not use_bookkeeping(model):
+      return None  # decline: the step takes the ordinary weighted backward pass
+    owners = grad_norms._layer_params(model)  # pylint: disable=protected-access
+    capture = grad_norms.ghost_capture(
+        ctx.loss_fn, model, ctx.batch, list(owners), axis_name=ctx.axis_name
+    )
+    selected = {
+        p: c for p, c in capture.layers.items() if grad_norms._selected(p, layers)  # pylint: disable=protected-access
+    }
+    if not selected:
+      raise ValueError(f"layers={layers!r} selects no parameters.")
+    norms = grad_norms.ghost_norms_from_capture(
+        capture._replace(layers=selected), microbatches=microbatches
+    )
+    w = _weights(norms.total, capture.valid, tau_at(ctx.step), microbatches, ctx.axis_name)
+    grads = grad_norms.bookkeeping_grads(model, capture, w)
+    if ctx.axis_name is not None:
+      grads = jax.lax.psum(grads, ctx.axis_name)
+    return GradientOutput(grads, capture.losses, capture.valid, w, ctx.state)
+
+  return Weighting(init=tuple, update=update, prepare=prepare, gradient=gradient)
+
+
+# --- offline scoring ------------------------------------------------------------------
+
+
+def self_influence(
+    loss_fn: Callable[[Any, Any], Any],
+    model: nnx.Module,
+    batches: Iterable[Any],
+    **norm_kwargs,
+) -> np.ndarray:
+  """Current-parameter self-influence of every sample in ``batches``.
+
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
+    model: the model at the parameters to score.
+    batches: an iterable of batches (same shapes, so one compilation).
+    **norm_kwargs: passed to :func:`jaxweights.grad_norms.per_sample_grad_norms`
+      (``method``, ``layers``, ...).
+
+  Returns:
+    float64 ``[n_samples]`` squared gradient norms, batches concatenated.
+  """
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def score(state, batch):
+    return grad_norms.per_sample_grad_norms(
+        loss_fn, nnx.merge(graphdef, state), batch, **norm_kwargs).total
+
+  return np.concatenate([np.asarray(score(state, b), np.float64) for b in batches])
+
+
+def tracin_self_influence(
+    loss_fn: Callable[[Any, Any], Any],
+    checkpoints: Sequence[nnx.Module],
+    learning_rates: Sequence[float],
+    batches: Sequence[Any],
+    **norm_kwargs,
+) -> np.ndarray:
+  """TracIn self-influence ``sum_c eta_c ||grad l(z; theta_c)||^2``.
+
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
+    checkpoints: models at the saved parameters ``theta_c``.
+    learning_rates: ``eta_c``, one per checkpoint.
+    batches: a sequence (re-iterated per checkpoint) of batches.
+    **norm_kwargs: see :func:`self_influence`.
+
+  Returns:
+    float64 ``[n_samples]`` scores.
+  """
+  if len(checkpoints) != len(learning_rates) or not checkpoints:
+    raise ValueError(
+        f"need one learning rate per checkpoint and at least one checkpoint, got "
+        f"{len(checkpoints)} checkpoints and {len(learning_rates)} rates."
+    )
+  total = None
+  for model, lr in zip(checkpoints, learning_rates):
+    s = lr * self_influence(loss_fn, model, batches, **norm_kwargs)
+    total = s if total is None else total + s
+  return total
