@@ -3,8 +3,9 @@
 The public API is this flat namespace; implementations live in submodules.
 """
 
-from jaxweights import loss_based, normalize
+from jaxweights import grad_norms, loss_based, noisy_labels, normalize, self_influence
 from jaxweights.checkpoint import Checkpointer
+from jaxweights.grad_norms import GradNorms, per_sample_grad_norms
 from jaxweights.loss_based import (
     STRATEGIES,
     extremes,
@@ -19,6 +20,7 @@ from jaxweights.loop import JsonlLogger, read_jsonl, train_loop
 from jaxweights.losses import cross_entropy, squared_error, token_mean_cross_entropy
 from jaxweights.models import MLP, TransformerConfig, TransformerLM, count_params
 from jaxweights.normalize import effective_sample_size
+from jaxweights.self_influence import presence, presence_weights, tracin_self_influence, two_stage_tau
 from jaxweights.train import (
     LossOutput,
     TrainState,
@@ -31,6 +33,8 @@ from jaxweights.train import (
     shard_batch,
 )
 from jaxweights.weighting import (
+    GradientContext,
+    GradientOutput,
     PrepareContext,
     WeightInputs,
     Weighting,
@@ -42,6 +46,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpointer",
+    "GradNorms",
+    "GradientContext",
+    "GradientOutput",
     "JsonlLogger",
     "LossOutput",
     "MLP",
@@ -57,6 +64,7 @@ __all__ = [
     "data_mesh",
     "effective_sample_size",
     "extremes",
+    "grad_norms",
     "host_metrics",
     "init_train_state",
     "linupper",
@@ -65,16 +73,23 @@ __all__ = [
     "loss_weights",
     "make_eval_step",
     "make_train_step",
+    "noisy_labels",
     "normalize",
+    "per_sample_grad_norms",
+    "presence",
+    "presence_weights",
     "quadratic",
     "read_jsonl",
     "replicate",
+    "self_influence",
     "shard_batch",
     "squared_error",
     "stateless",
     "strategy_scores",
     "token_mean_cross_entropy",
+    "tracin_self_influence",
     "train_loop",
+    "two_stage_tau",
     "uniform_weighting",
     "warmup_temperature",
 ]

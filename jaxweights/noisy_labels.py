@@ -1,0 +1,334 @@
+"""Noisy labels: transition matrices, importance weights, DWS and RENT (Bae et al.).
+
+Convention, everywhere in this module: ``T[noisy, clean] = P(noisy | clean)``, so
+every COLUMN of ``T`` sums to 1 and ``P(noisy | x) = T @ f(x)`` for the clean
+posterior ``f(x)``. :func:`check_transition_matrix` enforces it. (The authors'
+learned-T variants use rows = clean while their sampler indexes rows by the noisy
+label: a silent transposition for asymmetric noise. Here a row-stochastic,
+non-column-stochastic matrix is rejected with a message saying so.)
+
+Weights (all under ``stop_gradient``, summing to 1 over valid samples):
+
+* importance weight ``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}``;
+* Reweight: ``w / sum w``;
+* DWS: the mean of ``M`` draws ``pi ~ Dirichlet(alpha * w / sum w)``, sampled
+  in log space (``jax.random.loggamma`` + logsumexp) so concentrations down to
+  ``1e-4`` neither underflow nor give NaN;
+* RENT: ``N * B`` indices drawn with replacement with probabilities ``w / sum w``;
+  the plain CE on the drawn samples equals ``sum_i (count_i / (N B)) CE_i``, so
+  resampling is the weight vector ``counts / (N B)``.
+
+References:
+  Bae, Shin, Na, Moon. "Dirichlet-based Per-Sample Weighting by Transition Matrix
+  for Noisy Label Learning." ICLR 2024.
+  Patrini et al. "Making Deep Neural Networks Robust to Label Noise: a Loss
+  Correction Approach." CVPR 2017 (anchor points, Forward).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxweights import normalize
+from jaxweights._reduce import AxisName, as_mask, check_per_sample
+from jaxweights.weighting import WeightInputs, Weighting
+
+_EPS = 1e-12
+
+
+# --- transition matrices --------------------------------------------------------------
+
+
+def check_transition_matrix(T, num_classes: int | None = None, *, atol: float = 1e-4) -> np.ndarray:
+  """Validates ``T[noisy, clean]``; returns it as float32 numpy.
+
+  Raises:
+    ValueError: not square, wrong class count, negative or non-finite entries, or
+      columns that do not sum to 1 (with a hint when the rows do: transposed).
+  """
+  T = np.asarray(T, np.float64)
+  if T.ndim != 2 or T.shape[0] != T.shape[1]:
+    raise ValueError(f"T must be a square [classes, classes] matrix, got shape {T.shape}.")
+  if num_classes is not None and T.shape[0] != num_classes:
+    raise ValueError(f"T is {T.shape[0]}x{T.shape[0]} but there are {num_classes} classes.")
+  if not np.isfinite(T).all() or (T < 0).any():
+    raise ValueError("T must have finite, non-negative entries.")
+  cols = T.sum(axis=0)
+  if not np.allclose(cols, 1.0, atol=atol):
+    hint = ""
+    if np.allclose(T.sum(axis=1), 1.0, atol=atol):
+      hint = (" Its rows sum to 1: it looks like T[clean, noisy]; jaxweights uses "
+              "T[noisy, clean] (pass T.T).")
+    raise ValueError(f"columns of T[noisy, clean] must sum to 1, got {np.round(cols, 4)}.{hint}")
+  return T.astype(np.float32)
+
+
+def symmetric_transition(num_classes: int, rate: float) -> np.ndarray:
+  """``(1 - rate) I + rate / (C - 1)`` off the diagonal (flip rate ``rate``)."""
+  _check_rate(rate)
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+  T = np.full((num_classes, num_classes), rate / (num_classes - 1))
+  np.fill_diagonal(T, 1.0 - rate)
+  return T.astype(np.float32)
+
+
+def asymmetric_transition(num_classes: int, rate: float,
+                          class_map: Mapping[int, int] | None = None) -> np.ndarray:
+  """Pair flips: a clean class ``c`` in ``class_map`` becomes ``class_map[c]``
+  with probability ``rate``. Default map: ``c -> (c + 1) mod C`` for every class.
+  """
+  _check_rate(rate)
+  if class_map is None:
+    class_map = {c: (c + 1) % num_classes for c in range(num_classes)}
+  T = np.eye(num_classes)
+  for clean, noisy in class_map.items():
+    if not (0 <= clean < num_classes and 0 <= noisy < num_classes) or clean == noisy:
+      raise ValueError(f"bad class_map entry {clean} -> {noisy} for {num_classes} classes.")
+    T[clean, clean] = 1.0 - rate
+    T[noisy, clean] = rate
+  return T.astype(np.float32)
+
+
+def corrupt_labels(labels, T, *, seed: int) -> np.ndarray:
+  """Draws ``noisy ~ T[:, clean]`` for each clean label (numpy, reproducible)."""
+  labels = np.asarray(labels)
+  T = check_transition_matrix(T)
+  if labels.min(initial=0) < 0 or labels.max(initial=0) >= T.shape[0]:
+    raise ValueError(f"labels must be in [0, {T.shape[0]}), got range "
+                     f"[{labels.min()}, {labels.max()}].")
+  rng = np.random.default_rng(seed)
+  cdf = np.cumsum(T[:, labels].T.astype(np.float64), axis=1)
+  u = rng.random(len(labels))[:, None]
+  return np.minimum((u > cdf).sum(axis=1), T.shape[0] - 1).astype(np.int32)
+
+
+def instance_dependent_labels(x, labels, num_classes: int, rate: float, *, seed: int,
+                              rate_std: float = 0.1) -> np.ndarray:
+  """Instance-dependent noise (Xia et al., 2020, "part-dependent"): each sample's
+  flip rate ~ N(rate, rate_std) clipped to [0, 1); the flip goes to the classes a
+  random projection of ``x`` favours.
+  """
+  _check_rate(rate)
+  x = np.asarray(x, np.float64).reshape(len(labels), -1)
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  flip = np.clip(rng.normal(rate, rate_std, len(labels)), 0.0, 0.999)
+  W = rng.normal(size=(num_classes, x.shape[1], num_classes))
+  scores = np.einsum("nd,ndk->nk", x, W[labels])
+  scores[np.arange(len(labels)), labels] = -np.inf
+  p = np.exp(scores - scores.max(1, keepdims=True))
+  p = flip[:, None] * p / p.sum(1, keepdims=True)
+  p[np.arange(len(labels)), labels] = 1.0 - flip
+  u = rng.random(len(labels))[:, None]
+  return np.minimum((u > np.cumsum(p, 1)).sum(1), num_classes - 1).astype(np.int32)
+
+
+def estimate_transition_anchor(probs, noisy_labels=None, *, percentile: float = 97.0,
+                               among: Literal["labelled", "all"] = "labelled") -> np.ndarray:
+  """Anchor-point estimate of ``T[noisy, clean]`` from a warmed-up model's outputs.
+
+  For each class ``i`` the anchor is the sample at the ``percentile``-th percentile
+  of ``P(i | x)`` (among samples labelled ``i``, or all samples); its predicted
+  noisy-label distribution is column ``i`` of ``T``.
+
+  Args:
+    probs: ``[N, C]`` softmax outputs of a model trained with plain CE on the
+      noisy labels (estimates of ``P(noisy | x)``).
+    noisy_labels: ``[N]``; needed for ``among="labelled"``.
+    percentile: in ``(0, 100]``; 97 filters outliers as in Patrini et al.
+    among: which samples compete to be class ``i``'s anchor.
+
+  Returns:
+    ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
+  """
+  probs = np.asarray(probs, np.float64)
+  if probs.ndim != 2:
+    raise ValueError(f"probs must be [N, classes], got {probs.shape}.")
+  if not 0 < percentile <= 100:
+    raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
+  c = probs.shape[1]
+  T = np.zeros((c, c))
+  for i in range(c):
+    if among == "labelled":
+      if noisy_labels is None:
+        raise ValueError("among='labelled' needs noisy_labels.")
+      pool = probs[np.asarray(noisy_labels) == i]
+      if len(pool) == 0:
+        raise ValueError(f"no sample is labelled {i}: cannot pick its anchor.")
+    else:
+      pool = probs
+    col = pool[:, i]
+    threshold = np.percentile(col, percentile, method="higher")
+    anchor = pool[np.argmin(np.abs(col - threshold))]
+    T[:, i] = anchor / anchor.sum()
+  return T.astype(np.float32)
+
+
+# --- weights ----------------------------------------------------------------------------
+
+
+def importance_weights(probs: jax.Array, noisy_labels: jax.Array, T: jax.Array) -> jax.Array:
+  """``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}``: ``[B, C]``, ``[B]``, ``[C, C]`` -> ``[B]``.
+
+  Unnormalised, detached; ``P(y = y~ | x) / P(y~ | x)``.
+  """
+  probs = jax.lax.stop_gradient(jnp.asarray(probs, jnp.float32))
+  if probs.ndim != 2 or noisy_labels.shape != probs.shape[:1]:
+    raise ValueError(f"expected probs [B, C] and labels [B], got {probs.shape}, {noisy_labels.shape}.")
+  T = jnp.asarray(T, jnp.float32)
+  if T.shape != (probs.shape[1], probs.shape[1]):
+    raise ValueError(f"T has shape {T.shape}, expected {(probs.shape[1],) * 2}.")
+  noisy = probs @ T.T  # [B, C]: P(noisy = j | x) = sum_y T[j, y] f_y
+  take = lambda m: jnp.take_along_axis(m, noisy_labels[:, None], axis=1)[:, 0]
+  return take(probs) / (take(noisy) + _EPS)
+
+
+def reweight(w: jax.Array, mask=None, *, axis_name: AxisName = None) -> jax.Array:
+  """Self-normalised Reweight: ``w / sum w`` over the valid global batch."""
+  w = check_per_sample(w, "w")
+  mask = as_mask(mask, w) & jnp.isfinite(w) & (w >= 0)
+  return normalize.sum_to_one(jnp.where(mask, w, 0.0), mask, axis_name=axis_name)
+
+
+def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: int,
+                      mask=None, axis_name: AxisName = None) -> jax.Array:
+  """DWS: the mean of ``num_draws`` draws of ``Dirichlet(alpha * w / sum w)``.
+
+  Sampled in log space: ``log g_i = loggamma(alpha * wbar_i)``, ``pi = softmax(log g)``
+  over the global batch. Under ``shard_map`` each device draws its own samples'
+  Gamma variates (keys folded with the device index), which is exactly a draw
+  of the global Dirichlet.
+
+  Returns:
+    ``[B]`` float32, non-negative, summing to 1 over valid samples.
+  """
+  if not alpha > 0:
+    raise ValueError(f"alpha must be > 0, got {alpha}.")
+  if num_draws < 1:
+    raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
+  wbar = reweight(w, mask, axis_name=axis_name)
+  valid = wbar > 0
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  conc = jnp.where(valid, alpha * wbar, 1.0)
+  logg = jax.random.loggamma(key, conc[None, :], (num_draws, wbar.shape[0]))
+  logg = jnp.where(valid[None, :], logg, -jnp.inf)
+  pis = jax.vmap(lambda lg: normalize.softmax(lg, valid, axis_name=axis_name))(logg)
+  return jnp.mean(pis, axis=0)
+
+
+def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=None,
+                       axis_name: AxisName = None) -> jax.Array:
+  """RENT: ``counts / num_draws`` of ``num_draws`` indices drawn with replacement
+  from ``w / sum w`` over the GLOBAL batch.
+
+  Under ``shard_map`` the normalised weights are all-gathered, every device makes
+  the same global draw (the key is replicated) and keeps the counts of its own
+  samples, selected by its global index along ``axis_name``.
+  """
+  if num_draws < 1:
+    raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
+  wbar = reweight(w, mask, axis_name=axis_name)
+  full = wbar if axis_name is None else jax.lax.all_gather(wbar, axis_name, tiled=True)
+  logits = jnp.where(full > 0, jnp.log(jnp.where(full > 0, full, 1.0)), -jnp.inf)
+  idx = jax.random.categorical(key, logits, shape=(num_draws,))
+  counts = jnp.zeros(full.shape, jnp.float32).at[idx].add(1.0)
+  # All-masked batch: categorical on all -inf draws index 0; zero it.
+  counts = jnp.where(full > 0, counts, 0.0) / num_draws
+  if axis_name is None:
+    return counts
+  n = wbar.shape[0]
+  return jax.lax.dynamic_slice_in_dim(counts, jax.lax.axis_index(axis_name) * n, n)
+
+
+def forward_corrected_ce(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array) -> jax.Array:
+  """Forward loss correction: ``-log (T softmax(logits))_{y~}`` -> ``[B]``."""
+  T = jnp.asarray(T, jnp.float32)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  # log sum_y T[j, y] p_y, stably.
+  log_noisy = jax.scipy.special.logsumexp(logp[:, None, :] + jnp.log(T + _EPS)[None], axis=-1)
+  return -jnp.take_along_axis(log_noisy, noisy_labels[:, None], axis=1)[:, 0]
+
+
+# --- weighting for the train step -----------------------------------------------------
+
+
+class TransitionState(NamedTuple):
+  """The weighting state: the transition matrix ``T[noisy, clean]`` in use."""
+
+  T: jax.Array
+
+
+def transition_weighting(
+    kind: Literal["reweight", "dws", "rent"],
+    T,
+    *,
+    alpha: float = 10.0,
+    num_draws: int | None = None,
+    resample_factor: int = 1,
+) -> Weighting:
+  """Reweight / DWS / RENT as a :class:`~jaxweights.Weighting`.
+
+  The loss function must return ``aux={"probs": softmax(logits), "labels": noisy}``
+  (see :func:`classification_loss`). ``T`` lives in the state, so an estimated
+  matrix can be swapped in (``state._replace(weighting_state=TransitionState(T))``)
+  without recompiling.
+
+  Args:
+    kind: ``"reweight"``, ``"dws"`` or ``"rent"``.
+    T: ``[C, C]`` ``T[noisy, clean]`` (validated).
+    alpha: DWS total concentration.
+    num_draws: DWS draws M (default: the batch size).
+    resample_factor: RENT's N (``N * B`` draws).
+  """
+  if kind not in ("reweight", "dws", "rent"):
+    raise ValueError(f"kind must be 'reweight', 'dws' or 'rent', got {kind!r}.")
+  T0 = jnp.asarray(check_transition_matrix(T))
+  if kind == "dws" and not alpha > 0:
+    raise ValueError(f"alpha must be > 0, got {alpha}.")
+  if resample_factor < 1:
+    raise ValueError(f"resample_factor must be >= 1, got {resample_factor}.")
+
+  def update(inputs: WeightInputs, state: TransitionState):
+    aux = inputs.aux
+    if not isinstance(aux, dict) or "probs" not in aux or "labels" not in aux:
+      raise ValueError("transition weightings need loss aux {'probs': [B, C], 'labels': [B]}.")
+    w = importance_weights(aux["probs"], aux["labels"], state.T)
+    b = inputs.losses.shape[0]
+    if kind == "reweight":
+      out = reweight(w, inputs.mask, axis_name=inputs.axis_name)
+    elif kind == "dws":
+      out = dirichlet_weights(inputs.key, w, alpha=alpha, num_draws=num_draws or b,
+                              mask=inputs.mask, axis_name=inputs.axis_name)
+    else:
+      n_global = b if inputs.axis_name is None else b * jax.lax.psum(1, inputs.axis_name)
+      out = resampling_weights(inputs.key, w, num_draws=resample_factor * n_global,
+                               mask=inputs.mask, axis_name=inputs.axis_name)
+    return out, state
+
+  return Weighting(init=lambda: TransitionState(T0), update=update)
+
+
+def classification_loss(model_fn=None):
+  """A per-sample CE loss ``(model, batch) -> LossOutput`` whose aux feeds
+  :func:`transition_weighting`. ``batch = {"x": ..., "y": noisy labels}``.
+  """
+  from jaxweights.losses import cross_entropy
+  from jaxweights.train import LossOutput
+
+  def loss_fn(model, batch):
+    logits = model(batch["x"]) if model_fn is None else model_fn(model, batch["x"])
+    aux = {"probs": jax.nn.softmax(logits.astype(jnp.float32)), "labels": batch["y"]}
+    return LossOutput(cross_entropy(logits, batch["y"]), None, aux)
+
+  return loss_fn
+
+
+def _check_rate(rate):
+  if not 0 <= rate < 1:
+    raise ValueError(f"noise rate must be in [0, 1), got {rate}.")

@@ -1,0 +1,169 @@
+"""Transition matrices, importance weights, DWS and RENT (Bae et al.)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+import jaxweights as jw
+from jaxweights import noisy_labels as nl
+
+
+def test_weight_formula_by_hand():
+  T = np.array([[0.8, 0.3], [0.2, 0.7]], np.float32)  # T[noisy, clean]
+  probs = jnp.array([[0.9, 0.1], [0.4, 0.6]])
+  labels = jnp.array([0, 1])
+  # sample 0: f_0 = 0.9, P(noisy=0|x) = 0.8*0.9 + 0.3*0.1 = 0.75
+  # sample 1: f_1 = 0.6, P(noisy=1|x) = 0.2*0.4 + 0.7*0.6 = 0.50
+  np.testing.assert_allclose(nl.importance_weights(probs, labels, T), [0.9 / 0.75, 0.6 / 0.5], rtol=1e-5)
+
+
+def test_asymmetric_T_is_not_silently_transposed():
+  """Named after the authors' learned-T variants: rows = clean, sampler rows = noisy."""
+  T = nl.asymmetric_transition(3, 0.4, {0: 1})
+  assert T[1, 0] == pytest.approx(0.4) and T[0, 1] == 0  # clean 0 -> noisy 1
+  nl.check_transition_matrix(T)
+  with pytest.raises(ValueError, match=r"pass T\.T"):
+    nl.check_transition_matrix(T.T)
+  probs = jnp.array([[1.0, 0.0, 0.0]])  # surely clean class 0, labelled 1
+  w = nl.importance_weights(probs, jnp.array([1]), T)
+  w_transposed = nl.importance_weights(probs, jnp.array([1]), T.T)
+  assert float(w[0]) == 0.0 and float(w_transposed[0]) == 0.0
+  w = nl.importance_weights(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([1]), T)
+  np.testing.assert_allclose(w, [0.5 / (0.4 * 0.5 + 1.0 * 0.5)], rtol=1e-5)
+  # The transposed matrix gives a different (wrong) weight: the test can fail.
+  np.testing.assert_allclose(
+      nl.importance_weights(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([1]), T.T), [1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("T, match", [
+    (np.ones((2, 3)) / 2, "square"), (np.array([[1.2, 0.0], [-0.2, 1.0]]), "non-negative"),
+    (np.array([[0.5, 0.5], [0.4, 0.4]]), "sum to 1"), (np.array([[np.nan, 0], [1, 1]]), "finite"),
+])
+def test_bad_T_raises(T, match):
+  with pytest.raises(ValueError, match=match):
+    nl.check_transition_matrix(T)
+
+
+def test_bad_T_shape_for_classes():
+  with pytest.raises(ValueError, match="classes"):
+    nl.check_transition_matrix(np.eye(3), num_classes=4)
+
+
+def test_noise_generators_hit_their_rates():
+  labels = np.repeat(np.arange(10), 2000)
+  T = nl.symmetric_transition(10, 0.5)
+  noisy = nl.corrupt_labels(labels, T, seed=0)
+  assert abs((noisy != labels).mean() - 0.5) < 0.01
+  counts = np.array([[np.sum((noisy == j) & (labels == i)) for i in range(10)] for j in range(10)])
+  np.testing.assert_allclose(counts / counts.sum(0), T, atol=0.02)
+  Ta = nl.asymmetric_transition(10, 0.4)
+  noisy = nl.corrupt_labels(labels, Ta, seed=1)
+  flipped = noisy != labels
+  assert abs(flipped.mean() - 0.4) < 0.01 and np.all(noisy[flipped] == (labels[flipped] + 1) % 10)
+  x = np.random.default_rng(0).normal(size=(len(labels), 5))
+  noisy = nl.instance_dependent_labels(x, labels, 10, 0.3, seed=0)
+  assert abs((noisy != labels).mean() - 0.3) < 0.02
+  with pytest.raises(ValueError, match="labels"):
+    nl.corrupt_labels(np.array([0, 10]), T, seed=0)
+  with pytest.raises(ValueError, match="rate"):
+    nl.symmetric_transition(10, 1.0)
+
+
+def test_anchor_estimate_recovers_T_from_true_posteriors():
+  rng = np.random.default_rng(0)
+  T = nl.asymmetric_transition(4, 0.3)
+  clean = rng.dirichlet(np.full(4, 0.1), size=4000)  # many near-one-hot posteriors
+  noisy_post = clean @ T.T
+  labels = np.array([rng.choice(4, p=p / p.sum()) for p in noisy_post])
+  est = nl.estimate_transition_anchor(noisy_post, labels, percentile=100, among="all")
+  np.testing.assert_allclose(est, T, atol=0.02)
+  est97 = nl.estimate_transition_anchor(noisy_post, labels)
+  nl.check_transition_matrix(est97)
+  assert np.abs(est97 - T).max() < 0.1
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 1e-2, 1.0, 10.0])
+def test_dirichlet_weights_finite_and_normalised(alpha):
+  w = jnp.array([0.5, 2.0, 1.0, 0.1, 3.0])
+  pi = nl.dirichlet_weights(jax.random.key(0), w, alpha=alpha, num_draws=64, mask=jnp.array([1, 1, 1, 0, 1], bool))
+  assert np.isfinite(pi).all() and float(pi[3]) == 0
+  np.testing.assert_allclose(pi.sum(), 1.0, rtol=1e-5)
+
+
+def test_dirichlet_limits():
+  w = jnp.array([1.0, 2.0, 3.0, 4.0])
+  wbar = np.asarray(w / w.sum())
+  big = nl.dirichlet_weights(jax.random.key(1), w, alpha=1e6, num_draws=8)
+  np.testing.assert_allclose(big, wbar, rtol=0.02)  # alpha -> inf: deterministic reweighting
+  # alpha -> 0: each draw is ~one-hot with P(i) = wbar_i (resampling frequencies).
+  draws = jax.vmap(lambda k: nl.dirichlet_weights(k, w, alpha=1e-3, num_draws=1))(
+      jax.random.split(jax.random.key(2), 4000))
+  assert np.mean(np.max(np.asarray(draws), axis=1) > 0.99) > 0.95
+  freq = np.mean(np.asarray(draws) > 0.5, axis=0)
+  se = np.sqrt(wbar * (1 - wbar) / 4000)
+  assert np.all(np.abs(freq - wbar) < 4.5 * se + 0.01), (freq, wbar)
+
+
+def test_resampling_frequencies_match_wbar():
+  w = jnp.array([1.0, 0.0, 3.0, 6.0])
+  counts = nl.resampling_weights(jax.random.key(0), w, num_draws=200_000)
+  np.testing.assert_allclose(counts, [0.1, 0.0, 0.3, 0.6], atol=0.005)
+  np.testing.assert_allclose(float(counts.sum()), 1.0, rtol=1e-6)
+  small = nl.resampling_weights(jax.random.key(1), w, num_draws=4)
+  assert set(np.round(np.asarray(small) * 4).tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+def test_forward_correction_by_hand():
+  T = np.array([[0.8, 0.3], [0.2, 0.7]], np.float32)
+  logits = jnp.log(jnp.array([[0.9, 0.1]]))
+  np.testing.assert_allclose(nl.forward_corrected_ce(logits, jnp.array([0]), T), [-np.log(0.75)], rtol=1e-5)
+
+
+def _mlp_step(kind, mesh=None, mode="jit"):
+  T = nl.symmetric_transition(4, 0.3)
+  weighting = nl.transition_weighting(kind, T, alpha=5.0)
+  loss_fn = nl.classification_loss()
+  model = jw.MLP(6, [8], 4, rngs=nnx.Rngs(0))
+  tx = optax.sgd(0.1)
+  graphdef, state = jw.init_train_state(model, tx, weighting, seed=1)
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.normal(size=(16, 6)), jnp.float32), "y": jnp.asarray(rng.integers(0, 4, 16))}
+  step = jw.make_train_step(graphdef, loss_fn, tx, weighting, mesh=mesh, mode=mode)
+  if mesh is not None:
+    state, batch = jw.replicate(state, mesh), jw.shard_batch(batch, mesh)
+  return step(state, batch)
+
+
+@pytest.mark.parametrize("kind", ["reweight", "rent"])
+def test_one_device_equals_eight_devices(kind):
+  ref, mref = _mlp_step(kind, jw.data_mesh(jax.devices()[:1]))
+  for mode in ("jit", "shard_map"):
+    got, m = _mlp_step(kind, jw.data_mesh(), mode)
+    for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(got.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=mode)
+    np.testing.assert_allclose(m["weight_max"], mref["weight_max"], rtol=1e-5)
+
+
+def test_dws_step_runs_sharded():
+  for mode in ("jit", "shard_map"):
+    state, m = _mlp_step("dws", jw.data_mesh(), mode)
+    assert m["update_skipped"] == 0
+    np.testing.assert_allclose(m["weight_sum"], 1.0, rtol=1e-5)
+
+
+def test_bad_weighting_arguments():
+  T = nl.symmetric_transition(3, 0.2)
+  with pytest.raises(ValueError, match="kind"):
+    nl.transition_weighting("forward", T)
+  with pytest.raises(ValueError, match="alpha"):
+    nl.transition_weighting("dws", T, alpha=0.0)
+  with pytest.raises(ValueError, match="sum to 1"):
+    nl.transition_weighting("rent", np.ones((3, 3)))
+  with pytest.raises(ValueError, match="num_draws"):
+    nl.resampling_weights(jax.random.key(0), jnp.ones(3), num_draws=0)
