@@ -1,0 +1,28 @@
+"""Reproduction experiments for jaxweights, one package per experiment.
+
+Each package ``experiments.<name>`` exposes ``get_config(name)`` (``"smoke"``,
+``"quick"`` or ``"full"``) and ``run(config, out) -> summary``, and runs as
+``python -m experiments.<name> [--config quick|full] [--out results]``. It writes
+``<out>/<name>/summary.json``, ``table.md``, PNG plots and per-run JSON-lines logs
+(see :mod:`experiments.common`). ``python -m experiments.run_all`` runs every
+registered experiment and then ``python -m experiments.report``.
+
+To add an experiment, add its package name to :data:`EXPERIMENTS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXPERIMENTS: tuple[str, ...] = (
+    "loss_linreg",  # loss-based reweighting, linear regression (Sow et al. Fig. 7)
+    "loss_lm",  # loss-based reweighting, LM pretraining on stdlib source
+)
+
+
+def load(name: str) -> ModuleType:
+  """The experiment package ``experiments.<name>`` (imported on demand)."""
+  if name not in EXPERIMENTS:
+    raise ValueError(f"unknown experiment {name!r}; registered: {EXPERIMENTS}")
+  return importlib.import_module(f"experiments.{name}")

@@ -1,0 +1,335 @@
+"""Helpers every experiment reuses: configs, output layout, aggregation, tables, plots.
+
+Layout of one experiment's output (``<out>/<experiment>/``):
+
+* ``runs/<method>_seed<k>.jsonl``: per-run metrics written by
+  :func:`jaxweights.train_loop` through a :class:`jaxweights.JsonlLogger`;
+* ``summary.json``: ``{"experiment", "config", "metrics"}`` where ``metrics`` maps
+  ``method -> {metric: mean, "<metric>_std": std}`` over seeds;
+* ``table.md``: the same numbers as a markdown table, with notes;
+* one or more PNG plots (loss-vs-step curves, mean line and a +-std band).
+
+Standard deviations are sample standard deviations (``ddof=1``) over seeds, 0 for
+a single seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+import jaxweights
+
+RESULTS = "results"
+CONFIG_NAMES = ("smoke", "quick", "full")
+
+
+class Config(dict):
+  """A dict with attribute access (a tiny stand-in for ``ml_collections``)."""
+
+  def __getattr__(self, name: str) -> Any:
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(f"config has no field {name!r}") from None
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    self[name] = value
+
+  def replace(self, **updates: Any) -> "Config":
+    """A copy with ``updates`` applied; unknown fields raise."""
+    unknown = set(updates) - set(self)
+    if unknown:
+      raise KeyError(f"unknown config fields: {sorted(unknown)}")
+    return Config({**self, **updates})
+
+  def to_json(self) -> dict:
+    """A JSON-safe copy (tuples become lists)."""
+    return json.loads(json.dumps(self, default=_json_default))
+
+
+def experiment_dir(out: str | os.PathLike, experiment: str) -> Path:
+  """``<out>/<experiment>/`` (created, with its ``runs/`` folder)."""
+  path = Path(out) / experiment
+  (path / "runs").mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def run_logger(exp_dir: Path, method: str, seed: int) -> jaxweights.JsonlLogger:
+  """A fresh logger at ``runs/<method>_seed<seed>.jsonl`` (an old file is removed)."""
+  path = run_log_path(exp_dir, method, seed)
+  path.unlink(missing_ok=True)
+  return jaxweights.JsonlLogger(path)
+
+
+def run_log_path(exp_dir: Path, method: str, seed: int) -> Path:
+  return Path(exp_dir) / "runs" / f"{method}_seed{seed}.jsonl"
+
+
+def seeds_loop(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    run_one: Callable[[str, int], dict[str, float]],
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[dict[str, float]]]:
+  """Runs ``run_one(method, seed)`` for every pair, methods outermost.
+
+  Methods outermost lets ``run_one`` reuse one compiled step across seeds.
+
+  Returns:
+    ``{method: [metrics of seed 0, metrics of seed 1, ...]}``.
+  """
+  results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+  for method in methods:
+    for seed in seeds:
+      t0 = time.perf_counter()
+      metrics = run_one(method, seed)
+      results[method].append(metrics)
+      shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+      log(f"  {method:>10s} seed {seed}: {shown} ({time.perf_counter() - t0:.1f}s)")
+  return results
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (``ddof=1``; 0 for one value)."""
+  v = np.asarray(list(values), dtype=np.float64)
+  if v.size == 0:
+    raise ValueError("mean_std of no values.")
+  std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+  return float(v.mean()), std
+
+
+def aggregate(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+  """``{method: [per-seed metrics]}`` -> ``{method: {m: mean, m_std: std}}``."""
+  out: dict[str, dict[str, float]] = {}
+  for method, runs in per_seed.items():
+    keys = list(runs[0])
+    out[method] = {}
+    for key in keys:
+      mean, std = mean_std(run[key] for run in runs)
+      out[method][key] = mean
+      out[method][f"{key}_std"] = std
+  return out
+
+
+def add_paired_deltas(
+    per_seed: dict[str, list[dict[str, float]]],
+    metric: str,
+    baseline: str = "uniform",
+) -> None:
+  """Adds ``delta_<metric>`` = method - baseline, per seed (paired by seed).
+
+  Seeds share the data and the initialisation across methods, so the per-seed
+  difference removes that shared variance; its std is the honest error bar of
+  "does this method beat the baseline".
+  """
+  if baseline not in per_seed:
+    return
+  base = [run[metric] for run in per_seed[baseline]]
+  for runs in per_seed.values():
+    for run, b in zip(runs, base):
+      run[f"delta_{metric}"] = run[metric] - b
+
+
+def write_summary(
+    exp_dir: str | os.PathLike,
+    experiment: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, float]],
+) -> Path:
+  """Writes ``summary.json`` = ``{"experiment", "config", "metrics"}``."""
+  for method, values in metrics.items():
+    for key, value in values.items():
+      if not isinstance(value, (int, float)):
+        raise TypeError(f"metric {method}/{key} is {type(value).__name__}, not a number.")
+  payload = {
+      "experiment": experiment,
+      "config": json.loads(json.dumps(dict(config), default=_json_default)),
+      "metrics": {m: {k: float(v) for k, v in vals.items()} for m, vals in metrics.items()},
+  }
+  path = Path(exp_dir) / "summary.json"
+  path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+  return path
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+  return json.loads(Path(path).read_text())
+
+
+def fmt(mean: float, std: float | None = None, digits: int = 4) -> str:
+  """``mean ± std`` with ``digits`` significant digits."""
+  if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    return "n/a"
+  text = f"{mean:.{digits}g}"
+  if std is not None:
+    text += f" ± {std:.2g}"
+  return text
+
+
+def markdown_table(
+    metrics: Mapping[str, Mapping[str, float]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    digits: int = 4,
+) -> str:
+  """A markdown table: one row per method, ``columns = [(metric, header)]``."""
+  lines = [
+      "| method | " + " | ".join(h for _, h in columns) + " |",
+      "|---|" + "---|" * len(columns),
+  ]
+  for method, values in metrics.items():
+    cells = []
+    for key, _ in columns:
+      if key in values:
+        cells.append(fmt(values[key], values.get(f"{key}_std"), digits))
+      else:
+        cells.append("—")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_table(
+    exp_dir: str | os.PathLike,
+    title: str,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+    columns: Sequence[tuple[str, str]] = (),
+    *,
+    intro: str = "",
+    blocks: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    digits: int = 4,
+) -> Path:
+  """Writes ``table.md``: title, intro, the metrics table, extra blocks, notes.
+
+  Args:
+    exp_dir: the experiment's output folder.
+    title: the level-2 heading.
+    metrics: ``{method: {metric: mean, metric_std: std}}`` (None: no main table).
+    columns: ``[(metric, header)]`` of the main table.
+    intro: a paragraph above the table.
+    blocks: further markdown lines (e.g. sub-tables of ablations).
+    notes: bullet points at the end.
+    digits: significant digits.
+  """
+  parts = [f"## {title}", ""]
+  if intro:
+    parts += [intro, ""]
+  if metrics:
+    parts += [markdown_table(metrics, columns, digits=digits), ""]
+  parts += list(blocks)
+  if notes:
+    parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+  path = Path(exp_dir) / "table.md"
+  path.write_text("\n".join(parts))
+  return path
+
+
+def dedupe_by_step(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """Keeps the last record per (step, set of keys), in first-seen order.
+
+  A run resumed from a checkpoint re-logs the steps after that checkpoint; the
+  later records are the ones the final state descends from.
+  """
+  latest: dict[tuple, dict] = {}
+  for rec in records:
+    kind = tuple(sorted(k for k in rec if k not in ("step", "time_s")))
+    latest.pop((rec["step"], kind), None)
+    latest[(rec["step"], kind)] = dict(rec)
+  return sorted(latest.values(), key=lambda r: r["step"])
+
+
+def curve(records: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, values)`` of the records that carry ``key`` (last per step wins)."""
+  by_step = {r["step"]: r[key] for r in records if key in r}
+  if not by_step:
+    return np.zeros(0), np.zeros(0)
+  steps = sorted(by_step)
+  return np.asarray(steps, np.float64), np.asarray([by_step[s] for s in steps], np.float64)
+
+
+def read_curves(
+    exp_dir: Path, methods: Sequence[str], seeds: Sequence[int], key: str
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+  """``{method: [(steps, values) per seed]}`` from the runs' JSON-lines logs."""
+  return {
+      m: [curve(jaxweights.read_jsonl(run_log_path(exp_dir, m, s)), key) for s in seeds]
+      for m in methods
+  }
+
+
+def plot_curves(
+    path: str | os.PathLike,
+    curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    *,
+    ylabel: str,
+    title: str,
+    xlabel: str = "step",
+    logy: bool = False,
+    hline: tuple[float, str] | None = None,
+) -> Path:
+  """Mean line and a +-std band per method over seeds; saved as a PNG.
+
+  Seeds of one method are put on the first seed's step grid (linear
+  interpolation; the grids are identical in practice).
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  for method, runs in curves.items():
+    runs = [(s, v) for s, v in runs if len(s)]
+    if not runs:
+      continue
+    grid = runs[0][0]
+    ys = np.stack([np.interp(grid, s, v) for s, v in runs])
+    mean = ys.mean(axis=0)
+    std = ys.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros_like(mean)
+    (line,) = ax.plot(grid, mean, label=f"{method} (n={len(ys)})", lw=1.5)
+    lower = mean - std
+    if logy:
+      lower = np.maximum(lower, mean * 1e-3)
+    ax.fill_between(grid, lower, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+  if hline is not None:
+    ax.axhline(hline[0], color="gray", ls="--", lw=1, label=hline[1])
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+  """The shared CLI: ``--config {smoke,quick,full}`` and ``--out DIR``."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--config", default="quick", choices=CONFIG_NAMES)
+  parser.add_argument("--out", default=RESULTS, help="results root (default: results)")
+  return parser.parse_args(argv)
+
+
+def _json_default(obj):
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.floating,)):
+    return float(obj)
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, (set, frozenset)):
+    return sorted(obj)
+  return repr(obj)

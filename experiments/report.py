@@ -1,0 +1,124 @@
+"""``python -m experiments.report [--results results]``: assembles ``REPORT.md``.
+
+For every ``<results>/*/summary.json`` (registered experiments first, in registry
+order, then any others alphabetically) the report gets the experiment's
+``table.md``, its PNG plots (relative links, so the folder can be moved or
+zipped), and the config that produced it. The header has the date, the git
+commit when available, and the config names used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+from pathlib import Path
+
+from experiments import EXPERIMENTS, common
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        timeout=5, cwd=Path(__file__).resolve().parent,
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if out.returncode != 0:
+    return None
+  return out.stdout.strip() or None
+
+
+def _order(names: list[str]) -> list[str]:
+  known = [n for n in EXPERIMENTS if n in names]
+  return known + sorted(n for n in names if n not in EXPERIMENTS)
+
+
+def build_report(results: str | Path, *, now: datetime.datetime | None = None) -> str:
+  """The markdown text of the report over ``results`` (no files are written)."""
+  results = Path(results)
+  summaries = {
+      p.parent.name: common.read_summary(p) for p in sorted(results.glob("*/summary.json"))
+  }
+  now = now or datetime.datetime.now()
+  configs = sorted({str(s.get("config", {}).get("name", "?")) for s in summaries.values()})
+  lines = [
+      "# jaxweights experiment report",
+      "",
+      f"- Date: {now:%Y-%m-%d %H:%M}",
+      f"- Config(s): {', '.join(f'`{c}`' for c in configs) or 'none'}",
+  ]
+  commit = _git_commit()
+  if commit:
+    lines.append(f"- Code: git commit `{commit}`")
+  lines += [f"- Experiments: {', '.join(_order(list(summaries))) or 'none found'}", ""]
+  if not summaries:
+    lines += [f"No `*/summary.json` under `{results}`.", ""]
+  for name in _order(list(summaries)):
+    summary = summaries[name]
+    exp_dir = results / name
+    config = summary.get("config", {})
+    lines += [f"# {summary.get('experiment', name)}", ""]
+    runtime = config.get("runtime_s")
+    lines += [
+        f"Config `{config.get('name', '?')}`"
+        + (f", runtime {runtime:.0f}s" if isinstance(runtime, (int, float)) else "")
+        + f"; files in `{name}/`.",
+        "",
+    ]
+    table = exp_dir / "table.md"
+    if table.exists():
+      # Demote the table's headings by one level under the experiment's heading.
+      text = table.read_text().rstrip()
+      lines += [_demote(text), ""]
+    else:
+      lines += [common.markdown_table(summary["metrics"], _columns(summary["metrics"])), ""]
+    for png in sorted(exp_dir.glob("*.png")):
+      lines += [f"![{name}: {png.stem}]({name}/{png.name})", ""]
+    lines += [
+        "<details><summary>config</summary>",
+        "",
+        "```json",
+        json.dumps(config, indent=1, sort_keys=True),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+  return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+  return "\n".join("#" + line if line.startswith("#") else line
+                   for line in markdown.splitlines())
+
+
+def _columns(metrics: dict) -> list[tuple[str, str]]:
+  keys = []
+  for values in metrics.values():
+    keys += [k for k in values if not k.endswith("_std") and k not in keys]
+  return [(k, k) for k in keys]
+
+
+def write_report(results: str | Path = common.RESULTS) -> Path:
+  """Writes ``<results>/REPORT.md`` and returns its path."""
+  results = Path(results)
+  results.mkdir(parents=True, exist_ok=True)
+  path = results / "REPORT.md"
+  path.write_text(build_report(results))
+  return path
+
+
+def main(argv=None) -> Path:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--results", default=common.RESULTS)
+  args = parser.parse_args(argv)
+  path = write_report(args.results)
+  print(f"wrote {path}")
+  return path
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,200 @@
+"""End-to-end tests of the experiments: smoke configs (fast) and quick configs (slow).
+
+The smoke runs execute every registered experiment once into a shared temporary
+folder (module-scoped fixture) and check what the report depends on:
+``summary.json``'s schema, finite metrics, a plot, ``table.md`` and the per-run
+JSON-lines logs. Under the 8 fake CPU devices of ``conftest.py`` the LM
+experiment runs on its data mesh (batch sharded).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+
+import numpy as np
+import pytest
+
+import jaxweights
+from experiments import EXPERIMENTS, common, load, report, run_all
+
+
+def _smoke_config(name, tmp_path):
+  config = load(name).get_config("smoke")
+  if "cache_dir" in config:
+    config.cache_dir = str(tmp_path / "corpus_cache")
+  return config
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+  out = tmp_path_factory.mktemp("results")
+  summaries = {}
+  for name in EXPERIMENTS:
+    module = load(name)
+    summaries[name] = module.run(_smoke_config(name, out), str(out), log=lambda *_: None)
+  return out, summaries
+
+
+def check_summary(summary: dict, name: str, config) -> None:
+  assert set(summary) == {"experiment", "config", "metrics"}
+  assert summary["experiment"] == name
+  assert summary["config"]["name"] == config.name
+  assert set(summary["metrics"]) == set(config.methods)
+  for method, values in summary["metrics"].items():
+    assert values, method
+    for key, value in values.items():
+      assert isinstance(value, float), (method, key)
+      assert math.isfinite(value), (method, key, value)
+      if not key.endswith("_std"):
+        assert f"{key}_std" in values, (method, key)
+        assert values[f"{key}_std"] >= 0.0
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_smoke_outputs(smoke_results, name):
+  out, summaries = smoke_results
+  config = load(name).get_config("smoke")
+  exp_dir = out / name
+  on_disk = json.loads((exp_dir / "summary.json").read_text())
+  assert on_disk == summaries[name]
+  check_summary(on_disk, name, config)
+  assert list(exp_dir.glob("*.png"))
+  for png in exp_dir.glob("*.png"):
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  table = (exp_dir / "table.md").read_text()
+  assert table.startswith("## ")
+  for method in config.methods:
+    assert f"| {method} |" in table
+  for method in config.methods:
+    for seed in config.seeds:
+      records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))
+      assert records[0]["step"] == 0  # the evaluation before training
+      assert max(r["step"] for r in records) == config.num_steps
+      assert any("loss_mean" in r for r in records)
+
+
+def test_uniform_weights_are_uniform(smoke_results):
+  _, summaries = smoke_results
+  lm = summaries["loss_lm"]["metrics"]["uniform"]
+  assert lm["ess_fraction"] == pytest.approx(1.0, abs=1e-5)
+  assert lm["weight_ratio"] == pytest.approx(1.0, abs=1e-4)
+  assert lm["delta_heldout_loss"] == 0.0
+  linreg = summaries["loss_linreg"]["metrics"]
+  # Uniform weights give each kind its share of the batch; LinUpper moves mass
+  # off the easy (low-loss) rows.
+  assert linreg["uniform"]["mass_easy"] == pytest.approx(0.4, abs=0.05)
+  assert linreg["linupper"]["mass_easy"] < linreg["uniform"]["mass_easy"]
+
+
+def test_lm_saves_tokenizer(smoke_results):
+  out, _ = smoke_results
+  assert (out / "loss_lm" / "tokenizer" / "tokenizer.json").exists()
+  split = json.loads((out / "loss_lm" / "tokenizer" / "split.json").read_text())
+  assert not set(split["train_files"]) & set(split["test_files"])
+
+
+def test_report_assembles_every_experiment(smoke_results):
+  out, _ = smoke_results
+  path = report.write_report(out)
+  text = path.read_text()
+  assert text.startswith("# jaxweights experiment report")
+  assert "`smoke`" in text
+  for name in EXPERIMENTS:
+    assert f"# {name}" in text
+    for png in (out / name).glob("*.png"):
+      # Relative links: the folder stays valid when moved.
+      assert f"]({name}/{png.name})" in text
+  assert "](/" not in text
+
+
+def test_report_without_table_and_empty(tmp_path):
+  assert "No `*/summary.json`" in report.build_report(tmp_path)
+  exp = common.experiment_dir(tmp_path, "other")
+  common.write_summary(exp, "other", {"name": "quick"},
+                       {"a": {"x": 1.0, "x_std": 0.5}})
+  text = report.build_report(tmp_path, now=datetime.datetime(2025, 1, 2, 3, 4))
+  assert "2025-01-02 03:04" in text
+  assert "| a | 1 ± 0.5 |" in text
+
+
+def test_mean_std_and_aggregate():
+  assert common.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
+  assert common.mean_std([5.0]) == (5.0, 0.0)
+  per_seed = {"uniform": [{"m": 1.0}, {"m": 2.0}], "linupper": [{"m": 0.5}, {"m": 1.0}]}
+  common.add_paired_deltas(per_seed, "m")
+  agg = common.aggregate(per_seed)
+  assert agg["linupper"]["delta_m"] == pytest.approx(-0.75)
+  assert agg["linupper"]["delta_m_std"] == pytest.approx(np.std([-0.5, -1.0], ddof=1))
+  assert agg["uniform"]["delta_m"] == 0.0
+  with pytest.raises(ValueError):
+    common.mean_std([])
+
+
+def test_write_summary_schema(tmp_path):
+  config = common.Config(name="x", seeds=(0, 1), nested={"a": (1, 2)})
+  path = common.write_summary(tmp_path, "exp", config, {"u": {"m": 1, "m_std": 0.0}})
+  assert json.loads(path.read_text()) == {
+      "experiment": "exp",
+      "config": {"name": "x", "seeds": [0, 1], "nested": {"a": [1, 2]}},
+      "metrics": {"u": {"m": 1.0, "m_std": 0.0}},
+  }
+  with pytest.raises(TypeError):
+    common.write_summary(tmp_path, "exp", config, {"u": {"m": "bad"}})
+
+
+def test_config_replace_and_curves():
+  config = common.Config(a=1, b=2)
+  assert config.replace(a=3).a == 3 and config.a == 1
+  with pytest.raises(KeyError):
+    config.replace(c=1)
+  with pytest.raises(AttributeError):
+    config.c  # noqa: B018
+  # A resumed run re-logs steps: the last record per step wins.
+  records = [{"step": 1, "v": 1.0}, {"step": 2, "v": 2.0}, {"step": 2, "v": 3.0}]
+  steps, values = common.curve(records, "v")
+  assert steps.tolist() == [1.0, 2.0] and values.tolist() == [1.0, 3.0]
+  assert len(common.dedupe_by_step(records)) == 2
+
+
+def test_unknown_names():
+  with pytest.raises(ValueError):
+    load("nope")
+  for name in EXPERIMENTS:
+    with pytest.raises(ValueError):
+      load(name).get_config("nope")
+
+
+@pytest.mark.slow
+def test_quick_configs_and_report(tmp_path):
+  runtimes = run_all.main(["--config", "quick", "--out", str(tmp_path)])
+  assert set(runtimes) == set(EXPERIMENTS)
+  for name in EXPERIMENTS:
+    summary = common.read_summary(tmp_path / name / "summary.json")
+    check_summary(summary, name, load(name).get_config("quick"))
+  assert (tmp_path / "REPORT.md").exists()
+
+
+def test_lm_resumes_from_checkpoint(tmp_path):
+  """A run interrupted after a checkpoint ends exactly where an unbroken one does."""
+  from experiments import loss_lm
+
+  config = _smoke_config("loss_lm", tmp_path).replace(
+      methods=("uniform", "linupper"), seeds=(0,), checkpoint_every=6)
+  first = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
+  ckpt = tmp_path / "a" / "loss_lm" / "checkpoints" / "linupper_seed0"
+  steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  assert steps == [6, 12]
+  # Simulate a crash between steps 6 and 12: only the step-6 checkpoint survives.
+  import shutil
+
+  shutil.rmtree(ckpt / "12")
+  again = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
+  log = jaxweights.read_jsonl(
+      common.run_log_path(tmp_path / "a" / "loss_lm", "linupper", 0))
+  trained = [r["step"] for r in log if "loss_mean" in r]
+  assert trained.count(2) == 1 and trained.count(8) == 2  # resumed after step 6
+  for key in ("heldout_loss", "train_loss_last10pct"):
+    assert again["metrics"]["linupper"][key] == pytest.approx(
+        first["metrics"]["linupper"][key], rel=1e-6)
