@@ -3,7 +3,7 @@
 The public API is this flat namespace; implementations live in submodules.
 """
 
-from jaxweights import grad_norms, loss_based, noisy_labels, normalize, self_influence
+from jaxweights import grad_norms, loss_based, noisy_labels, normalize, q_probe, self_influence
 from jaxweights.checkpoint import Checkpointer
 from jaxweights.grad_norms import GradNorms, per_sample_grad_norms
 from jaxweights.loss_based import (
@@ -76,6 +76,7 @@ __all__ = [
     "noisy_labels",
     "normalize",
     "per_sample_grad_norms",
+    "q_probe",
     "presence",
     "presence_weights",
     "quadratic",

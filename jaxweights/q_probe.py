@@ -1,0 +1,349 @@
+"""Q-probe (Li et al., 2024): softmax reweighting of k sampled completions.
+
+A probe ``Q(x, a) = theta^T phi(x, a) + b`` on embeddings ``phi`` of (prompt,
+completion) pairs; at inference ``p_i = softmax(Q(x, a_i) / beta)`` over the k
+candidates of a prompt, argmax at ``beta = 0``. As ``k -> inf`` the selection
+distribution tends to ``pi_base(a|x) exp(Q / beta) / Z``, the maximiser of
+``E[Q] - beta KL(pi || pi_base)`` (:func:`tilted_distribution`).
+
+Array conventions: candidates are grouped per prompt as ``[prompts, k, ...]``;
+a boolean ``mask [prompts, k]`` marks real candidates (prompts may have fewer).
+
+Training objectives (per-sample / per-group losses for the composition layer):
+``mse_loss`` (L_Q), ``bce_loss`` (L_CE), ``pg_loss`` (L_PG: one prompt's group,
+reward minus a constant baseline, softmax over the group), ``bradley_terry_loss``
+and ``hinge_loss`` for preference pairs. :func:`train_probe` trains a probe with
+AdamW through :func:`jaxweights.make_train_step`, re-forming the PG groups every
+epoch, never mixing prompts within a group.
+
+References:
+  Li et al. "Q-Probe: A
+  Lightweight Approach to Reward Maximization for Language Models." 2024.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxweights.train import LossOutput, init_train_state, make_train_step
+
+Objective = Literal["mse", "ce", "pg", "bt", "hinge"]
+
+
+class Probe(nnx.Module):
+  """``Q(phi) = theta^T phi + b`` (``hidden=()``) or an MLP: ``[..., d] -> [...]``."""
+
+  def __init__(self, features: int, hidden: Sequence[int] = (), *, rngs: nnx.Rngs):
+    sizes = [features, *hidden, 1]
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+  def __call__(self, phi: jax.Array) -> jax.Array:
+    x = phi
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    return self.layers[-1](x)[..., 0]
+
+
+# --- selection ---------------------------------------------------------------------------
+
+
+def _check_groups(q, mask, name="q"):
+  q = jnp.asarray(q)
+  if q.ndim != 2:
+    raise ValueError(f"{name} must be [prompts, k], got shape {q.shape}.")
+  if q.shape[1] < 2:
+    raise ValueError(f"need k >= 2 candidates per prompt to reweight, got k = {q.shape[1]}.")
+  mask = jnp.ones(q.shape, bool) if mask is None else jnp.asarray(mask, bool)
+  if mask.shape != q.shape:
+    raise ValueError(f"mask shape {mask.shape} does not match {name} {q.shape}.")
+  return q, mask
+
+
+def _check_beta(beta):
+  if isinstance(beta, (int, float)) and not beta >= 0:
+    raise ValueError(f"beta must be >= 0 (0 = argmax), got {beta}.")
+
+
+def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = None) -> jax.Array:
+  """``softmax(q / beta)`` over each prompt's candidates; one-hot argmax at ``beta = 0``.
+
+  Args:
+    q: ``[prompts, k]`` probe values.
+    beta: temperature ``>= 0``.
+    mask: optional ``[prompts, k]`` real candidates.
+
+  Returns:
+    ``[prompts, k]`` float32 weights summing to 1 per prompt (under stop_gradient).
+    Non-finite ``q`` values raise at trace time only if concrete; traced NaNs are
+    treated as masked candidates.
+  """
+  q, mask = _check_groups(q, mask)
+  _check_beta(beta)
+  q = jax.lax.stop_gradient(q.astype(jnp.float32))
+  mask = mask & jnp.isfinite(q)
+  if isinstance(beta, (int, float)) and beta == 0:
+    idx = jnp.argmax(jnp.where(mask, q, -jnp.inf), axis=1)
+    return jax.nn.one_hot(idx, q.shape[1]) * mask.any(axis=1, keepdims=True)
+  z = jnp.where(mask, q / beta, -jnp.inf)
+  top = jnp.max(z, axis=1, keepdims=True)
+  e = jnp.where(mask, jnp.exp(z - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+  s = e.sum(axis=1, keepdims=True)
+  return jnp.where(s > 0, e / jnp.where(s > 0, s, 1.0), 0.0)
+
+
+def select(key: jax.Array, q: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
+  """Draws one candidate index per prompt from :func:`selection_weights` -> ``[prompts]``."""
+  w = selection_weights(q, beta, mask)
+  return jax.random.categorical(key, jnp.log(jnp.maximum(w, 1e-30)), axis=1)
+
+
+def expected_reward(q: jax.Array, rewards: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
+  """The exact expected reward ``sum_i p_i r_i`` per prompt -> ``[prompts]``."""
+  q, mask = _check_groups(q, mask)
+  rewards = jnp.asarray(rewards, jnp.float32)
+  if rewards.shape != q.shape:
+    raise ValueError(f"rewards shape {rewards.shape} does not match q {q.shape}.")
+  return jnp.sum(selection_weights(q, beta, mask) * jnp.where(mask, rewards, 0.0), axis=1)
+
+
+def tilted_distribution(log_pi_base: jax.Array, q: jax.Array, beta: float) -> jax.Array:
+  """``pi_base exp(q / beta) / Z`` over a discrete action set (the k -> inf limit)."""
+  if not beta > 0:
+    raise ValueError(f"beta must be > 0 for the tilted distribution, got {beta}.")
+  return jax.nn.softmax(jnp.asarray(log_pi_base) + jnp.asarray(q) / beta)
+
+
+# --- objectives --------------------------------------------------------------------------
+
+
+def mse_loss(q: jax.Array, r: jax.Array) -> jax.Array:
+  """L_Q per sample: ``(Q - r)^2``."""
+  return jnp.square(q - r)
+
+
+def bce_loss(q: jax.Array, r: jax.Array) -> jax.Array:
+  """L_CE per sample: ``BCE(sigmoid(Q), r)``."""
+  return optax.sigmoid_binary_cross_entropy(q, r)
+
+
+def pg_loss(q: jax.Array, r: jax.Array, *, baseline: float = 0.0, beta: float = 1.0,
+            mask: jax.Array | None = None) -> jax.Array:
+  """L_PG per group: ``-sum_i softmax(Q / beta)_i (r_i - baseline)``.
+
+  Args:
+    q: ``[groups, k]`` probe values of k samples of ONE prompt per group.
+    r: ``[groups, k]`` rewards.
+    baseline: a constant ``c``; it changes the loss value, not its gradient
+      (the softmax weights sum to 1).
+    beta: training temperature (the paper trains at 1).
+    mask: optional ``[groups, k]``.
+
+  Returns:
+    ``[groups]`` losses (differentiable wrt ``q``).
+  """
+  q, mask = _check_groups(q, mask)
+  if not beta > 0:
+    raise ValueError(f"beta must be > 0, got {beta}.")
+  logits = jnp.where(mask, q / beta, -jnp.inf)
+  p = jax.nn.softmax(logits, axis=1)
+  return -jnp.sum(jnp.where(mask, p * (r - baseline), 0.0), axis=1)
+
+
+def bradley_terry_loss(q_chosen: jax.Array, q_rejected: jax.Array) -> jax.Array:
+  """``-log sigmoid(Q_w - Q_l)`` per pair."""
+  return -jax.nn.log_sigmoid(q_chosen - q_rejected)
+
+
+def hinge_loss(q_chosen: jax.Array, q_rejected: jax.Array, margin: float = 1.0) -> jax.Array:
+  """``max(0, margin - (Q_w - Q_l))`` per pair."""
+  return jax.nn.relu(margin - (q_chosen - q_rejected))
+
+
+# --- groups and training -------------------------------------------------------------------
+
+
+def pg_groups(prompt_ids, group_size: int, *, seed: int, epoch: int) -> np.ndarray:
+  """Disjoint groups of ``group_size`` samples, each from ONE prompt, re-permuted per epoch.
+
+  Args:
+    prompt_ids: ``[N]`` the prompt each sample belongs to.
+    group_size: samples per group (>= 2).
+    seed, epoch: the permutation is a pure function of ``(seed, epoch)``.
+
+  Returns:
+    ``[groups, group_size]`` int64 sample indices; a prompt's leftover samples
+    (fewer than ``group_size``) sit out this epoch.
+
+  Raises:
+    ValueError: a prompt has fewer than ``group_size`` samples, or group_size < 2.
+  """
+  prompt_ids = np.asarray(prompt_ids)
+  if group_size < 2:
+    raise ValueError(f"group_size must be >= 2, got {group_size}.")
+  rng = np.random.default_rng((seed, epoch))
+  groups = []
+  for p in np.unique(prompt_ids):
+    idx = np.flatnonzero(prompt_ids == p)
+    if len(idx) < group_size:
+      raise ValueError(
+          f"prompt {p} has {len(idx)} samples, fewer than group_size={group_size}.")
+    idx = rng.permutation(idx)
+    n = len(idx) // group_size * group_size
+    groups.append(idx[:n].reshape(-1, group_size))
+  groups = np.concatenate(groups)
+  return groups[rng.permutation(len(groups))]
+
+
+class ProbeResult(NamedTuple):
+  probe: Probe
+  history: list[float]
+
+
+def train_probe(
+    features,
+    rewards,
+    prompt_ids=None,
+    *,
+    objective: Objective = "pg",
+    pairs=None,
+    hidden: Sequence[int] = (),
+    epochs: int = 150,
+    learning_rate: float = 5e-5,
+    weight_decay: float = 0.0,
+    batch_size: int = 1000,
+    group_size: int = 10,
+    baseline: float = 0.0,
+    train_beta: float = 1.0,
+    seed: int = 0,
+) -> ProbeResult:
+  """Trains a probe with AdamW through the composition layer.
+
+  Args:
+    features: ``[N, d]`` embeddings.
+    rewards: ``[N]`` rewards (``{0, 1}`` for MSE/CE; any real for PG).
+    prompt_ids: ``[N]``; required for ``"pg"``.
+    objective: ``"mse"``, ``"ce"``, ``"pg"``, ``"bt"`` or ``"hinge"``.
+    pairs: ``[P, 2]`` (chosen, rejected) indices for ``"bt"``/``"hinge"``.
+    hidden: hidden sizes for an MLP probe (default: linear).
+    epochs: passes over the data (PG groups re-formed every epoch).
+    learning_rate, weight_decay: AdamW (weight decay applied as given: the
+      reference code's misspelt argument silently made it 0.01).
+    batch_size: samples per step (groups per step = batch_size // group_size).
+    group_size: PG group size.
+    baseline, train_beta: PG's constant baseline and temperature.
+    seed: initialisation and shuffling.
+
+  Returns:
+    The trained probe and the mean training loss per epoch.
+  """
+  features = np.asarray(features, np.float32)
+  rewards = np.asarray(rewards, np.float32)
+  if features.ndim != 2 or rewards.shape != features.shape[:1]:
+    raise ValueError(f"expected features [N, d] and rewards [N], got {features.shape}, {rewards.shape}.")
+  if not np.isfinite(features).all():
+    raise ValueError("features contain NaN or inf.")
+  if objective not in ("mse", "ce", "pg", "bt", "hinge"):
+    raise ValueError(f"unknown objective {objective!r}.")
+  if epochs < 1 or batch_size < 1:
+    raise ValueError("epochs and batch_size must be >= 1.")
+  probe = Probe(features.shape[1], hidden, rngs=nnx.Rngs(seed))
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+  graphdef, state = init_train_state(probe, tx, seed=seed)
+
+  if objective in ("mse", "ce"):
+    per = mse_loss if objective == "mse" else bce_loss
+    loss_fn = lambda m, b: LossOutput(per(m(b["x"]), b["r"]), b["mask"])
+    units = np.arange(len(features))[:, None]
+  elif objective == "pg":
+    if prompt_ids is None:
+      raise ValueError("objective='pg' needs prompt_ids.")
+    loss_fn = lambda m, b: LossOutput(
+        pg_loss(m(b["x"]), b["r"], baseline=baseline, beta=train_beta), b["mask"])
+    units = None
+  else:
+    if pairs is None:
+      raise ValueError(f"objective={objective!r} needs pairs.")
+    per = bradley_terry_loss if objective == "bt" else hinge_loss
+    loss_fn = lambda m, b: LossOutput(per(m(b["x"][:, 0]), m(b["x"][:, 1])), b["mask"])
+    units = np.asarray(pairs)
+  step = make_train_step(graphdef, loss_fn, tx)
+  per_step = batch_size if objective != "pg" else max(1, batch_size // group_size)
+
+  history = []
+  for epoch in range(epochs):
+    if objective == "pg":
+      units = pg_groups(prompt_ids, group_size, seed=seed, epoch=epoch)
+    order = np.random.default_rng((seed, epoch, 1)).permutation(len(units))
+    losses = []
+    for start in range(0, len(order), per_step):
+      idx = units[order[start:start + per_step]]
+      pad = per_step - len(idx)  # fixed shapes: one compilation
+      mask = np.r_[np.ones(len(idx), bool), np.zeros(pad, bool)]
+      idx = np.concatenate([idx, np.zeros((pad, idx.shape[1]), idx.dtype)])
+      x, r = features[idx], rewards[idx]
+      if objective in ("mse", "ce"):
+        x, r = x[:, 0], r[:, 0]
+      state, metrics = step(state, {"x": x, "r": r, "mask": mask})
+      losses.append(metrics["loss_mean"])
+    history.append(float(np.mean(jax.device_get(losses))))
+  return ProbeResult(nnx.merge(graphdef, state.params, state.rest), history)
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+class Policy(Protocol):
+  """What Q-probing needs of a base model: sampling and embeddings.
+
+  ``sample(key, prompts, k)`` returns k completions per prompt (any
+  representation the same policy's ``embed`` accepts); ``embed(prompts,
+  completions)`` returns ``[prompts, k, d]`` float32 features of each
+  (prompt, completion) pair.
+  """
+
+  def sample(self, key: jax.Array, prompts, k: int): ...
+
+  def embed(self, prompts, completions) -> np.ndarray: ...
+
+
+class PrecomputedEmbeddings:
+  """The "API" mode: features stored on disk; the probe never touches the model.
+
+  ``save(path, features [P, k, d], rewards [P, k], mask=None)`` writes one
+  ``.npz``; ``load(path)`` returns an instance with ``features``, ``rewards`` and
+  ``mask`` arrays.
+  """
+
+  def __init__(self, features, rewards, mask=None):
+    self.features = np.asarray(features, np.float32)
+    self.rewards = np.asarray(rewards, np.float32)
+    self.mask = np.ones(self.rewards.shape, bool) if mask is None else np.asarray(mask, bool)
+    if self.features.ndim != 3 or self.features.shape[:2] != self.rewards.shape:
+      raise ValueError(
+          f"features must be [prompts, k, d] and rewards [prompts, k]; got "
+          f"{self.features.shape} and {self.rewards.shape}.")
+    if self.mask.shape != self.rewards.shape:
+      raise ValueError(f"mask shape {self.mask.shape} does not match rewards {self.rewards.shape}.")
+
+  @staticmethod
+  def save(path, features, rewards, mask=None) -> None:
+    e = PrecomputedEmbeddings(features, rewards, mask)
+    np.savez(path, features=e.features, rewards=e.rewards, mask=e.mask)
+
+  @classmethod
+  def load(cls, path) -> "PrecomputedEmbeddings":
+    with np.load(path) as f:
+      return cls(f["features"], f["rewards"], f["mask"])
+
+  def flat(self):
+    """``(features [N, d], rewards [N], prompt_ids [N])`` of the real candidates."""
+    p, k = self.rewards.shape
+    ids = np.repeat(np.arange(p), k).reshape(p, k)
+    m = self.mask
+    return self.features[m], self.rewards[m], ids[m]
