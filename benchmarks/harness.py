@@ -65,12 +65,27 @@ class Case:
     target_time_ratio: the largest acceptable weighted/plain step time, or None.
     target_memory_ratio: the largest acceptable weighted/plain peak memory, or
       None.
+    target_methods: the methods the targets apply to; None means every row
+      (the plain row included, which meets them trivially). Rows of other
+      methods (shown for contrast) get no target and ``meets_target`` None.
+    measure: optional ``measure(case, settings, quick) -> rows`` replacing
+      :func:`measure_case`'s JAX measurement, for rows timed some other way
+      (e.g. a peer library in another framework); the rows must follow the same
+      schema, plain row first. ``build`` is then unused.
   """
 
   name: str
   build: Callable[[bool], Setup]
   target_time_ratio: float | None = None
   target_memory_ratio: float | None = None
+  target_methods: tuple[str, ...] | None = None
+  measure: Callable[["Case", "Settings", bool], list[dict]] | None = None
+
+  def targets_for(self, method: str) -> tuple[float | None, float | None]:
+    """``(target_time_ratio, target_memory_ratio)`` of one method's row."""
+    if self.target_methods is not None and method not in self.target_methods:
+      return None, None
+    return self.target_time_ratio, self.target_memory_ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +116,20 @@ def device_string() -> str:
   return f"{d.device_kind} ({d.platform})"
 
 
-def compile_step(step: Step, state: PyTree, batch: PyTree) -> jax.stages.Compiled:
+# Quick runs only check that every case runs and reports sane rows; XLA's CPU
+# compile time dominates them, and these options halve it.
+QUICK_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def compile_step(
+    step: Step, state: PyTree, batch: PyTree, compiler_options: dict | None = None
+) -> jax.stages.Compiled:
   """Ahead-of-time compiles ``step(state, batch)`` (jitting it if it is not)."""
   jitted = step if hasattr(step, "lower") else jax.jit(step)
-  return jitted.lower(state, batch).compile()
+  return jitted.lower(state, batch).compile(compiler_options)
 
 
 def peak_memory_bytes(compiled: jax.stages.Compiled) -> int | None:
@@ -157,12 +182,16 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
   times every method once, and the order rotates from round to round, so that
   no method always runs first or always follows the same one.
 
+  With ``quick``, steps are compiled with :data:`QUICK_COMPILER_OPTIONS`.
+
   Returns:
     One row per method, the ``"plain"`` row first (ratios 1). Ratios are
     weighted/plain: ``time_ratio_vs_plain`` is the ratio of the median step
     times, ``peak_memory_ratio_vs_plain`` that of the peak bytes (see
     :func:`peak_memory_bytes`).
   """
+  if case.measure is not None:
+    return case.measure(case, settings, quick)
   setup = case.build(quick)
   if PLAIN in setup.weighted_steps:
     raise ValueError(f"case {case.name!r}: {PLAIN!r} is reserved for the plain step.")
@@ -171,7 +200,8 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
   states = {m: given_states.get(m, setup.state) for m in steps}
   batch = setup.batch
 
-  compiled = {m: compile_step(s, states[m], batch) for m, s in steps.items()}
+  options = QUICK_COMPILER_OPTIONS if quick else None
+  compiled = {m: compile_step(s, states[m], batch, options) for m, s in steps.items()}
   peak = {m: peak_memory_bytes(c) for m, c in compiled.items()}
 
   for m, fn in compiled.items():
@@ -195,6 +225,7 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
   for m in methods:
     time_ratio = _ratio(median_s[m], median_s[PLAIN])
     memory_ratio = _ratio(peak[m], peak[PLAIN])
+    target_time, target_memory = case.targets_for(m)
     rows.append({
         "benchmark": case.name,
         "method": m,
@@ -209,22 +240,27 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
         "batch": setup.batch_desc,
         "repeats": settings.repeats,
         "calls_per_repeat": n,
-        "target_time_ratio": case.target_time_ratio,
-        "target_memory_ratio": case.target_memory_ratio,
-        "meets_target": _meets(case, time_ratio, memory_ratio),
+        "target_time_ratio": target_time,
+        "target_memory_ratio": target_memory,
+        "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
     })
   return rows
 
 
-def _meets(case: Case, time_ratio: float | None, memory_ratio: float | None):
-  """True/False against the case's targets; None when it has no target."""
-  if case.target_time_ratio is None and case.target_memory_ratio is None:
+def meets_target(
+    target_time: float | None,
+    target_memory: float | None,
+    time_ratio: float | None,
+    memory_ratio: float | None,
+) -> bool | None:
+  """True/False against the targets; None when there is no target."""
+  if target_time is None and target_memory is None:
     return None
   ok = True
-  if case.target_time_ratio is not None:
-    ok &= time_ratio is not None and time_ratio <= case.target_time_ratio
-  if case.target_memory_ratio is not None:
-    ok &= memory_ratio is not None and memory_ratio <= case.target_memory_ratio
+  if target_time is not None:
+    ok &= time_ratio is not None and time_ratio <= target_time
+  if target_memory is not None:
+    ok &= memory_ratio is not None and memory_ratio <= target_memory
   return bool(ok)
 
 
@@ -233,18 +269,21 @@ def _fmt(x, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  """The rows as a GitHub markdown table (one line per row)."""
+  """The rows as a GitHub markdown table (one line per row).
+
+  A row's optional ``"note"`` (free text, e.g. a peer comparison) fills the last
+  column.
+  """
   header = (
       "| benchmark | method | model | batch | plain ms | step ms | time ratio "
       "| peak MiB | memory ratio | target (time / memory) | meets target "
-      "| device | repeats |"
+      "| device | repeats | note |"
   )
   lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
   for row in rows:
     tt, tm = row.get("target_time_ratio"), row.get("target_memory_ratio")
-    target = "-" if tt is None and tm is None else (
-        f"<= {_fmt(tt, '.2f')}x / <= {_fmt(tm, '.2f')}x"
-    )
+    bound = lambda t: "-" if t is None else f"<= {t:.2f}x"
+    target = "-" if tt is None and tm is None else f"{bound(tt)} / {bound(tm)}"
     meets = row.get("meets_target")
     peak = row.get("peak_memory_bytes")
     cells = [
@@ -261,6 +300,7 @@ def markdown_table(rows: list[dict]) -> str:
         "-" if meets is None else ("yes" if meets else "**no**"),
         row["device"],
         str(row["repeats"]),
+        str(row.get("note") or "-").replace("|", "/"),
     ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
