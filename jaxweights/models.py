@@ -117,8 +117,19 @@ class TransformerLM(nnx.Module):
     self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    return self.head(self.ln_f(self.hidden_states(tokens)))
+
+  def hidden_states(self, tokens: jax.Array, layer: int | None = None) -> jax.Array:
+    """The residual stream ``[batch, seq, d_model]`` after block ``layer``.
+
+    ``layer=None`` means after the last block (before the final LayerNorm); 0 is
+    the embeddings. Q-probes read a late layer's state at the last token.
+    """
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
+    n = self.cfg.n_layers if layer is None else layer
+    if not 0 <= n <= self.cfg.n_layers:
+      raise ValueError(f"layer must be in [0, {self.cfg.n_layers}], got {layer}.")
     b, t = tokens.shape
     if t > self.cfg.max_len:
       raise ValueError(f"sequence length {t} exceeds max_len {self.cfg.max_len}.")
@@ -126,9 +137,9 @@ class TransformerLM(nnx.Module):
     # gradient is per-sample, which exact ghost gradient norms need.
     positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     x = self.tok(tokens) + self.pos(positions)
-    for block in self.blocks:
+    for block in self.blocks[:n]:
       x = block(x)
-    return self.head(self.ln_f(x))
+    return x
 
 
 def count_params(model: nnx.Module) -> int:
