@@ -151,6 +151,8 @@ def make_train_step(
     mode: Literal["jit", "shard_map"] = "jit",
     axis_name: str = "data",
     donate: bool = False,
+    accumulate: int = 1,
+    weights_over: Literal["global", "microbatch"] = "global",
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, jax.Array]]]:
   """Builds one compiled weighted train step.
 
@@ -164,6 +166,15 @@ def make_train_step(
     axis_name: the mesh's data axis.
     donate: donate the input state's buffers (saves memory; the input state
       must not be used again).
+    accumulate: split each (per-device) batch into this many microbatches and
+      accumulate their gradients, bounding activation memory.
+    weights_over: with ``accumulate > 1``: ``"global"`` computes the weights
+      over the whole batch first (one extra forward pass over the microbatches;
+      the update then equals the single-batch update: loss-based, RENT);
+      ``"microbatch"`` weights each microbatch on its own and averages their
+      gradients (PRESENCE's microbatch regime; also the only mode for a
+      weighting with a ``gradient`` override). ``prepare`` always sees the
+      whole batch.
 
   Returns:
     ``step(state, batch) -> (state, metrics)``. Metrics are float32 scalars:
@@ -179,6 +190,10 @@ def make_train_step(
     raise ValueError(f"mode must be 'jit' or 'shard_map', got {mode!r}.")
   if mode == "shard_map" and mesh is None:
     raise ValueError("mode='shard_map' needs a mesh.")
+  if accumulate < 1:
+    raise ValueError(f"accumulate must be >= 1, got {accumulate}.")
+  if weights_over not in ("global", "microbatch"):
+    raise ValueError(f"weights_over must be 'global' or 'microbatch', got {weights_over!r}.")
   if mesh is not None and axis_name not in mesh.axis_names:
     raise ValueError(f"axis {axis_name!r} is not in the mesh axes {mesh.axis_names}.")
 
@@ -188,6 +203,8 @@ def make_train_step(
       optimizer,
       weighting,
       axis_name=axis_name if mode == "shard_map" else None,
+      accumulate=accumulate,
+      weights_over=weights_over,
   )
   donate_argnums = (0,) if donate else ()
   if mode == "shard_map":
@@ -205,7 +222,139 @@ def make_train_step(
   )
 
 
-def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name):
+def _split(tree, n: int):
+  """``[B, ...]`` -> ``[n, B / n, ...]``; microbatch ``a`` holds rows ``i = a (mod n)``.
+
+  Interleaving keeps each microbatch spread over the devices of a batch that is
+  sharded in contiguous blocks, so no resharding is needed.
+  """
+
+  def f(x):
+    if x.shape[0] % n:
+      raise ValueError(
+          f"a batch leaf of shape {x.shape} cannot be split into {n} microbatches."
+      )
+    return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+  return jax.tree.map(f, tree)
+
+
+def _unsplit(tree):
+  """Inverse of :func:`_split`: ``[n, B / n, ...]`` -> ``[B, ...]``."""
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree
+  )
+
+
+def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
+                accumulate: int = 1, weights_over: str = "global"):
+  def per_sample(params, rest, batch):
+    model = nnx.merge(graphdef, params, rest)
+    out = loss_fn(model, batch)
+    if not isinstance(out, LossOutput):
+      raise TypeError(
+          f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}."
+      )
+    losses = check_per_sample(out.loss, "loss_fn(...).loss")
+    given = as_mask(out.mask, losses)
+    finite = jnp.isfinite(losses)
+    mask = given & finite
+    safe = jnp.where(mask, losses, 0.0)
+    return safe, mask, given & ~finite, out.aux, model
+
+  def one_batch(params, rest, batch, wstate, step_, weight_key):
+    """Weights and gradient for one (micro)batch: (grads, detached, mask, w, wstate, rest, n_nonfinite)."""
+    out = None
+    if weighting.gradient is not None:
+      out = weighting.gradient(
+          GradientContext(
+              loss_fn=loss_fn, graphdef=graphdef, params=params, rest=rest,
+              batch=batch, state=wstate, step=step_, key=weight_key,
+              axis_name=axis_name,
+          )
+      )
+    if out is not None:
+      if not isinstance(out, GradientOutput):
+        raise TypeError(
+            f"a weighting's gradient must return GradientOutput, got {type(out).__name__}."
+        )
+      detached = jax.lax.stop_gradient(out.losses)
+      weights = jax.lax.stop_gradient(
+          jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0)
+      )
+      zero = jnp.zeros((), jnp.float32)
+      return out.grads, detached, out.mask, weights, out.state, rest, zero
+
+    def objective(params):
+      safe, mask, nonfinite, aux, model = per_sample(params, rest, batch)
+      detached = jax.lax.stop_gradient(safe)
+      inputs = WeightInputs(
+          losses=detached, mask=mask, aux=jax.lax.stop_gradient(aux), batch=batch,
+          step=step_, key=weight_key, axis_name=axis_name,
+      )
+      weights, new_wstate = weighting.update(inputs, wstate)
+      weights = check_weights_shape(weights, safe)
+      weights = jax.lax.stop_gradient(jnp.where(mask, weights, 0.0))
+      new_rest = nnx.split(model, nnx.Param, ...)[2]
+      n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
+      return jnp.sum(weights * safe), (detached, mask, weights, new_wstate, new_rest, n_nonfinite)
+
+    grads, aux = jax.grad(objective, has_aux=True)(params)
+    return (grads, *aux)
+
+  def global_weights_accumulated(params, rest, batch, wstate, step_, weight_key):
+    """Weights over the whole batch, gradient accumulated over microbatches."""
+    if weighting.gradient is not None:
+      raise ValueError(
+          "this weighting forms its own gradient; with accumulate > 1 use "
+          "weights_over='microbatch'."
+      )
+    micro = _split(batch, accumulate)
+
+    def forward(_, b):
+      safe, mask, nonfinite, aux, _m = per_sample(params, rest, b)
+      return None, (safe, mask, nonfinite, aux)
+
+    _, stacked = jax.lax.scan(forward, None, micro)
+    safe, mask, nonfinite, aux = _unsplit(stacked)
+    inputs = WeightInputs(
+        losses=safe, mask=mask, aux=jax.lax.stop_gradient(aux), batch=batch,
+        step=step_, key=weight_key, axis_name=axis_name,
+    )
+    weights, new_wstate = weighting.update(inputs, wstate)
+    weights = jax.lax.stop_gradient(
+        jnp.where(mask, check_weights_shape(weights, safe), 0.0)
+    )
+
+    def backward(acc, xs):
+      b, w = xs
+      g = jax.grad(lambda p: jnp.sum(w * per_sample(p, rest, b)[0]))(params)
+      return jax.tree.map(jnp.add, acc, g), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, _ = jax.lax.scan(backward, zeros, (micro, _split(weights, accumulate)))
+    n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
+    return grads, safe, mask, weights, new_wstate, rest, n_nonfinite
+
+  def microbatch_weights_accumulated(params, rest, batch, wstate, step_, weight_key):
+    """Weights within each microbatch; the update averages the microbatch gradients."""
+    micro = _split(batch, accumulate)
+    keys = jax.random.split(weight_key, accumulate)
+
+    def body(carry, xs):
+      acc, ws, r = carry
+      b, k = xs
+      g, det, m, w, ws, r, nf = one_batch(params, r, b, ws, step_, k)
+      return (jax.tree.map(jnp.add, acc, g), ws, r), (det, m, w, nf)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, new_wstate, new_rest), (det, m, w, nf) = jax.lax.scan(
+        body, (zeros, wstate, rest), (micro, keys)
+    )
+    grads = jax.tree.map(lambda g: g / accumulate, grads)
+    return (grads, _unsplit(det), _unsplit(m), _unsplit(w) / accumulate,
+            new_wstate, new_rest, jnp.sum(nf))
+
   def step(state: TrainState, batch):
     key, prepare_key, weight_key = jax.random.split(state.key, 3)
     if weighting.prepare is not None:
@@ -221,69 +370,16 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name):
               axis_name=axis_name,
           )
       )
-
-    def objective(params):
-      model = nnx.merge(graphdef, params, state.rest)
-      out = loss_fn(model, batch)
-      if not isinstance(out, LossOutput):
-        raise TypeError(
-            f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}."
-        )
-      losses = check_per_sample(out.loss, "loss_fn(...).loss")
-      given = as_mask(out.mask, losses)
-      finite = jnp.isfinite(losses)
-      mask = given & finite
-      safe = jnp.where(mask, losses, 0.0)
-      detached = jax.lax.stop_gradient(safe)
-      inputs = WeightInputs(
-          losses=detached,
-          mask=mask,
-          aux=jax.lax.stop_gradient(out.aux),
-          batch=batch,
-          step=state.step,
-          key=weight_key,
-          axis_name=axis_name,
-      )
-      weights, wstate = weighting.update(inputs, state.weighting_state)
-      weights = check_weights_shape(weights, losses)
-      weights = jax.lax.stop_gradient(jnp.where(mask, weights, 0.0))
-      rest = nnx.split(model, nnx.Param, ...)[2]
-      objective_value = jnp.sum(weights * safe)
-      n_nonfinite = gsum((given & ~finite).astype(jnp.float32), axis_name)
-      return objective_value, (detached, mask, weights, wstate, rest, n_nonfinite)
-
-    out = None
-    if weighting.gradient is not None:
-      out = weighting.gradient(
-          GradientContext(
-              loss_fn=loss_fn,
-              graphdef=graphdef,
-              params=state.params,
-              rest=state.rest,
-              batch=batch,
-              state=state.weighting_state,
-              step=state.step,
-              key=weight_key,
-              axis_name=axis_name,
-          )
-      )
-    if out is None:  # no override, or the override declined
-      grad_fn = jax.value_and_grad(objective, has_aux=True)
-      (local_obj, aux), grads = grad_fn(state.params)
-      detached, mask, weights, wstate, rest, n_nonfinite = aux
+    if accumulate == 1:
+      compute = one_batch
+    elif weights_over == "global":
+      compute = global_weights_accumulated
     else:
-      if not isinstance(out, GradientOutput):
-        raise TypeError(
-            f"a weighting's gradient must return GradientOutput, got {type(out).__name__}."
-        )
-      detached = jax.lax.stop_gradient(out.losses)
-      mask = out.mask
-      weights = jax.lax.stop_gradient(
-          jnp.where(mask, check_weights_shape(out.weights, detached), 0.0)
-      )
-      grads, wstate, rest = out.grads, out.state, state.rest
-      local_obj = jnp.sum(weights * detached)
-      n_nonfinite = jnp.zeros((), jnp.float32)
+      compute = microbatch_weights_accumulated
+    grads, detached, mask, weights, wstate, rest, n_nonfinite = compute(
+        state.params, state.rest, batch, state.weighting_state, state.step, weight_key
+    )
+    local_obj = jnp.sum(weights * detached)
 
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(grad_norm)

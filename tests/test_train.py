@@ -256,3 +256,60 @@ def test_prepare_prepass_feeds_the_weighting():
   model = nnx.merge(graphdef, state.params, state.rest)
   expected = jax.nn.softmax(jnp.sum(model(mlp_batch()["x"]) ** 2, axis=1))
   np.testing.assert_allclose(metrics["weight_max"], expected.max(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "linupper"])
+@pytest.mark.parametrize("mode", ["jit", "shard_map"])
+def test_accumulated_update_equals_single_batch_update(strategy, mode):
+  tx = optax.sgd(0.1)
+  weighting = jw.loss_reweighting(strategy, r=0.3)
+  graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
+  batch = mlp_batch(32)
+  mesh = jw.data_mesh() if mode == "shard_map" else None
+  if mesh is not None:
+    state, batch = jw.replicate(state, mesh), jw.shard_batch(batch, mesh)
+  one, m1 = jw.make_train_step(graphdef, mlp_loss, tx, weighting, mesh=mesh, mode=mode)(state, batch)
+  acc, m4 = jw.make_train_step(graphdef, mlp_loss, tx, weighting, mesh=mesh, mode=mode,
+                               accumulate=2)(state, batch)
+  assert max_diff(one.params, acc.params) < 1e-6
+  for k in ("loss_mean", "loss_weighted", "weight_max", "ess"):
+    np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
+
+
+def test_microbatch_weights_average_microbatch_gradients():
+  tx = optax.sgd(1.0)
+  weighting = jw.loss_reweighting("extremes", r=0.5)
+  graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
+  batch = mlp_batch(12)
+  new, metrics = jw.make_train_step(graphdef, mlp_loss, tx, weighting, accumulate=3,
+                                    weights_over="microbatch")(state, batch)
+
+  def per_sample(params, b):
+    return mlp_loss(nnx.merge(graphdef, params, state.rest), b).loss
+
+  total = None
+  for a in range(3):
+    b = jax.tree.map(lambda x: x[a::3], batch)  # microbatches interleave rows
+    w = jw.extremes(per_sample(state.params, b), r=0.5)
+    g = jax.grad(lambda p: jnp.sum(w * per_sample(p, b)))(state.params)
+    total = g if total is None else jax.tree.map(jnp.add, total, g)
+  expected = jax.tree.map(lambda p, g: p - g / 3, state.params, total)
+  assert max_diff(new.params, expected) < 1e-6
+  np.testing.assert_allclose(metrics["weight_sum"], 1.0, rtol=1e-6)
+
+
+def test_accumulation_bad_arguments():
+  tx = optax.sgd(0.1)
+  graphdef, state = jw.init_train_state(new_mlp(), tx)
+  with pytest.raises(ValueError, match="accumulate"):
+    jw.make_train_step(graphdef, mlp_loss, tx, accumulate=0)
+  with pytest.raises(ValueError, match="weights_over"):
+    jw.make_train_step(graphdef, mlp_loss, tx, accumulate=2, weights_over="local")
+  with pytest.raises(ValueError, match="microbatches"):
+    jw.make_train_step(graphdef, mlp_loss, tx, accumulate=5)(state, mlp_batch(32))
+  presence = jw.presence(tau=1.0)
+  graphdef, state = jw.init_train_state(new_mlp(), tx, presence)
+  with pytest.raises(ValueError, match="weights_over='microbatch'"):
+    jw.make_train_step(graphdef, mlp_loss, tx, presence, accumulate=2)(state, mlp_batch(32))
+  jw.make_train_step(graphdef, mlp_loss, tx, presence, accumulate=2, weights_over="microbatch")(
+      state, mlp_batch(32))
