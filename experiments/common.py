@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 import jaxweights
+from jaxweights import distributed as jw_distributed
 
 RESULTS = "results"
 CONFIG_NAMES = ("smoke", "quick", "full")
@@ -316,11 +318,22 @@ def plot_curves(
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-  """The shared CLI: ``--config {smoke,quick,full}`` and ``--out DIR``."""
+  """The shared CLI: ``--config {smoke,quick,full}``, ``--out DIR`` and multi-process flags.
+
+  When the flags (or ``JAXWEIGHTS_*`` environment variables, see
+  :mod:`jaxweights.distributed`) describe several processes, this starts
+  ``jax.distributed`` before anything touches a device. Every process runs the
+  same program on its share of the devices; only process 0 writes to ``--out``
+  (the others write to a per-process scratch folder under it).
+  """
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--config", default="quick", choices=CONFIG_NAMES)
   parser.add_argument("--out", default=RESULTS, help="results root (default: results)")
-  return parser.parse_args(argv)
+  jw_distributed.add_arguments(parser)
+  args = parser.parse_args(argv)
+  if jw_distributed.initialize_from_args(args) and not jw_distributed.is_main():
+    args.out = str(Path(args.out) / f".process{jax.process_index()}")
+  return args
 
 
 def _json_default(obj):

@@ -121,24 +121,35 @@ def data_mesh(devices=None, axis_name: str = "data") -> Mesh:
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
-  """Places every leaf of ``batch`` split along its leading (batch) axis."""
+  """Places every leaf of the GLOBAL ``batch`` split along its leading axis.
+
+  In a multi-process run every process passes the same global batch (batches
+  are pure functions of (seed, step)); each process only transfers the rows of
+  its own devices.
+  """
   n = mesh.shape[axis_name]
 
   def put(x):
-    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
     if x.ndim == 0 or x.shape[0] % n:
       raise ValueError(
           f"a batch leaf of shape {x.shape} cannot be split over {n} devices: "
           f"the batch size must be a multiple of the '{axis_name}' axis size."
       )
-    return jax.device_put(x, NamedSharding(mesh, P(axis_name)))
+    return _put(x, NamedSharding(mesh, P(axis_name)))
 
   return jax.tree.map(put, batch)
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  """Places every leaf of ``tree`` replicated over ``mesh``."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Places every leaf of ``tree`` replicated over ``mesh`` (all processes)."""
+  return jax.tree.map(lambda x: _put(x, NamedSharding(mesh, P())), tree)
+
+
+def _put(x, sharding: NamedSharding):
+  if jax.process_count() == 1:
+    return jax.device_put(x if isinstance(x, jax.Array) else jnp.asarray(x), sharding)
+  host = np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def make_train_step(

@@ -14,6 +14,7 @@ The headline metric is the held-out loss: the token-weighted mean cross-entropy
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxweights
 from experiments import common
@@ -89,7 +91,10 @@ def build(method: str, config, model_cfg, optimizer, mesh):
   )
   step = jaxweights.make_train_step(graphdef, loss_fn, optimizer, weighting, mesh=mesh)
 
-  @jax.jit
+  # Replicated output: every process (multi-host runs) can read the whole batch.
+  replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+  @functools.partial(jax.jit, out_shardings=replicated)
   def eval_ce(state, batch):
     """Per-target cross-entropy ``[batch, seq]`` (0 where the target is padding)."""
     model = nnx.merge(graphdef, state.params, state.rest)

@@ -1,0 +1,58 @@
+"""Multi-process runs: 2 processes x 4 CPU devices on loopback == 1 process x 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("loss_mean", "loss_weighted", "weight_min", "weight_max", "ess", "heldout_loss")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(out, devices, extra=()):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.loss_lm", "--config", "smoke", "--out", str(out), *extra]
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def records(run_dir):
+  out = {}
+  for path in sorted((run_dir / "runs").glob("*.jsonl")):
+    out[path.name] = [json.loads(line) for line in path.read_text().splitlines()]
+  return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+  single = launch(tmp_path / "one", 8)
+  port = free_port()
+  procs = [launch(tmp_path / "two", 4, ["--coordinator", f"127.0.0.1:{port}",
+                                        "--num-processes", "2", "--process-id", str(p)])
+           for p in range(2)]
+  for p in [single, *procs]:
+    log, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, log[-3000:]
+  one, two = records(tmp_path / "one" / "loss_lm"), records(tmp_path / "two" / "loss_lm")
+  assert one.keys() == two.keys() and len(one) == 8  # 4 methods x 2 seeds
+  compared = 0
+  for name in one:
+    for a, b in zip(one[name], two[name], strict=True):
+      for key in KEYS:
+        if key in a:
+          np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"{name} step {a['step']} {key}")
+          compared += 1
+  assert compared > 100
+  summary = json.loads((tmp_path / "two" / "loss_lm" / "summary.json").read_text())
+  assert summary["config"]["devices"] == 8
