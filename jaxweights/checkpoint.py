@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import warnings
+
 import jax
 import orbax.checkpoint as ocp
 
@@ -52,16 +54,39 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def restore(self, target: PyTree, step: int | None = None) -> PyTree:
-    """Restores the checkpoint at ``step`` (default: latest) shaped like ``target``.
+    """Restores a checkpoint shaped like ``target``.
 
-    ``target`` may be a live state or its ``jax.ShapeDtypeStruct`` tree; its
-    shardings are kept.
+    With ``step=None`` the newest readable checkpoint wins: one that fails to
+    restore (a truncated or corrupted file) is reported with a warning naming it
+    and skipped for the next older one. A partially written checkpoint never
+    appears as a step: orbax writes to a temporary folder and renames it only
+    when complete. ``target`` may be a live state or its
+    ``jax.ShapeDtypeStruct`` tree; its shardings are kept.
+
+    Raises:
+      FileNotFoundError: no (readable) checkpoint.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    if step is not None:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+    for candidate in steps:
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+        _check_finite_structure(restored, abstract)
+        self.restored_step = candidate
+        return restored
+      except Exception as error:  # orbax raises many types for a damaged folder
+        warnings.warn(
+            f"checkpoint step {candidate} in {self.directory} is unreadable and is "
+            f"skipped ({type(error).__name__}: {str(error)[:200]}).",
+            stacklevel=2,
+        )
+    raise FileNotFoundError(f"no readable checkpoint in {self.directory} (tried {steps}).")
+
+  restored_step: int | None = None
 
   def close(self):
     self._manager.close()
@@ -71,3 +96,11 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _check_finite_structure(restored: PyTree, abstract: PyTree) -> None:
+  """Raises if a restored tree does not match the target's shapes and dtypes."""
+  got = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+  if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+    raise ValueError("restored tree does not match the target's structure, shapes or dtypes.")

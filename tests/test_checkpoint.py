@@ -67,3 +67,54 @@ def test_restore_without_checkpoint_raises(tmp_path):
   _, state = setup()
   with pytest.raises(FileNotFoundError):
     jw.Checkpointer(tmp_path / "empty").restore(state)
+
+
+def test_corrupted_latest_checkpoint_is_skipped_with_a_message(tmp_path):
+  step, state0 = setup()
+  full, _ = jw.train_loop(step, state0, batch_fn, 8)
+  ckpt = jw.Checkpointer(tmp_path / "ckpt", max_to_keep=3)
+  jw.train_loop(step, state0, batch_fn, 6, checkpointer=ckpt, checkpoint_every=2)
+  ckpt.close()
+  # Damage every data file of the newest step (6): truncate them.
+  damaged = [p for p in (tmp_path / "ckpt" / "6").rglob("*") if p.is_file() and p.stat().st_size > 0]
+  assert damaged
+  for p in damaged:
+    p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
+  ckpt = jw.Checkpointer(tmp_path / "ckpt", max_to_keep=3)
+  with pytest.warns(UserWarning, match="step 6 .* unreadable"):
+    resumed, history = jw.train_loop(step, state0, batch_fn, 8, checkpointer=ckpt)
+  assert ckpt.restored_step == 4 and history[0]["step"] == 5
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
+  import os
+  import random
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  worker = [sys.executable, os.path.join(os.path.dirname(__file__), "crash_worker.py")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  subprocess.run([*worker, "-", str(tmp_path / "ref.npz")], check=True, env=env, timeout=600)
+  kill_after = random.Random(os.getpid()).randrange(4, 35)  # a random step, logged on failure
+  ckpt_dir = tmp_path / "ckpt"
+  proc = subprocess.Popen([*worker, str(ckpt_dir), str(tmp_path / "out.npz")], env=env)
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+    if steps and max(steps) >= kill_after:
+      break
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / "out.npz").exists()
+  subprocess.run([*worker, str(ckpt_dir), str(tmp_path / "out.npz")], check=True, env=env, timeout=600)
+  ref, out = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "out.npz")
+  assert ref.files == out.files
+  for name in ref.files:
+    np.testing.assert_array_equal(ref[name], out[name], err_msg=f"killed after step {kill_after}")
