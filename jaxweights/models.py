@@ -52,6 +52,7 @@ class TransformerConfig:
   n_heads: int = 4
   d_ff: int = 1024
   max_len: int = 256
+  dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
 
   @classmethod
   def small(cls, **kw) -> "TransformerConfig":
@@ -68,6 +69,8 @@ class TransformerConfig:
       raise ValueError(
           f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
       )
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -77,8 +80,8 @@ class CausalSelfAttention(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.n_heads = cfg.n_heads
-    self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, rngs=rngs)
-    self.out = nnx.Linear(cfg.d_model, cfg.d_model, rngs=rngs)
+    self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.out = nnx.Linear(cfg.d_model, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -91,11 +94,11 @@ class CausalSelfAttention(nnx.Module):
 class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.ln1 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+    self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.attn = CausalSelfAttention(cfg, rngs=rngs)
-    self.ln2 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
-    self.fc = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
-    self.proj = nnx.Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.fc = nnx.Linear(cfg.d_model, cfg.d_ff, dtype=cfg.dtype, rngs=rngs)
+    self.proj = nnx.Linear(cfg.d_ff, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.ln1(x))
@@ -106,15 +109,18 @@ class TransformerLM(nnx.Module):
   """A pre-LayerNorm decoder-only transformer: ``[batch, seq]`` ids -> logits.
 
   Learned absolute position embeddings, GELU MLPs, an untied output head.
+  ``cfg.dtype="bfloat16"`` computes in bf16 with float32 parameters (mixed
+  precision); the loss helpers cast logits to float32, so per-sample losses and
+  the weights computed from them stay float32.
   """
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.tok = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
-    self.pos = nnx.Embed(cfg.max_len, cfg.d_model, rngs=rngs)
+    self.tok = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.pos = nnx.Embed(cfg.max_len, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-    self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
-    self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, rngs=rngs)
+    self.ln_f = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     return self.head(self.ln_f(self.hidden_states(tokens)))

@@ -70,3 +70,40 @@ def test_mlp_and_param_count():
   assert jw.count_params(model) == 4 * 8 + 8 + 8 * 3 + 3
   small = jw.TransformerLM(jw.TransformerConfig.small(), rngs=nnx.Rngs(0))
   assert 5e6 < jw.count_params(small) < 8e6
+
+
+def test_bf16_compute_tracks_float32_training():
+  import optax
+  rng = np.random.default_rng(0)
+  data = rng.integers(0, 40, (64, 17))
+  data[:, 1::2] = (data[:, ::2][:, :8] + 1) % 40  # learnable structure
+
+  def lm_loss(model, batch):
+    logits = model(batch["tokens"][:, :-1])
+    l, m = jw.token_mean_cross_entropy(logits, batch["tokens"][:, 1:])
+    return jw.LossOutput(l, m)
+
+  curves = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = jw.TransformerConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=16, dtype=dtype)
+    model = jw.TransformerLM(cfg, rngs=nnx.Rngs(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    tx = optax.adam(3e-3)
+    weighting = jw.loss_reweighting("linupper", r=0.5)
+    graphdef, state = jw.init_train_state(model, tx, weighting)
+    step = jw.make_train_step(graphdef, lm_loss, tx, weighting)
+    losses = []
+    for i in range(40):
+      start = (i * 16) % 64
+      batch = {"tokens": jnp.asarray(data[start:start + 16])}
+      state, m = step(state, batch)
+      losses.append(float(m["loss_mean"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    curves[dtype] = np.array(losses)
+  assert curves["float32"][-5:].mean() < curves["float32"][:5].mean() - 0.5  # it learns
+  np.testing.assert_allclose(curves["bfloat16"], curves["float32"], rtol=0.03)
+  logits = jw.TransformerLM(jw.TransformerConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                                                  max_len=16, dtype="bfloat16"), rngs=nnx.Rngs(0))(jnp.zeros((1, 4), jnp.int32))
+  assert logits.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="dtype"):
+    jw.TransformerConfig(dtype="int8")
