@@ -40,6 +40,7 @@ global batch (so the step minimises ``sum_i w_i l_i / sum_j w_j``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -452,6 +453,15 @@ def discriminator_batch(x_ref: np.ndarray, x_bias: np.ndarray, *, seed: int, ste
   return {"x": x, "label": label}
 
 
+@functools.lru_cache(maxsize=16)
+def _discriminator_step(graphdef, sde, t_sampling, time_independent, learning_rate):
+  """One compiled step per architecture and setting, reused across calls (seeds)."""
+  tx = optax.adam(learning_rate)
+  weighting = discriminator_weighting(sde, t_sampling=t_sampling,
+                                      time_independent=time_independent)
+  return tx, weighting, make_train_step(graphdef, discriminator_loss_fn(sde), tx, weighting)
+
+
 def train_discriminator(
     model: nnx.Module,
     x_ref: np.ndarray,
@@ -491,11 +501,10 @@ def train_discriminator(
         f"x_ref and x_bias must be non-empty with equal sample shapes, got "
         f"{x_ref.shape} and {x_bias.shape}."
     )
-  tx = optax.adam(learning_rate)
-  weighting = discriminator_weighting(sde, t_sampling=t_sampling,
-                                      time_independent=time_independent)
-  graphdef, state = init_train_state(model, tx, weighting, seed=seed)
-  step = make_train_step(graphdef, discriminator_loss_fn(sde), tx, weighting)
+  graphdef = nnx.graphdef(model)
+  tx, weighting, step = _discriminator_step(graphdef, sde, t_sampling, time_independent,
+                                            float(learning_rate))
+  _, state = init_train_state(model, tx, weighting, seed=seed)
   history = []
   for i in range(num_steps):
     state, metrics = step(state, discriminator_batch(x_ref, x_bias, seed=seed, step=i,

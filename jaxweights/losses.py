@@ -2,7 +2,8 @@
 
 They differ from optax's elementwise losses only in how they reduce to one value
 per sample, and in what happens to samples with nothing to score (weight 0, loss 0:
-never 0/0).
+never 0/0). A NaN/inf input propagates to that sample's loss only; the train step
+gives such a sample weight 0 and counts it in ``n_nonfinite``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def token_mean_cross_entropy(
     and ``[batch]`` booleans, False for a sequence with no active token (its loss
     is 0 and it must get weight 0; the train step does this).
   """
+  logits, targets = jnp.asarray(logits), jnp.asarray(targets)
   if logits.ndim != 3:
     raise ValueError(f"logits must be [batch, seq, vocab], got shape {logits.shape}.")
+  _check_float_int(logits, targets)
   if targets.shape != logits.shape[:2]:
     raise ValueError(
         f"targets shape {targets.shape} does not match logits' [batch, seq] "
@@ -54,21 +57,37 @@ def token_mean_cross_entropy(
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-sample softmax cross-entropy: ``[batch, classes]``, ``[batch]`` -> ``[batch]``."""
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(
         f"expected logits [batch, classes] and labels [batch], got {logits.shape} "
         f"and {labels.shape}."
     )
+  _check_float_int(logits, labels)
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels
   )
 
 
+def _check_float_int(logits, targets):
+  if logits.shape[-1] == 0:
+    raise ValueError(f"logits have an empty class axis (shape {logits.shape}).")
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(f"logits must be floating point, got dtype {logits.dtype}.")
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise TypeError(f"targets/labels must be integer ids, got dtype {targets.dtype}.")
+
+
 def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-sample mean squared error over all non-batch axes -> ``[batch]``."""
+  predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
+  if predictions.ndim == 0 or predictions.shape[0] == 0:
+    raise ValueError(f"predictions must have a non-empty batch axis, got shape {predictions.shape}.")
   if predictions.shape != targets.shape:
     raise ValueError(
         f"predictions {predictions.shape} and targets {targets.shape} differ."
     )
+  if predictions.size == 0:
+    raise ValueError(f"predictions have no elements per sample (shape {predictions.shape}).")
   se = (predictions.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2
   return se.reshape(se.shape[0], -1).mean(axis=1)

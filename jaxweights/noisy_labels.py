@@ -177,15 +177,27 @@ def importance_weights(probs: jax.Array, noisy_labels: jax.Array, T: jax.Array) 
 
   Unnormalised, detached; ``P(y = y~ | x) / P(y~ | x)``.
   """
-  probs = jax.lax.stop_gradient(jnp.asarray(probs, jnp.float32))
-  if probs.ndim != 2 or noisy_labels.shape != probs.shape[:1]:
-    raise ValueError(f"expected probs [B, C] and labels [B], got {probs.shape}, {noisy_labels.shape}.")
+  probs, noisy_labels = _check_probs_labels(probs, noisy_labels)
+  probs = jax.lax.stop_gradient(probs)
   T = jnp.asarray(T, jnp.float32)
   if T.shape != (probs.shape[1], probs.shape[1]):
     raise ValueError(f"T has shape {T.shape}, expected {(probs.shape[1],) * 2}.")
   noisy = probs @ T.T  # [B, C]: P(noisy = j | x) = sum_y T[j, y] f_y
   take = lambda m: jnp.take_along_axis(m, noisy_labels[:, None], axis=1)[:, 0]
   return take(probs) / (take(noisy) + _EPS)
+
+
+def _check_probs_labels(probs, labels):
+  probs, labels = jnp.asarray(probs), jnp.asarray(labels)
+  if probs.ndim != 2 or probs.shape[1] < 2:
+    raise ValueError(f"probs must be [batch, classes >= 2], got shape {probs.shape}.")
+  if labels.shape != probs.shape[:1]:
+    raise ValueError(f"labels must be [batch] = {probs.shape[:1]}, got shape {labels.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
+  if not jnp.issubdtype(probs.dtype, jnp.floating):
+    raise TypeError(f"probs must be floating point, got dtype {probs.dtype}.")
+  return probs.astype(jnp.float32), labels
 
 
 def reweight(w: jax.Array, mask=None, *, axis_name: AxisName = None) -> jax.Array:
@@ -248,8 +260,11 @@ def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=Non
 
 def forward_corrected_ce(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array) -> jax.Array:
   """Forward loss correction: ``-log (T softmax(logits))_{y~}`` -> ``[B]``."""
+  logits, noisy_labels = _check_probs_labels(logits, noisy_labels)
   T = jnp.asarray(T, jnp.float32)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  if T.shape != (logits.shape[1],) * 2:
+    raise ValueError(f"T has shape {T.shape}, expected {(logits.shape[1],) * 2}.")
+  logp = jax.nn.log_softmax(logits)
   # log sum_y T[j, y] p_y, stably.
   log_noisy = jax.scipy.special.logsumexp(logp[:, None, :] + jnp.log(T + _EPS)[None], axis=-1)
   return -jnp.take_along_axis(log_noisy, noisy_labels[:, None], axis=1)[:, 0]

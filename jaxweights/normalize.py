@@ -8,6 +8,8 @@ and an optional ``axis_name`` for use under ``jax.shard_map``/``jax.pmap`` (see
 
 Degenerate batches are documented, not NaN:
 
+* inputs must be rank-1 floating arrays (a clear ValueError/TypeError otherwise);
+* NaN/inf entries are treated as masked;
 * every entry masked: outputs are all 0;
 * all valid entries equal (including a batch of one): ``minmax`` and ``zscore``
   give 0, ``softmax`` gives uniform weights.
@@ -18,9 +20,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxweights._reduce import AxisName, as_mask, gmax, gmin, gsum
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, gmax, gmin, gsum
 
 _MINMAX_EPS = 1e-6
+
+
+def _prepare(x, mask, name="x"):
+  """Validated float32 ``[batch]`` values and mask (non-finite entries masked)."""
+  x = check_per_sample(x, name)
+  mask = as_mask(mask, x) & jnp.isfinite(x)
+  return jnp.where(mask, x.astype(jnp.float32), 0.0), mask
 
 
 def masked_count(mask: jax.Array, axis_name: AxisName = None) -> jax.Array:
@@ -48,8 +57,7 @@ def minmax(
   Returns:
     ``[batch]`` float32 values in ``[-1, 1]``; 0 where masked.
   """
-  x = jnp.asarray(x, jnp.float32)
-  mask = as_mask(mask, x)
+  x, mask = _prepare(x, mask)
   has_any = masked_count(mask, axis_name) > 0
   hi = gmax(jnp.where(mask, x, -jnp.inf), axis_name)
   lo = gmin(jnp.where(mask, x, jnp.inf), axis_name)
@@ -77,8 +85,7 @@ def zscore(
   Returns:
     ``[batch]`` float32 standardised values; 0 where masked.
   """
-  x = jnp.asarray(x, jnp.float32)
-  mask = as_mask(mask, x)
+  x, mask = _prepare(x, mask)
   n = jnp.maximum(masked_count(mask, axis_name), 1.0)
   xm = jnp.where(mask, x, 0.0)
   mean = gsum(xm, axis_name) / n
@@ -107,9 +114,9 @@ def softmax(
     entries of the global batch (all 0 if every entry is masked).
   """
   temperature = check_temperature(temperature)
-  x = jnp.asarray(logits, jnp.float32)
-  mask = as_mask(mask, x)
-  z = x / temperature
+  x, mask = _prepare(logits, mask, "logits")
+  big = jnp.finfo(jnp.float32).max
+  z = jnp.clip(x / temperature, -big, big)  # a tiny temperature may overflow
   top = gmax(jnp.where(mask, z, -jnp.inf), axis_name)
   top = jnp.where(jnp.isfinite(top), top, 0.0)
   e = jnp.where(mask, jnp.exp(z - top), 0.0)
@@ -123,8 +130,8 @@ def sum_to_one(
 
   All-zero (or all-masked) input returns zeros.
   """
-  w = jnp.asarray(w, jnp.float32)
-  mask = as_mask(mask, w)
+  w, mask = _prepare(w, mask, "w")
+  mask = mask & (w >= 0)
   w = jnp.where(mask, w, 0.0)
   return _safe_div(w, gsum(w, axis_name))
 
@@ -136,7 +143,8 @@ def mean_one(
 
   All-zero (or all-masked) input returns zeros.
   """
-  mask = as_mask(mask, jnp.asarray(w))
+  w, mask = _prepare(w, mask, "w")
+  mask = mask & (w >= 0)
   return sum_to_one(w, mask, axis_name=axis_name) * masked_count(mask, axis_name)
 
 

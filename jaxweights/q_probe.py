@@ -57,6 +57,8 @@ def _check_groups(q, mask, name="q"):
   q = jnp.asarray(q)
   if q.ndim != 2:
     raise ValueError(f"{name} must be [prompts, k], got shape {q.shape}.")
+  if not jnp.issubdtype(q.dtype, jnp.floating):
+    raise TypeError(f"{name} must be floating point, got dtype {q.dtype}.")
   if q.shape[1] < 2:
     raise ValueError(f"need k >= 2 candidates per prompt to reweight, got k = {q.shape[1]}.")
   mask = jnp.ones(q.shape, bool) if mask is None else jnp.asarray(mask, bool)
@@ -66,7 +68,7 @@ def _check_groups(q, mask, name="q"):
 
 
 def _check_beta(beta):
-  if isinstance(beta, (int, float)) and not beta >= 0:
+  if isinstance(beta, (int, float)) and not 0 <= beta < float("inf"):
     raise ValueError(f"beta must be >= 0 (0 = argmax), got {beta}.")
 
 
@@ -90,7 +92,8 @@ def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = 
   if isinstance(beta, (int, float)) and beta == 0:
     idx = jnp.argmax(jnp.where(mask, q, -jnp.inf), axis=1)
     return jax.nn.one_hot(idx, q.shape[1]) * mask.any(axis=1, keepdims=True)
-  z = jnp.where(mask, q / beta, -jnp.inf)
+  big = jnp.finfo(jnp.float32).max
+  z = jnp.where(mask, jnp.clip(q / beta, -big, big), -jnp.inf)  # q / beta may overflow
   top = jnp.max(z, axis=1, keepdims=True)
   e = jnp.where(mask, jnp.exp(z - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
   s = e.sum(axis=1, keepdims=True)
@@ -104,12 +107,20 @@ def select(key: jax.Array, q: jax.Array, beta: float = 0.1, mask=None) -> jax.Ar
 
 
 def expected_reward(q: jax.Array, rewards: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
-  """The exact expected reward ``sum_i p_i r_i`` per prompt -> ``[prompts]``."""
+  """The exact expected reward ``sum_i p_i r_i`` per prompt -> ``[prompts]``.
+
+  Candidates with ``p_i = 0`` (masked, NaN probe value) are ignored; a NaN/inf
+  reward of a selectable candidate propagates to that prompt's value.
+  """
   q, mask = _check_groups(q, mask)
-  rewards = jnp.asarray(rewards, jnp.float32)
+  rewards = jnp.asarray(rewards)
   if rewards.shape != q.shape:
     raise ValueError(f"rewards shape {rewards.shape} does not match q {q.shape}.")
-  return jnp.sum(selection_weights(q, beta, mask) * jnp.where(mask, rewards, 0.0), axis=1)
+  rewards = rewards.astype(jnp.float32)
+  w = selection_weights(q, beta, mask)
+  # A candidate that cannot be selected contributes nothing, even a NaN reward;
+  # a non-finite reward of a selectable candidate propagates (bad data is not hidden).
+  return jnp.sum(jnp.where(w > 0, w * rewards, 0.0), axis=1)
 
 
 def tilted_distribution(log_pi_base: jax.Array, q: jax.Array, beta: float) -> jax.Array:
