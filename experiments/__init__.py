@@ -18,6 +18,7 @@ from types import ModuleType
 EXPERIMENTS: tuple[str, ...] = (
     "loss_linreg",  # loss-based reweighting, linear regression (Sow et al. Fig. 7)
     "loss_lm",  # loss-based reweighting, LM pretraining on stdlib source
+    "presence_lm",  # PRESENCE self-influence reweighting, LM on noisy stdlib data
 )
 
 
