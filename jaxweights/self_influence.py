@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import jax
@@ -218,13 +219,27 @@ def self_influence(
     float64 ``[n_samples]`` squared gradient norms, batches concatenated.
   """
   graphdef, state = nnx.split(model)
+  score = _scorer(graphdef, loss_fn, _freeze(norm_kwargs))
+  return np.concatenate([np.asarray(score(state, b), np.float64) for b in batches])
+
+
+def _freeze(kwargs: dict) -> tuple:
+  """Hashable form of the norm options (lists of layer prefixes become tuples)."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _scorer(graphdef, loss_fn, frozen_kwargs):
+  """One compiled scoring function per (model structure, loss, options): checkpoints
+  of the same model reuse it instead of recompiling."""
+  kwargs = dict(frozen_kwargs)
 
   @jax.jit
   def score(state, batch):
     return grad_norms.per_sample_grad_norms(
-        loss_fn, nnx.merge(graphdef, state), batch, **norm_kwargs).total
+        loss_fn, nnx.merge(graphdef, state), batch, **kwargs).total
 
-  return np.concatenate([np.asarray(score(state, b), np.float64) for b in batches])
+  return score
 
 
 def tracin_self_influence(
