@@ -14,6 +14,7 @@ from benchmarks.harness import Case
 FAMILY_MODULES: tuple[str, ...] = (
     "benchmarks.loss_based",
     "benchmarks.self_influence",
+    "benchmarks.noisy_labels",
 )
 
 

@@ -19,6 +19,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "loss_linreg",  # loss-based reweighting, linear regression (Sow et al. Fig. 7)
     "loss_lm",  # loss-based reweighting, LM pretraining on stdlib source
     "presence_lm",  # PRESENCE self-influence reweighting, LM on noisy stdlib data
+    "noisy_digits",  # noisy labels on digits: Forward / Reweight / DWS / RENT (Bae et al.)
 )
 
 

@@ -1,0 +1,115 @@
+"""Benchmark cases for transition-matrix weighting: DWS and RENT (Bae et al., ICLR 2024).
+
+The plain step is :func:`jaxweights.make_train_step` with ``weighting=None`` and
+the SAME loss, :func:`jaxweights.noisy_labels.classification_loss` (whose aux
+carries the softmax the weightings read), on the same MLP, batch and optimiser
+(Adam 1e-3, the authors' optimiser); the weighted steps differ only in their
+:func:`~jaxweights.noisy_labels.transition_weighting`.
+
+* ``noisy_labels/step_b256``: MLP 64 -> 256 -> 256 -> 10, batch 256 (digits-sized
+  inputs, the experiment's model family at benchmark width).
+* ``noisy_labels/step_b1024``: the same MLP, batch 1024, without DWS: at M = B
+  it draws 1024 x 1024 log-gamma variates per step, and JAX's rejection sampler
+  costs ~36x the whole b256 step already on a CPU (see the b256 row), so the
+  b1024 row would take minutes to time without saying more.
+
+Targets (from the issue): RENT (N = 1) and DWS (alpha 10, M = batch size) at
+<= 1.05x the plain step's time and peak memory. Reweight (the deterministic
+weights) and Forward (the corrected loss, uniform weights) are shown for
+contrast, without targets. Every weighting does O(B) work on top of the forward
+and backward pass except the two samplers: DWS draws ``M x B`` log-gamma
+variates and RENT's ``jax.random.categorical`` draws ``N B x B`` Gumbel
+variates, both O(B^2) at their defaults (M = B, N = 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxweights
+from benchmarks.harness import Case, Setup, measure_case
+from jaxweights import noisy_labels as nl
+
+CLASSES = 10
+IN_FEATURES = 64
+LEARNING_RATE = 1e-3
+NOISE_RATE = 0.5
+DWS_ALPHA = 10.0
+TARGETED = ("rent", "dws")
+
+
+def _forward_loss(T):
+  def loss_fn(model, batch):
+    return jaxweights.LossOutput(nl.forward_corrected_ce(model(batch["x"]), batch["y"], T))
+
+  return loss_fn
+
+
+def build(batch_size: int, hidden: tuple[int, ...],
+          methods: tuple[str, ...] = ("rent", "dws", "reweight", "forward")) -> Setup:
+  """The plain step and the ``methods``' steps on one MLP and batch."""
+  model = jaxweights.MLP(IN_FEATURES, hidden, CLASSES, rngs=nnx.Rngs(0))
+  n_params = jaxweights.count_params(model)
+  tx = optax.adam(LEARNING_RATE)
+  graphdef, state = jaxweights.init_train_state(model, tx)
+  T = nl.symmetric_transition(CLASSES, NOISE_RATE)
+  loss_fn = nl.classification_loss()
+  plain = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=None)
+  weightings = {
+      "rent": nl.transition_weighting("rent", T, resample_factor=1),
+      "dws": nl.transition_weighting("dws", T, alpha=DWS_ALPHA, num_draws=batch_size),
+      "reweight": nl.transition_weighting("reweight", T),
+  }
+  weighted, states = {}, {}
+  for method, weighting in weightings.items():
+    weighted[method] = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting)
+    # Same params and optimiser state; only the weighting state (T) differs.
+    states[method] = state._replace(weighting_state=weighting.init())
+  weighted["forward"] = jaxweights.make_train_step(graphdef, _forward_loss(T), tx, None)
+  weighted = {m: weighted[m] for m in methods}
+  states = {m: states[m] for m in methods if m in states}
+  rng = np.random.default_rng(0)
+  batch = {
+      "x": jnp.asarray(rng.random((batch_size, IN_FEATURES), np.float32)),
+      "y": jnp.asarray(rng.integers(0, CLASSES, (batch_size,), dtype=np.int32)),
+  }
+  sizes = "->".join(str(s) for s in (IN_FEATURES, *hidden, CLASSES))
+  return Setup(plain, weighted, state, batch, f"MLP {sizes} ({n_params / 1e3:.1f}k params)",
+               f"{batch_size} samples", weighted_states=states)
+
+
+NOTES = {
+    "rent": "N=1: N·B indices via Gumbel-max over [N·B, B]",
+    "dws": "alpha 10, M=B draws: [M, B] log-gamma variates",
+    "reweight": "contrast: deterministic w/Σw",
+    "forward": "contrast: Forward-corrected loss, uniform weights",
+}
+
+
+def _with_notes(case: Case, settings, quick: bool) -> list[dict]:
+  rows = measure_case(dataclasses.replace(case, measure=None), settings, quick=quick)
+  for row in rows:
+    row["note"] = NOTES.get(row["method"])
+  return rows
+
+
+def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...]) -> Case:
+  def build_case(quick: bool) -> Setup:
+    # quick: a narrow MLP and a small batch (a unit test checks the rows' schema).
+    if quick:
+      return build(quick_batch, (64,), methods)
+    return build(batch_size, (256, 256), methods)
+
+  return Case(name, build_case, target_time_ratio=1.05, target_memory_ratio=1.05,
+              target_methods=TARGETED, measure=_with_notes)
+
+
+CASES: list[Case] = [
+    _case("noisy_labels/step_b256", 256, 32, ("rent", "dws", "reweight", "forward")),
+    _case("noisy_labels/step_b1024", 1024, 64, ("rent", "reweight", "forward")),
+]
