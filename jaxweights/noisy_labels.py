@@ -247,8 +247,11 @@ def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=Non
     raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
   wbar = reweight(w, mask, axis_name=axis_name)
   full = wbar if axis_name is None else jax.lax.all_gather(wbar, axis_name, tiled=True)
-  logits = jnp.where(full > 0, jnp.log(jnp.where(full > 0, full, 1.0)), -jnp.inf)
-  idx = jax.random.categorical(key, logits, shape=(num_draws,))
+  # Inverse-CDF draws: O((N B) log B), where jax.random.categorical with a
+  # sample shape would build an (N B) x B array of Gumbel noise.
+  cdf = jnp.cumsum(full)
+  u = jax.random.uniform(key, (num_draws,)) * cdf[-1]
+  idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), full.shape[0] - 1)
   counts = jnp.zeros(full.shape, jnp.float32).at[idx].add(1.0)
   # All-masked batch: categorical on all -inf draws index 0; zero it.
   counts = jnp.where(full > 0, counts, 0.0) / num_draws
