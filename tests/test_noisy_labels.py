@@ -167,3 +167,18 @@ def test_bad_weighting_arguments():
     nl.transition_weighting("rent", np.ones((3, 3)))
   with pytest.raises(ValueError, match="num_draws"):
     nl.resampling_weights(jax.random.key(0), jnp.ones(3), num_draws=0)
+
+
+@pytest.mark.parametrize("a", [1e-3, 0.05, 0.5, 3.0])
+def test_log_gamma_matches_the_gamma_distribution(a):
+  from scipy.special import digamma, polygamma
+  n = 200_000
+  x = np.asarray(nl.log_gamma(jax.random.key(0), a, (n,)), np.float64)
+  assert np.isfinite(x).all()
+  # E[log G] = digamma(a), Var[log G] = trigamma(a): exact moments of log Gamma(a).
+  mean, var = digamma(a), polygamma(1, a)
+  assert abs(x.mean() - mean) < 5 * np.sqrt(var / n), (x.mean(), mean)
+  assert abs(x.var() / var - 1) < 0.03, (x.var(), var)
+  if a >= 0.5:
+    g = np.exp(x)
+    assert abs(g.mean() / a - 1) < 0.02 and abs(g.var() / a - 1) < 0.05
