@@ -15,6 +15,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "benchmarks.loss_based",
     "benchmarks.self_influence",
     "benchmarks.noisy_labels",
+    "benchmarks.tiw_dsm",
 )
 
 

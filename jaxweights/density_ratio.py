@@ -114,7 +114,11 @@ class RatioModel(NamedTuple):
   @classmethod
   def from_module(cls, module_or_graphdef, params: PyTree | None = None,
                   sde: VPSDE = VPSDE()) -> "RatioModel":
-    """Wraps a :class:`TimeDiscriminator` (or its ``(graphdef, params)``)."""
+    """Wraps a :class:`TimeDiscriminator` (or its ``(graphdef, state)``).
+
+    A module is split whole (``nnx.split``), so non-parameter variables (e.g. a
+    fixed input projection) travel in ``params`` too.
+    """
     if params is None:
       graphdef, params = nnx.split(module_or_graphdef)
     else:
@@ -511,5 +515,5 @@ def train_discriminator(
                                                      batch_size=batch_size))
     if log_every and ((i + 1) % log_every == 0 or i + 1 == num_steps):
       history.append({"step": i + 1, "bce": float(metrics["loss_mean"])})
-  params = jax.lax.stop_gradient(state.params)
-  return RatioModel.from_module(graphdef, params, sde), history
+  frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state.params), state.rest)
+  return RatioModel.from_module(frozen, sde=sde), history

@@ -414,3 +414,23 @@ def test_trained_discriminator_learns_the_time_dependent_ratio():
   np.testing.assert_array_equal(b["label"], [1, 1, 1, 1, 0, 0, 0, 0])
   with pytest.raises(ValueError, match="even"):
     dr.discriminator_batch(x_ref, x_bias, seed=0, step=0, batch_size=7)
+
+
+def test_frozen_discriminator_keeps_non_parameter_variables():
+  """A discriminator with a fixed (non-Param) input projection survives freezing."""
+
+  class Projected(nnx.Module):
+    def __init__(self):
+      self.proj = nnx.Variable(jnp.array([[1.0], [0.0]]))  # fixed, not trained
+      self.disc = dr.TimeDiscriminator(1, hidden=8, depth=1, rngs=nnx.Rngs(0))
+
+    def __call__(self, x, c):
+      return self.disc(x @ self.proj[...], c)
+
+  x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+  ratio_model, _ = dr.train_discriminator(Projected(), x[:16], x[16:], num_steps=2,
+                                          batch_size=8)
+  w, g = dr.ratio_and_correction(ratio_model, ratio_model.params, jnp.asarray(x[:4]),
+                                 jnp.full((4,), 0.1))
+  assert w.shape == (4,) and g.shape == (4, 2)
+  np.testing.assert_array_equal(g[:, 1], 0.0)  # the projection ignores the 2nd coordinate
