@@ -20,6 +20,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "loss_lm",  # loss-based reweighting, LM pretraining on stdlib source
     "presence_lm",  # PRESENCE self-influence reweighting, LM on noisy stdlib data
     "noisy_digits",  # noisy labels on digits: Forward / Reweight / DWS / RENT (Bae et al.)
+    "tiw_gmm",  # TIW-DSM, 2-D Gaussian mixture with biased mode proportions (Kim et al.)
+    "tiw_digits",  # TIW-DSM, long-tailed 8x8 digits with a 5% balanced reference
 )
 
 
