@@ -16,6 +16,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "benchmarks.self_influence",
     "benchmarks.noisy_labels",
     "benchmarks.tiw_dsm",
+    "benchmarks.q_probe",
 )
 
 

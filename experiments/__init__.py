@@ -22,6 +22,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "noisy_digits",  # noisy labels on digits: Forward / Reweight / DWS / RENT (Bae et al.)
     "tiw_gmm",  # TIW-DSM, 2-D Gaussian mixture with biased mode proportions (Kim et al.)
     "tiw_digits",  # TIW-DSM, long-tailed 8x8 digits with a 5% balanced reference
+    "qprobe_arith",  # Q-probe, arithmetic with an executable reward (Li et al.)
 )
 
 
