@@ -20,11 +20,11 @@ demo: $(STAMP)
 
 ## The fast test suite (slow end-to-end runs are marked and excluded).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 ## Only the slow end-to-end tests (quick experiment configs, multi-process runs).
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow
 
 ## Compiled-step benchmarks, as ratios against the plain step in the same process.
 bench: $(STAMP)

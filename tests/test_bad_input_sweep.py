@@ -43,7 +43,7 @@ def bad_arrays(draw, max_rank=3):
 hyper = st.one_of(st.sampled_from([0.0, -1.0, np.nan, np.inf, 1e-12, 1e12]), st.floats(0.01, 10))
 
 
-def check(name, call, arg_names, *, sums_to_one=True, propagates=()):
+def check(name, call, arg_names, *, sums_to_one=True, propagates=(), allow_inf=False):
   """``propagates``: inputs whose NaN/inf may legitimately reach the output (the
   per-sample loss helpers: documented; the train step masks such samples)."""
   TRIED[name] += 1
@@ -56,6 +56,9 @@ def check(name, call, arg_names, *, sums_to_one=True, propagates=()):
   out = np.asarray(jax.device_get(out), np.float64)
   if any(not np.isfinite(np.asarray(p, np.float32)).all() for p in propagates):
     return
+  if allow_inf:  # a per-sample loss may overflow to inf (masked by the train step), never NaN
+    assert not np.isnan(out).any(), f"{name}: NaN output {out}"
+    return
   assert np.isfinite(out).all(), f"{name}: non-finite output {out}"
   if sums_to_one:
     assert np.all(out >= 0), f"{name}: negative weights {out}"
@@ -66,7 +69,7 @@ def check(name, call, arg_names, *, sums_to_one=True, propagates=()):
 WEIGHT_ARGS = ["losses", "scores", "w", "mask", "temperature", "delta", "strategy", "tau", "floating", "rank-1", "empty", "shape"]
 
 
-@settings(max_examples=400)
+@settings(max_examples=150)
 @given(bad_arrays(), st.one_of(st.none(), bad_arrays()), hyper, st.sampled_from(jw.STRATEGIES))
 def test_loss_based_and_normalisers(x, mask, r, strategy):
   m = None if mask is None else mask
@@ -83,7 +86,7 @@ def test_loss_based_and_normalisers(x, mask, r, strategy):
         WEIGHT_ARGS + ["alpha"])
 
 
-@settings(max_examples=400)
+@settings(max_examples=150)
 @given(bad_arrays(), bad_arrays(), bad_arrays(), hyper)
 def test_classification_and_probe_api(a, b, c, beta):
   names = ["probs", "labels", "t ", "t has", "shape", "q", "k >=", "beta", "rewards", "mask", "logits", "targets",
@@ -94,12 +97,14 @@ def test_classification_and_probe_api(a, b, c, beta):
   check("expected_reward", lambda: qp.expected_reward(a, b, float(beta)), names, sums_to_one=False,
         propagates=(b,))
   check("token_mean_ce", lambda: jw.token_mean_cross_entropy(a, b, None)[0], names, sums_to_one=False,
-        propagates=(a,))
-  check("cross_entropy", lambda: jw.cross_entropy(a, b), names, sums_to_one=False, propagates=(a,))
-  check("squared_error", lambda: jw.squared_error(a, b), names, sums_to_one=False, propagates=(a, b))
+        propagates=(a,), allow_inf=True)
+  check("cross_entropy", lambda: jw.cross_entropy(a, b), names, sums_to_one=False, propagates=(a,),
+        allow_inf=True)
+  check("squared_error", lambda: jw.squared_error(a, b), names, sums_to_one=False, propagates=(a, b),
+        allow_inf=True)
 
 
 def test_report_counts():
   # Runs last in this file: the sweep really tried many cases of every function.
-  assert sum(TRIED.values()) >= 500, TRIED
+  assert sum(TRIED.values()) >= 1500, TRIED
   print(f"\nbad-input sweep: {sum(TRIED.values())} calls over {len(TRIED)} functions: {dict(TRIED)}")

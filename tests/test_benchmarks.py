@@ -29,7 +29,7 @@ REQUIRED = {
 def quick_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench")
   json_path, md_path = out / "bench.json", out / "bench.md"
-  returned = main(["--quick", "--json", str(json_path), "--md", str(md_path)])
+  returned = main(["--quick", "--only", "loss_based", "--json", str(json_path), "--md", str(md_path)])
   return returned, json_path, md_path
 
 
@@ -83,7 +83,7 @@ def test_markdown_has_one_line_per_row(quick_run):
 
 def test_select_and_bad_settings():
   cases = registry.all_cases()
-  assert [c.name for c in registry.select(cases, "mlp")] == ["loss_based/mlp_step"]
+  assert [c.name for c in registry.select(cases, "loss_based/mlp")] == ["loss_based/mlp_step"]
   assert registry.select(cases, None) == cases
   assert registry.select(cases, "no-such-case") == []
   with pytest.raises(ValueError, match="repeats"):

@@ -82,6 +82,7 @@ def test_peer_row_or_clean_skip(rows, capsys):
   assert "left out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cost_curves_quick(tmp_path):
   records = cost_curves.main(["--quick", "--out", str(tmp_path)])
   saved = json.loads((tmp_path / "cost_curves.json").read_text())

@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import family_curves
 
 
+@pytest.mark.slow
 def test_quick_family_curves(tmp_path):
   records = family_curves.main(["--quick", "--out", str(tmp_path)])
   assert {r["family"] for r in records} == set(family_curves.FAMILIES)
