@@ -228,8 +228,9 @@ def ratio_and_correction(
 ) -> tuple[jax.Array, jax.Array | None]:
   """``w_t(x)`` and ``grad_x log w_t(x)``, both under ``stop_gradient``.
 
-  The gradient is taken wrt the input ``x`` (``jax.grad`` of the summed
-  ``log w``; samples do not interact), never wrt ``params``.
+  The gradient is taken wrt the input ``x`` (one VJP with a ones cotangent,
+  i.e. ``jax.grad`` of the summed ``log w``: samples do not interact), never
+  wrt ``params``.
 
   Args:
     ratio_model: the frozen log-odds model.
