@@ -3,7 +3,17 @@
 The public API is this flat namespace; implementations live in submodules.
 """
 
-from jaxweights import grad_norms, loss_based, noisy_labels, normalize, q_probe, self_influence
+from jaxweights import (
+    density_ratio,
+    diffusion,
+    distributed,
+    grad_norms,
+    loss_based,
+    noisy_labels,
+    normalize,
+    q_probe,
+    self_influence,
+)
 from jaxweights.checkpoint import Checkpointer
 from jaxweights.grad_norms import GradNorms, per_sample_grad_norms
 from jaxweights.loss_based import (
@@ -62,6 +72,9 @@ __all__ = [
     "count_params",
     "cross_entropy",
     "data_mesh",
+    "density_ratio",
+    "diffusion",
+    "distributed",
     "effective_sample_size",
     "extremes",
     "grad_norms",
