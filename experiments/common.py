@@ -317,6 +317,19 @@ def plot_curves(
   return path
 
 
+def config_getter(configs: Mapping[str, Callable[[], "Config"]]) -> Callable[[str], "Config"]:
+  """``get_config(name)`` over an experiment's ``{name: config function}``."""
+
+  def get_config(name: str = "quick") -> "Config":
+    """The named configuration (``smoke``, ``quick`` or ``full``)."""
+    try:
+      return configs[name]()
+    except KeyError:
+      raise ValueError(f"unknown config {name!r}; choose from {sorted(configs)}") from None
+
+  return get_config
+
+
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
   """The shared CLI: ``--config {smoke,quick,full}``, ``--out DIR`` and multi-process flags.
 

@@ -7,6 +7,7 @@ and steps (still CPU-sized: a linear model does not need an accelerator);
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 
@@ -65,9 +66,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

@@ -9,6 +9,7 @@ and r = 1.0 for Quadratic (the paper's defaults), delta = 1.
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 # The paper's temperatures per strategy.
@@ -114,9 +115,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

@@ -14,6 +14,7 @@ drawn from) or ``est`` (the anchor-point estimate from the CE run's model at
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 KINDS = ("forward", "reweight", "dws", "rent")
@@ -93,9 +94,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

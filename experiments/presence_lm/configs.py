@@ -17,6 +17,7 @@ and found |tau| = 1 better than 2.
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 # method -> (tau: "two_stage" | number, microbatches: None | "config")
@@ -143,9 +144,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

@@ -9,6 +9,7 @@ training length and text were tuned so that its pass@1 lands between 10% and
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 METHODS = ("L_Q", "L_CE", "L_PG", "L_BT", "api_L_Q", "api_L_CE", "api_L_PG")
@@ -121,9 +122,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

@@ -14,6 +14,7 @@ balanced held-out digits.
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 METHODS = ("dsm_ref", "dsm_obs", "iw_dsm", "tiw_dsm", "tiw_weight_only",
@@ -70,9 +71,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)

@@ -12,6 +12,7 @@ steps; ``smoke`` is the end-to-end test.
 
 from __future__ import annotations
 
+from experiments import common
 from experiments.common import Config
 
 METHODS = ("dsm_ref", "dsm_obs", "iw_dsm", "tiw_dsm", "tiw_weight_only",
@@ -73,9 +74,4 @@ def smoke() -> Config:
 CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
 
 
-def get_config(name: str = "quick") -> Config:
-  """The named configuration (``smoke``, ``quick`` or ``full``)."""
-  try:
-    return CONFIGS[name]()
-  except KeyError:
-    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}") from None
+get_config = common.config_getter(CONFIGS)
