@@ -176,6 +176,7 @@ def test_quick_configs_and_report(tmp_path):
   assert (tmp_path / "REPORT.md").exists()
 
 
+@pytest.mark.slow  # the core resume test (tests/test_checkpoint.py) stays in the fast suite
 def test_lm_resumes_from_checkpoint(tmp_path):
   """A run interrupted after a checkpoint ends exactly where an unbroken one does."""
   from experiments import loss_lm

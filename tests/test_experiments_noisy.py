@@ -136,6 +136,7 @@ def test_T_is_swapped_without_rebuilding():
   assert float(f_eye["loss_mean"][0]) != pytest.approx(float(f_T["loss_mean"][0]))
 
 
+@pytest.mark.slow  # a second full smoke run
 def test_ablation_table_is_appended(tmp_path):
   config = noisy_digits.get_config("smoke").replace(
       methods=("ce", "forward_true"), seeds=(0,), num_steps=24, warmup_steps=12,

@@ -92,6 +92,7 @@ def test_registered():
   assert quick.task["n_probe_test"] >= 100
 
 
+@pytest.mark.slow  # tests/test_experiments.py runs this smoke config in the fast suite
 def test_smoke_end_to_end(tmp_path):
   config = get_config("smoke")
   summary = run(config, str(tmp_path), log=lambda *_: None)
