@@ -317,6 +317,39 @@ def plot_curves(
   return path
 
 
+def finish(exp_dir, experiment: str, config, metrics, runtime: float, log=print,
+           **facts) -> dict:
+  """Writes ``summary.json`` (config + ``facts``), logs, and returns the summary read back."""
+  summary_config = config.to_json()
+  summary_config.update(facts)
+  write_summary(exp_dir, experiment, summary_config, metrics)
+  log(f"[{experiment}] wrote {exp_dir} in {runtime:.1f}s")
+  return read_summary(Path(exp_dir) / "summary.json")
+
+
+def paired_verdicts(metrics, metric: str, n: int, *, baseline: str = "uniform",
+                    words=("better", "worse"), spec: str = "+.4g", std_spec: str = ".2g") -> list[str]:
+  """``"method delta ± std (word)"`` per method for the paired ``delta_<metric>``.
+
+  The rule every experiment uses: a difference counts only when
+  ``|mean| > 2 standard errors`` (std / sqrt(n)) with at least 3 seeds; negative
+  deltas are the first of ``words``.
+  """
+  parts = []
+  for method, vals in metrics.items():
+    if method == baseline or f"delta_{metric}" not in vals:
+      continue
+    d, s = vals[f"delta_{metric}"], vals[f"delta_{metric}_std"]
+    if n < 3:
+      word = "too few seeds to tell"
+    elif abs(d) > 2 * s / math.sqrt(n):
+      word = words[0] if d < 0 else words[1]
+    else:
+      word = "no clear difference"
+    parts.append(f"{method} {d:{spec}} ± {s:{std_spec}} ({word})")
+  return parts
+
+
 def config_getter(configs: Mapping[str, Callable[[], "Config"]]) -> Callable[[str], "Config"]:
   """``get_config(name)`` over an experiment's ``{name: config function}``."""
 

@@ -208,11 +208,8 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
 
   runtime = time.perf_counter() - t0
   write_table(exp_dir, config, sections, runtime)
-  summary_config = config.to_json()
-  summary_config.update(thresholds=thresholds, runtime_s=runtime)
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log,
+                       thresholds=thresholds, runtime_s=runtime)
 
 
 def plot(path, config, curves, thresholds, suffix):
@@ -282,18 +279,7 @@ def write_table(exp_dir, config, sections, runtime):
 
 def verdict(metrics, metric, goal, *, n, baseline="uniform") -> str:
   """One clause per method: the paired delta vs the baseline and its sign (lower = better)."""
-  parts = []
-  for method, vals in metrics.items():
-    if method == baseline or f"delta_{metric}" not in vals:
-      continue
-    d, s = vals[f"delta_{metric}"], vals[f"delta_{metric}_std"]
-    if n < 3:
-      word = "too few seeds to tell"
-    elif abs(d) > 2 * s / np.sqrt(n):
-      word = "better" if d < 0 else "worse"
-    else:
-      word = "no clear difference"
-    parts.append(f"{method} {d:+.4g} ± {s:.2g} ({word})")
+  parts = common.paired_verdicts(metrics, metric, n, baseline=baseline)
   return f"`{metric}` vs {baseline} ({goal} is better): " + "; ".join(parts) + "."
 
 

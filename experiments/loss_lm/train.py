@@ -270,11 +270,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
                devices=jax.device_count(), vocab_size=corpus.vocab_size,
                backend=jax.default_backend(), runtime_s=runtime)
   write_table(exp_dir, config, metrics, facts)
-  summary_config = config.to_json()
-  summary_config.update(facts)
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log, **facts)
 
 
 COLUMNS = [
@@ -333,18 +329,9 @@ def write_table(exp_dir, config, metrics, facts):
 
 
 def lm_verdict(metrics, n, metric, title, baseline="uniform") -> str:
-  parts = []
-  for method, vals in metrics.items():
-    if method == baseline or f"delta_{metric}" not in vals:
-      continue
-    d, s = vals[f"delta_{metric}"], vals[f"delta_{metric}_std"]
-    if n < 3:
-      word = "too few seeds to tell"
-    elif abs(d) > 2 * s / math.sqrt(n):
-      word = "lower (better)" if d < 0 else "higher (worse)"
-    else:
-      word = "no clear difference"
-    parts.append(f"{method} {d:+.4f} ± {s:.4f} ({word})")
+  parts = common.paired_verdicts(metrics, metric, n, baseline=baseline,
+                                 words=("lower (better)", "higher (worse)"),
+                                 spec="+.4f", std_spec=".4f")
   return (f"{title} vs {baseline} (paired, n={n}; lower/higher = |mean| > 2 standard "
           f"errors): " + "; ".join(parts) + ".")
 

@@ -400,12 +400,9 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
                     for seed in config.seeds] for s in names})
   write_table(exp_dir, config, metrics, per_seed, names, noise_rates, true_diag, runtime, n,
               len(data["y_test"]), extra)
-  summary_config = config.to_json()
-  summary_config.update(runtime_s=runtime, realised_noise_rates=noise_rates,
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log,
+                       runtime_s=runtime, realised_noise_rates=noise_rates,
                         n_train=n, n_test=len(data["y_test"]))
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
 
 
 def _curve(exp_dir, method, seed, setting, key):

@@ -318,11 +318,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
                vocab_size=corpus.vocab_size, backend=jax.default_backend(),
                runtime_s=runtime)
   write_table(exp_dir, config, metrics, facts)
-  summary_config = config.to_json()
-  summary_config.update(facts)
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log, **facts)
 
 
 # --- table -------------------------------------------------------------------------

@@ -191,11 +191,8 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   plot_samples(exp_dir / "samples.png", samples, config)
   runtime = time.perf_counter() - t0
   write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime)
-  summary_config = config.to_json()
-  summary_config.update(runtime_s=runtime, discriminator_time_s=disc_time, references=refs)
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log,
+                       runtime_s=runtime, discriminator_time_s=disc_time, references=refs)
 
 
 def ratio_by_rank(discs, data, digits, sde) -> dict[str, list[float]]:

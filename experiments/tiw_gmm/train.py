@@ -234,12 +234,9 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   plot_proportions(exp_dir / "mode_proportions.png", metrics, config)
   runtime = time.perf_counter() - t0
   write_table(exp_dir, config, metrics, per_seed, ratio_curves, references, runtime)
-  summary_config = config.to_json()
-  summary_config.update(runtime_s=runtime, discriminator_time_s=disc_time,
+  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log,
+                       runtime_s=runtime, discriminator_time_s=disc_time,
                         references=references)
-  common.write_summary(exp_dir, EXPERIMENT, summary_config, metrics)
-  log(f"[{EXPERIMENT}] wrote {exp_dir} in {runtime:.1f}s")
-  return common.read_summary(exp_dir / "summary.json")
 
 
 def reference_values(config, datasets) -> dict[str, float]:
