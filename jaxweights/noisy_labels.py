@@ -235,54 +235,92 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
 
 
 def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
-              candidates: int = 4) -> jax.Array:
+              fallback_fraction: int = 16, fallback_candidates: int = 4) -> jax.Array:
   """Exact samples of ``log Gamma(a, 1)`` for any ``a > 0``, fast on CPU.
 
-  ``Gamma(a) = Gamma(a + 1) * U^(1/a)`` in log space (no underflow for tiny
-  ``a``), with ``Gamma(a + 1)`` drawn by Marsaglia and Tsang's rejection method.
-  All elements get ``candidates`` proposals at once and keep their first accepted
-  one; only elements whose proposals were all rejected (acceptance is >= 95% for
-  shapes >= 1) go round a ``lax.while_loop`` again. The first accepted proposal
-  of an i.i.d. sequence is exactly the rejection sampler's output, so the result
-  is exact. About 10x faster than ``jax.random.loggamma`` on CPU, which DWS
-  (``num_draws x batch`` variates per step) needs.
+  Two rejection samplers, each in log space and each fed by two uniforms per
+  proposal:
+
+  * ``a < 1``: Ahrens and Dieter's GS algorithm. ``log x = log(p) / a`` never
+    underflows, so concentrations down to ~1e-30 give finite log-variates
+    (``Gamma(a)`` itself underflows float32 for ``a`` below ~0.03).
+    Acceptance is >= 72%, and > 96% at DWS's typical ``a = alpha / B``.
+  * ``a >= 1``: Marsaglia and Tsang's method, with the normal taken from the
+    first uniform by the inverse CDF. Acceptance is >= 95%.
+
+  Every element gets one proposal. The rejected ones (a few percent) are then
+  compacted, ``ceil(n / fallback_fraction)`` at a time, and given
+  ``fallback_candidates`` fresh proposals each, in a ``lax.while_loop`` that
+  runs until every element has accepted one (usually one round). Each element's
+  output is the first accepted proposal of an i.i.d. sequence, which is exactly
+  the rejection sampler's output, so the samples are exact. On this project's
+  CPU that is ~3x faster than the previous all-candidates-at-once version and
+  ~30x faster than ``jax.random.loggamma``. The main cost is threefry's random
+  bits (~2 per variate).
 
   Args:
     key: PRNG key.
-    a: shape parameters, broadcastable to ``shape``, > 0.
+    a: shape parameters, > 0, broadcastable to ``shape``. Keep ``a`` at its
+      natural shape: a broadcast ``a`` is not materialised.
     shape: output shape.
-    candidates: proposals per element per round.
+    fallback_fraction: the fallback compacts at most ``n / fallback_fraction``
+      rejected elements per round (n = number of outputs).
+    fallback_candidates: proposals per rejected element per round.
 
   Returns:
     float32 ``log`` Gamma samples of ``shape``.
   """
   a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), shape)
-  d = a + 1.0 - 1.0 / 3.0
-  c = jax.lax.rsqrt(9.0 * d)
-  dc, cc = d[None], c[None]  # broadcast over the candidates axis
-
-  def propose(k):
-    kx, ku = jax.random.split(k)
-    x = jax.random.normal(kx, (candidates, *shape))
-    log_u = jnp.log(jax.random.uniform(ku, (candidates, *shape), minval=jnp.finfo(jnp.float32).tiny))
-    v = (1.0 + cc * x) ** 3
-    log_v = jnp.log(jnp.where(v > 0, v, 1.0))
-    ok = (v > 0) & (log_u < 0.5 * x * x + dc - dc * v + dc * log_v)
-    first = jnp.argmax(ok, axis=0)
-    return jnp.take_along_axis(log_v, first[None], axis=0)[0], ok.any(axis=0)
-
-  key_u, key_first, key_loop = jax.random.split(key, 3)
-  log_v, done = propose(key_first)
+  key_first, key_loop = jax.random.split(key)
+  log_x, done = _gamma_proposal(key_first, a)
+  log_x, done = log_x.reshape(-1), done.reshape(-1)
+  n = log_x.shape[0]
+  size = max(1, min(n, -(-n // fallback_fraction)))
 
   def body(carry):
-    k, log_v, done = carry
+    k, log_x, done = carry
     k, sub = jax.random.split(k)
-    new, ok = propose(sub)
-    return k, jnp.where(done, log_v, new), done | ok
+    idx = jnp.nonzero(~done, size=size, fill_value=n)[0]  # n = padding, dropped below
+    # Gather a through its own shape: a flat view of a broadcast `a` would cost
+    # a div/mod per element in the main proposal's fused loop.
+    a_idx = a[jnp.unravel_index(jnp.minimum(idx, n - 1), a.shape)] if a.ndim else a
+    new, ok = _gamma_proposal(sub, jnp.broadcast_to(a_idx, (fallback_candidates, size)))
+    first = jnp.argmax(ok, axis=0)
+    log_x = log_x.at[idx].set(jnp.take_along_axis(new, first[None], axis=0)[0], mode="drop")
+    return k, log_x, done.at[idx].set(ok.any(axis=0), mode="drop")
 
-  _, log_v, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, (key_loop, log_v, done))
-  log_u = jnp.log(jax.random.uniform(key_u, shape, minval=jnp.finfo(jnp.float32).tiny))
-  return jnp.log(d) + log_v + log_u / a
+  _, log_x, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, (key_loop, log_x, done))
+  return log_x.reshape(shape)
+
+
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One proposal per element of ``a``: ``(log x, accepted)`` (see :func:`log_gamma`)."""
+  u1, u2 = jax.random.uniform(key, (2, *a.shape), minval=_TINY)
+  e2 = -jnp.log(u2)  # Exp(1)
+  # GS (a < 1), with b = 1 + a/e and p = b u1:
+  #   p <= 1: x = p^(1/a), accept if E >= x;
+  #   p > 1:  x = -log((b - p)/a) > 1, accept if E >= (1 - a) log x.
+  ag = jnp.minimum(a, 1.0)
+  b = 1.0 + ag / np.e
+  p = b * u1
+  log_x_low = jnp.log(p) / ag
+  log_x_high = jnp.log(-jnp.log(jnp.maximum(b - p, _TINY) / ag))
+  low = p <= 1.0
+  gs_ok = jnp.where(low, e2 >= jnp.exp(log_x_low), e2 >= (1.0 - ag) * log_x_high)
+  gs = jnp.where(low, log_x_low, log_x_high)
+  # Marsaglia-Tsang (a >= 1): d = a - 1/3, c = 1/sqrt(9d), z ~ N(0, 1), v = (1 + cz)^3,
+  # accept if log U < z^2/2 + d - dv + d log v; x = d v.
+  d = jnp.maximum(a, 1.0) - 1.0 / 3.0
+  c = jax.lax.rsqrt(9.0 * d)
+  z = np.sqrt(2.0) * jax.lax.erf_inv(2.0 * u1 - 1.0)
+  v = (1.0 + c * z) ** 3
+  log_v = jnp.log(jnp.where(v > 0, v, 1.0))
+  mt_ok = (v > 0) & (-e2 < 0.5 * z * z + d - d * v + d * log_v)
+  small = a < 1.0
+  return jnp.where(small, gs, jnp.log(d) + log_v), jnp.where(small, gs_ok, mt_ok)
 
 
 def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=None,
