@@ -207,14 +207,36 @@ def reweight(w: jax.Array, mask=None, *, axis_name: AxisName = None) -> jax.Arra
   return normalize.sum_to_one(jnp.where(mask, w, 0.0), mask, axis_name=axis_name)
 
 
+DRAW_BUDGET = 1 << 22
+"""Default cap on the Gamma variates DWS draws at once (``draw_chunk x B``)."""
+
+
 def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: int,
-                      mask=None, axis_name: AxisName = None) -> jax.Array:
+                      mask=None, axis_name: AxisName = None,
+                      draw_chunk: int | None = None) -> jax.Array:
   """DWS: the mean of ``num_draws`` draws of ``Dirichlet(alpha * w / sum w)``.
 
   Sampled in log space: ``log g_i = log_gamma(alpha * wbar_i)``, ``pi = softmax(log g)``
   over the global batch. Under ``shard_map`` each device draws its own samples'
   Gamma variates (keys folded with the device index), which is exactly a draw
   of the global Dirichlet.
+
+  Cost: ``num_draws x B`` Gamma variates, O(B^2) at the default ``M = B``. The
+  draws are taken ``draw_chunk`` at a time (a ``lax.scan`` over chunks), so the
+  temporaries are ``draw_chunk x B`` rather than ``M x B``; the default chunk
+  keeps ``draw_chunk x B <= DRAW_BUDGET`` (4M variates, ~16 MB per temporary),
+  i.e. one chunk up to ``M = B = 2048``. Chunking changes which variates a key
+  gives, not their distribution.
+
+  Args:
+    key: PRNG key.
+    w: ``[B]`` importance weights (non-negative; invalid entries get weight 0).
+    alpha: total concentration, > 0 (large: deterministic Reweight; small:
+      resampling).
+    num_draws: M >= 1.
+    mask: optional ``[B]`` valid samples.
+    axis_name: the batch axis name under ``shard_map`` / ``pmap``.
+    draw_chunk: draws per chunk (>= 1); default from ``DRAW_BUDGET``.
 
   Returns:
     ``[B]`` float32, non-negative, summing to 1 over valid samples.
@@ -223,15 +245,32 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
     raise ValueError(f"alpha must be > 0, got {alpha}.")
   if num_draws < 1:
     raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
+  if draw_chunk is not None and draw_chunk < 1:
+    raise ValueError(f"draw_chunk must be >= 1, got {draw_chunk}.")
   wbar = reweight(w, mask, axis_name=axis_name)
   valid = wbar > 0
+  b = wbar.shape[0]
   if axis_name is not None:
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-  conc = jnp.where(valid, alpha * wbar, 1.0)
-  logg = log_gamma(key, conc[None, :], (num_draws, wbar.shape[0]))
-  logg = jnp.where(valid[None, :], logg, -jnp.inf)
-  pis = jax.vmap(lambda lg: normalize.softmax(lg, valid, axis_name=axis_name))(logg)
-  return jnp.mean(pis, axis=0)
+  conc = jnp.where(valid, alpha * wbar, 1.0)[None, :]
+  chunk = min(num_draws, draw_chunk or max(1, DRAW_BUDGET // max(b, 1)))
+
+  def draws_sum(k, n_real):
+    """Sum of the first ``n_real`` of ``chunk`` Dirichlet draws."""
+    logg = jnp.where(valid[None, :], log_gamma(k, conc, (chunk, b)), -jnp.inf)
+    pis = jax.vmap(lambda lg: normalize.softmax(lg, valid, axis_name=axis_name))(logg)
+    return jnp.sum(jnp.where((jnp.arange(chunk) < n_real)[:, None], pis, 0.0), axis=0)
+
+  n_chunks = -(-num_draws // chunk)
+  if n_chunks == 1:
+    return draws_sum(key, num_draws) / num_draws
+
+  def body(total, i):
+    n_real = jnp.minimum(chunk, num_draws - i * chunk)
+    return total + draws_sum(jax.random.fold_in(key, i), n_real), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((b,), jnp.float32), jnp.arange(n_chunks))
+  return total / num_draws
 
 
 def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
@@ -378,6 +417,7 @@ def transition_weighting(
     alpha: float = 10.0,
     num_draws: int | None = None,
     resample_factor: int = 1,
+    draw_chunk: int | None = None,
 ) -> Weighting:
   """Reweight / DWS / RENT as a :class:`~jaxweights.Weighting`.
 
@@ -390,8 +430,9 @@ def transition_weighting(
     kind: ``"reweight"``, ``"dws"`` or ``"rent"``.
     T: ``[C, C]`` ``T[noisy, clean]`` (validated).
     alpha: DWS total concentration.
-    num_draws: DWS draws M (default: the batch size).
+    num_draws: DWS draws M (default: the global batch size B).
     resample_factor: RENT's N (``N * B`` draws).
+    draw_chunk: DWS draws taken at once (see :func:`dirichlet_weights`).
   """
   if kind not in ("reweight", "dws", "rent"):
     raise ValueError(f"kind must be 'reweight', 'dws' or 'rent', got {kind!r}.")
@@ -407,13 +448,14 @@ def transition_weighting(
       raise ValueError("transition weightings need loss aux {'probs': [B, C], 'labels': [B]}.")
     w = importance_weights(aux["probs"], aux["labels"], state.T)
     b = inputs.losses.shape[0]
+    n_global = b if inputs.axis_name is None else b * jax.lax.psum(1, inputs.axis_name)
     if kind == "reweight":
       out = reweight(w, inputs.mask, axis_name=inputs.axis_name)
     elif kind == "dws":
-      out = dirichlet_weights(inputs.key, w, alpha=alpha, num_draws=num_draws or b,
-                              mask=inputs.mask, axis_name=inputs.axis_name)
+      out = dirichlet_weights(inputs.key, w, alpha=alpha, num_draws=num_draws or n_global,
+                              mask=inputs.mask, axis_name=inputs.axis_name,
+                              draw_chunk=draw_chunk)
     else:
-      n_global = b if inputs.axis_name is None else b * jax.lax.psum(1, inputs.axis_name)
       out = resampling_weights(inputs.key, w, num_draws=resample_factor * n_global,
                                mask=inputs.mask, axis_name=inputs.axis_name)
     return out, state

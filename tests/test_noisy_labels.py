@@ -110,6 +110,35 @@ def test_dirichlet_limits():
   assert np.all(np.abs(freq - wbar) < 4.5 * se + 0.01), (freq, wbar)
 
 
+@pytest.mark.parametrize("draw_chunk", [None, 7])
+def test_dirichlet_mean_and_variance_match_theory(draw_chunk):
+  # pi ~ Dir(alpha wbar): E[pi_i] = wbar_i, Var[pi_i] = wbar_i (1 - wbar_i) / (alpha + 1);
+  # the mean of M draws has variance / M. draw_chunk=7 with M=20 runs a scan over
+  # three chunks, the last one partial (its padding draws must not count).
+  w = jnp.array([1.0, 2.0, 3.0, 4.0, 0.5])
+  wbar = np.asarray(w / w.sum())
+  alpha, m, reps = 3.0, 20, 3000
+  f = jax.jit(jax.vmap(lambda k: nl.dirichlet_weights(k, w, alpha=alpha, num_draws=m,
+                                                      draw_chunk=draw_chunk)))
+  pis = np.asarray(f(jax.random.split(jax.random.key(3), reps)), np.float64)
+  np.testing.assert_allclose(pis.sum(axis=1), 1.0, rtol=1e-5)
+  var = wbar * (1 - wbar) / (alpha + 1) / m
+  assert np.all(np.abs(pis.mean(axis=0) - wbar) < 5 * np.sqrt(var / reps)), (pis.mean(0), wbar)
+  # Counted padding draws would break the sum above. The sample variance over reps
+  # has a relative standard error of ~sqrt(2 / reps) ~ 2.6%; chunks drawn with one
+  # key (correlated draws) would multiply it by sum(chunk sizes^2) / M = 6.7 here.
+  np.testing.assert_allclose(pis.var(axis=0) / var, 1.0, atol=0.15)
+
+
+def test_dirichlet_chunked_draws_stay_within_budget():
+  w = jnp.ones(64)
+  hlo = jax.jit(lambda k: nl.dirichlet_weights(k, w, alpha=10.0, num_draws=64, draw_chunk=8)).lower(
+      jax.random.key(0)).as_text()
+  assert "while" in hlo or "scan" in hlo  # chunks run as a loop, not unrolled
+  with pytest.raises(ValueError, match="draw_chunk"):
+    nl.dirichlet_weights(jax.random.key(0), w, alpha=10.0, num_draws=4, draw_chunk=0)
+
+
 def test_resampling_frequencies_match_wbar():
   w = jnp.array([1.0, 0.0, 3.0, 6.0])
   counts = nl.resampling_weights(jax.random.key(0), w, num_draws=200_000)
