@@ -8,18 +8,23 @@ carries the softmax the weightings read), on the same MLP, batch and optimiser
 
 * ``noisy_labels/step_b256``: MLP 64 -> 256 -> 256 -> 10, batch 256 (digits-sized
   inputs, the experiment's model family at benchmark width).
-* ``noisy_labels/step_b1024``: the same MLP, batch 1024, without DWS: at M = B
-  it draws 1024 x 1024 log-gamma variates per step, and JAX's rejection sampler
-  costs ~36x the whole b256 step already on a CPU (see the b256 row), so the
-  b1024 row would take minutes to time without saying more.
+* ``noisy_labels/step_b1024``: the same MLP, batch 1024.
 
 Targets (from the issue): RENT (N = 1) and DWS (alpha 10, M = batch size) at
 <= 1.05x the plain step's time and peak memory. Reweight (the deterministic
 weights) and Forward (the corrected loss, uniform weights) are shown for
 contrast, without targets. Every weighting does O(B) work on top of the forward
-and backward pass except the two samplers: DWS draws ``M x B`` log-gamma
-variates and RENT's ``jax.random.categorical`` draws ``N B x B`` Gumbel
-variates, both O(B^2) at their defaults (M = B, N = 1).
+and backward pass except DWS, which draws ``M x B`` Gamma variates: O(B^2) at
+its default M = B, against the MLP's O(B x params) step. RENT draws its
+``N B`` indices by inverse-CDF lookup (``N B`` uniforms and a binary search),
+O(N B log B).
+
+DWS's floor on a CPU: an exact Gamma variate needs at least two uniforms per
+accepted proposal (see :func:`jaxweights.noisy_labels.log_gamma`); threefry
+makes them at ~6 ns each on this project's CPU, so 65k variates (M = B = 256)
+cost >= 0.8 ms of random bits alone against a ~1.4 ms plain step. The 1.05x
+target is reachable only where the step is ~20x the sampling cost: see the DWS
+rows of ``python -m benchmarks.family_curves`` (ratio vs model width).
 """
 
 from __future__ import annotations
@@ -84,8 +89,8 @@ def build(batch_size: int, hidden: tuple[int, ...],
 
 
 NOTES = {
-    "rent": "N=1: N·B indices via Gumbel-max over [N·B, B]",
-    "dws": "alpha 10, M=B draws: [M, B] log-gamma variates",
+    "rent": "N=1: N·B indices by inverse-CDF lookup",
+    "dws": "alpha 10, M=B draws: M·B log-gamma variates",
     "reweight": "contrast: deterministic w/Σw",
     "forward": "contrast: Forward-corrected loss, uniform weights",
 }
@@ -111,5 +116,5 @@ def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...]
 
 CASES: list[Case] = [
     _case("noisy_labels/step_b256", 256, 32, ("rent", "dws", "reweight", "forward")),
-    _case("noisy_labels/step_b1024", 1024, 64, ("rent", "reweight", "forward")),
+    _case("noisy_labels/step_b1024", 1024, 64, ("rent", "dws", "reweight", "forward")),
 ]
