@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Run every experiment's quick config and write results/REPORT.md.
+## Run every experiment's quick config and the demo-size cost curves; write results/REPORT.md.
 demo: $(STAMP)
 	$(PY) -m experiments.run_all --config quick --out results
 

@@ -161,16 +161,41 @@ def _rows(case, settings, rows_data, device, model, batch):
 # --- probe training -----------------------------------------------------------------------
 
 
-def _pg_step_peak(d: int, quick: bool) -> int:
-  """XLA peak memory of the step train_probe compiles for L_PG (same loss and shapes)."""
+def probe_step(d: int, groups: int, objective: str = "pg"):
+  """The probe train step on a batch of ``groups`` prompts x ``GROUP_SIZE`` candidates.
+
+  ``objective="pg"``: the step :func:`~jaxweights.q_probe.train_probe` compiles
+  for L_PG (softmax(Q) over each prompt's candidates weights its rewards);
+  ``"mse"``: L_Q on the same batch, every candidate weighted alike (per group,
+  the mean of the candidates' squared errors: with every candidate real, the
+  gradient of ``train_probe``'s L_Q step on the same candidates). Both through
+  :func:`jaxweights.make_train_step`, linear probe, AdamW.
+
+  Returns:
+    ``(step, state, batch, n_params)``; the batch is ``{"x": [groups, k, d],
+    "r": [groups, k], "mask": [groups]}`` (standard normal features, 0/1 rewards).
+  """
   probe = q_probe.Probe(d, rngs=nnx.Rngs(0))
   tx = optax.adamw(LEARNING_RATE, weight_decay=0.0)
   graphdef, state = jaxweights.init_train_state(probe, tx)
-  loss_fn = lambda m, b: jaxweights.LossOutput(q_probe.pg_loss(m(b["x"]), b["r"]), b["mask"])
+  if objective == "pg":
+    loss_fn = lambda m, b: jaxweights.LossOutput(q_probe.pg_loss(m(b["x"]), b["r"]), b["mask"])
+  elif objective == "mse":
+    loss_fn = lambda m, b: jaxweights.LossOutput(
+        q_probe.mse_loss(m(b["x"]), b["r"]).mean(axis=1), b["mask"])
+  else:
+    raise ValueError(f"objective must be 'pg' or 'mse', got {objective!r}.")
   step = jaxweights.make_train_step(graphdef, loss_fn, tx)
-  groups = BATCH_SIZE // GROUP_SIZE
-  batch = {"x": jnp.zeros((groups, GROUP_SIZE, d)), "r": jnp.zeros((groups, GROUP_SIZE)),
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.standard_normal((groups, GROUP_SIZE, d), dtype=np.float32)),
+           "r": jnp.asarray((rng.random((groups, GROUP_SIZE)) < 0.3).astype(np.float32)),
            "mask": jnp.ones(groups, bool)}
+  return step, state, batch, jaxweights.count_params(probe)
+
+
+def _pg_step_peak(d: int, quick: bool) -> int:
+  """XLA peak memory of the step train_probe compiles for L_PG (same loss and shapes)."""
+  step, state, batch, _ = probe_step(d, BATCH_SIZE // GROUP_SIZE)
   compiled = compile_step(step, state, batch, QUICK_COMPILER_OPTIONS if quick else None)
   return peak_memory_bytes(compiled) or 1
 

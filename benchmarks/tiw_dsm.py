@@ -56,7 +56,7 @@ def _batch(features_shape, batch_size, edm: df.EDMDiffusion):
   }
 
 
-def _setup(model, disc, batch, model_name, batch_desc, quick: bool) -> Setup:
+def _setup(model, disc, batch, model_name, batch_desc, methods) -> Setup:
   edm = df.EDMDiffusion()
   tx = optax.adam(LEARNING_RATE)
   loss_fn = df.dsm_loss_fn(edm)
@@ -66,8 +66,7 @@ def _setup(model, disc, batch, model_name, batch_desc, quick: bool) -> Setup:
       WEIGHT_ONLY: dr.tiw_dsm(ratio_model, edm, ref_fraction=REF_FRACTION, correction=False),
       IW: dr.iw_dsm(ratio_model, edm, ref_fraction=REF_FRACTION),
   }
-  if quick:  # compile time dominates quick runs (tests): the targeted row only
-    weightings = {TIW: weightings[TIW]}
+  weightings = {m: weightings[m] for m in methods}
   graphdef, state = jaxweights.init_train_state(model, tx)
   plain = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=None)
   steps = {m: jaxweights.make_train_step(graphdef, loss_fn, tx, w) for m, w in weightings.items()}
@@ -77,13 +76,26 @@ def _setup(model, disc, batch, model_name, batch_desc, quick: bool) -> Setup:
   return Setup(plain, steps, state, batch, name, batch_desc, weighted_states=states)
 
 
-def build_digits(quick: bool) -> Setup:
-  channels, hidden, batch_size = (8, 32, 16) if quick else (64, 256, 256)
+def _methods(quick: bool) -> tuple[str, ...]:
+  # Compile time dominates quick runs (tests): the targeted row only.
+  return (TIW,) if quick else (TIW, WEIGHT_ONLY, IW)
+
+
+def digits_setup(channels: int, hidden: int, batch_size: int,
+                 methods: tuple[str, ...] = (TIW,)) -> Setup:
+  """The ``digits_unet`` case at any size: ScoreUNet 8x8x1 with ``channels``, a
+  TimeDiscriminator 64 -> ``hidden`` x 2, ``batch_size`` images (also used by
+  :mod:`benchmarks.family_curves`)."""
   model = df.ScoreUNet((8, 8, 1), channels=channels, rngs=nnx.Rngs(0))
   disc = dr.TimeDiscriminator(64, hidden=hidden, depth=2, rngs=nnx.Rngs(1))
   batch = _batch((64,), batch_size, df.EDMDiffusion())
   name = f"ScoreUNet 8x8x1 ch {channels} ({jaxweights.count_params(model) / 1e3:.0f}k params)"
-  return _setup(model, disc, batch, name, f"{batch_size} images", quick)
+  return _setup(model, disc, batch, name, f"{batch_size} images", methods)
+
+
+def build_digits(quick: bool) -> Setup:
+  channels, hidden, batch_size = (8, 32, 16) if quick else (64, 256, 256)
+  return digits_setup(channels, hidden, batch_size, _methods(quick))
 
 
 def build_gmm(quick: bool) -> Setup:
@@ -92,7 +104,7 @@ def build_gmm(quick: bool) -> Setup:
   disc = dr.TimeDiscriminator(2, hidden=hidden, depth=2, rngs=nnx.Rngs(1))
   batch = _batch((2,), batch_size, df.EDMDiffusion())
   name = f"ScoreMLP 2->{hidden}x3 ({jaxweights.count_params(model) / 1e3:.1f}k params)"
-  return _setup(model, disc, batch, name, f"{batch_size} points", quick)
+  return _setup(model, disc, batch, name, f"{batch_size} points", _methods(quick))
 
 
 CASES: list[Case] = [

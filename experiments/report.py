@@ -4,7 +4,10 @@ For every ``<results>/*/summary.json`` (registered experiments first, in registr
 order, then any others alphabetically) the report gets the experiment's
 ``table.md``, its PNG plots (relative links, so the folder can be moved or
 zipped), and the config that produced it. The header has the date, the git
-commit when available, and the config names used.
+commit when available, and the config names used. When ``<results>/cost_curves/``
+holds the per-family cost curves (:mod:`benchmarks.family_curves`, written by
+:mod:`experiments.run_all`), a "Cost curves" section follows with their table,
+their plot and how to regenerate them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import subprocess
 from pathlib import Path
 
 from experiments import EXPERIMENTS, common
+
+CURVES_DIR = "cost_curves"  # <results>/cost_curves/family_curves.{json,md,png}
 
 
 def _git_commit() -> str | None:
@@ -87,7 +92,46 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
         "</details>",
         "",
     ]
+  lines += cost_curves_section(results)
   return "\n".join(lines)
+
+
+def cost_curves_section(results: str | Path) -> list[str]:
+  """The report's "Cost curves" lines, or none when ``<results>/cost_curves/`` has no table."""
+  curves = Path(results) / CURVES_DIR
+  table = curves / "family_curves.md"
+  if not table.exists():
+    return []
+  sizes = "demo"
+  meta_path = curves / "family_curves.json"
+  if meta_path.exists():
+    try:
+      sizes = json.loads(meta_path.read_text()).get("meta", {}).get("sizes") or sizes
+    except (json.JSONDecodeError, AttributeError):
+      pass
+  lines = [
+      "# Cost curves",
+      "",
+      "Per family, the compiled weighted step against the plain step of the same model "
+      "and batch: step time and XLA peak memory vs batch size (fixed model) and vs model "
+      "size (fixed batch), with the ratio to the plain step at each point "
+      f"(`{sizes}` sizes; files in `{CURVES_DIR}/`).",
+      "",
+      _demote(table.read_text().rstrip()),
+      "",
+  ]
+  png = curves / "family_curves.png"
+  if png.exists():
+    lines += [f"![cost curves (log-log)]({CURVES_DIR}/{png.name})", ""]
+  out = Path(results).as_posix()
+  lines += [
+      f"Regenerate: `python -m benchmarks.family_curves --sizes {sizes} --out "
+      f"{out}/{CURVES_DIR}` then `python -m experiments.report --results {out}`; or "
+      "with the experiments, `python -m experiments.run_all` (`make demo`: `demo` sizes; "
+      "`--curves full` for the full sweep, `--no-curves` to skip them).",
+      "",
+  ]
+  return lines
 
 
 def _demote(markdown: str) -> str:

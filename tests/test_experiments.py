@@ -13,6 +13,8 @@ import datetime
 import json
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,54 @@ def test_report_without_table_and_empty(tmp_path):
   assert "| a | 1 ± 0.5 |" in text
 
 
+def _fake_curves(results):
+  curves = results / report.CURVES_DIR
+  curves.mkdir(parents=True, exist_ok=True)
+  (curves / "family_curves.json").write_text(json.dumps({"meta": {"sizes": "demo"}, "records": []}))
+  (curves / "family_curves.md").write_text(
+      "Per-family cost curves on cpu.\n\n| family | sweep |\n|---|---|\n| tiw_dsm | batch |\n")
+  (curves / "family_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+  return curves
+
+
+def test_report_cost_curves_section(tmp_path):
+  assert "# Cost curves" not in report.build_report(tmp_path)
+  _fake_curves(tmp_path)
+  common.write_summary(common.experiment_dir(tmp_path, "other"), "other", {"name": "quick"},
+                       {"a": {"x": 1.0, "x_std": 0.5}})
+  text = report.build_report(tmp_path)
+  section = text[text.index("# Cost curves"):]
+  assert text.index("# other") < text.index("# Cost curves")
+  assert "| tiw_dsm | batch |" in section
+  assert "](cost_curves/family_curves.png)" in section  # relative link
+  assert "python -m benchmarks.family_curves --sizes demo" in section
+  assert "--no-curves" in section
+
+
+def test_run_all_curve_sizes(tmp_path, monkeypatch):
+  """run_all runs the curves at the config's size set, into <out>/cost_curves/."""
+  from benchmarks import family_curves
+
+  calls = []
+
+  def fake_main(argv):
+    calls.append(argv)
+    _fake_curves(Path(argv[argv.index("--out") + 1]).parent)
+    return []
+
+  monkeypatch.setattr(family_curves, "main", fake_main)
+  monkeypatch.setattr(run_all, "EXPERIMENTS", ())
+  run_all.main(["--config", "quick", "--out", str(tmp_path)])
+  assert calls == [["--sizes", "demo", "--out", str(tmp_path / "cost_curves")]]
+  assert "# Cost curves" in (tmp_path / "REPORT.md").read_text()
+  run_all.main(["--config", "smoke", "--out", str(tmp_path / "x")])
+  assert calls[-1][:2] == ["--sizes", "quick"]
+  run_all.main(["--config", "quick", "--out", str(tmp_path / "y"), "--no-curves"])
+  assert len(calls) == 2
+  with pytest.raises(SystemExit):
+    run_all.main(["--no-curves", "--curves", "quick"])
+
+
 def test_mean_std_and_aggregate():
   assert common.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
   assert common.mean_std([5.0]) == (5.0, 0.0)
@@ -168,12 +218,12 @@ def test_unknown_names():
 
 @pytest.mark.slow
 def test_quick_configs_and_report(tmp_path):
-  runtimes = run_all.main(["--config", "quick", "--out", str(tmp_path)])
+  runtimes = run_all.main(["--config", "quick", "--out", str(tmp_path), "--curves", "quick"])
   assert set(runtimes) == set(EXPERIMENTS)
   for name in EXPERIMENTS:
     summary = common.read_summary(tmp_path / name / "summary.json")
     check_summary(summary, name, load(name).get_config("quick"))
-  assert (tmp_path / "REPORT.md").exists()
+  assert "# Cost curves" in (tmp_path / "REPORT.md").read_text()
 
 
 @pytest.mark.slow  # the core resume test (tests/test_checkpoint.py) stays in the fast suite
