@@ -207,7 +207,7 @@ def reweight(w: jax.Array, mask=None, *, axis_name: AxisName = None) -> jax.Arra
   return normalize.sum_to_one(jnp.where(mask, w, 0.0), mask, axis_name=axis_name)
 
 
-DRAW_BUDGET = 1 << 22
+DRAW_BUDGET = 1 << 16
 """Default cap on the Gamma variates DWS draws at once (``draw_chunk x B``)."""
 
 
@@ -224,9 +224,11 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
   Cost: ``num_draws x B`` Gamma variates, O(B^2) at the default ``M = B``. The
   draws are taken ``draw_chunk`` at a time (a ``lax.scan`` over chunks), so the
   temporaries are ``draw_chunk x B`` rather than ``M x B``; the default chunk
-  keeps ``draw_chunk x B <= DRAW_BUDGET`` (4M variates, ~16 MB per temporary),
-  i.e. one chunk up to ``M = B = 2048``. Chunking changes which variates a key
-  gives, not their distribution.
+  keeps ``draw_chunk x B <= DRAW_BUDGET`` (64k variates, 256 kB per temporary,
+  which stays in a CPU's L2 cache), i.e. one chunk up to ``M = B = 256``; at
+  ``M = B = 1024`` chunks of 64 draws are ~1.5x faster on a CPU than one
+  ``[1024, 1024]`` draw. Chunking changes which variates a key gives, not
+  their distribution.
 
   Args:
     key: PRNG key.
@@ -319,7 +321,7 @@ def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
   def body(carry):
     k, log_x, done = carry
     k, sub = jax.random.split(k)
-    idx = jnp.nonzero(~done, size=size, fill_value=n)[0]  # n = padding, dropped below
+    idx = _first_true(~done, size)  # n where fewer: dropped below
     # Gather a through its own shape: a flat view of a broadcast `a` would cost
     # a div/mod per element in the main proposal's fused loop.
     a_idx = a[jnp.unravel_index(jnp.minimum(idx, n - 1), a.shape)] if a.ndim else a
@@ -333,6 +335,20 @@ def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
 
 
 _TINY = float(np.finfo(np.float32).tiny)
+
+
+def _first_true(mask: jax.Array, size: int) -> jax.Array:
+  """Indices of the first ``size`` True entries of a flat bool array; ``len(mask)``
+  where there are fewer. Equals ``jnp.nonzero(mask, size=size, fill_value=n)[0]``
+  at ~0.6x its CPU time: a blocked cumulative count and a binary search per
+  output instead of a scatter over every element."""
+  n = mask.shape[0]
+  rows = mask.reshape(-1, 256) if n % 256 == 0 else mask.reshape(1, n)
+  counts = jnp.cumsum(rows.astype(jnp.int32), axis=1)
+  counts = counts + (jnp.cumsum(counts[:, -1]) - counts[:, -1])[:, None]
+  idx = jnp.searchsorted(counts.reshape(-1), jnp.arange(1, size + 1, dtype=jnp.int32),
+                         side="left", method="scan")
+  return jnp.minimum(idx, n)
 
 
 def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -245,3 +245,12 @@ def test_log_gamma_matches_the_gamma_distribution(a):
   if a >= 0.5:
     g = np.exp(x)
     assert abs(g.mean() / a - 1) < 0.02 and abs(g.var() / a - 1) < 0.05
+
+
+@pytest.mark.parametrize("n", [1, 7, 256, 1024])
+def test_first_true_equals_nonzero(n):
+  for p in (0.0, 0.05, 0.5, 1.0):
+    mask = jax.random.uniform(jax.random.key(n), (n,)) < p
+    for size in {1, max(1, n // 16), n}:
+      want = jnp.nonzero(mask, size=size, fill_value=n)[0]
+      np.testing.assert_array_equal(nl._first_true(mask, size), want)
