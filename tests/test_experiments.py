@@ -43,7 +43,8 @@ def check_summary(summary: dict, name: str, config) -> None:
   assert set(summary) == {"experiment", "config", "metrics"}
   assert summary["experiment"] == name
   assert summary["config"]["name"] == config.name
-  assert set(summary["metrics"]) == set(config.methods)
+  extra = {f"{m}@bf16" for m in config.get("bf16_methods", ())}  # loss_lm's precision check
+  assert set(summary["metrics"]) == set(config.methods) | extra
   for method, values in summary["metrics"].items():
     assert values, method
     for key, value in values.items():
@@ -88,6 +89,16 @@ def test_uniform_weights_are_uniform(smoke_results):
   # off the easy (low-loss) rows.
   assert linreg["uniform"]["mass_easy"] == pytest.approx(0.4, abs=0.05)
   assert linreg["linupper"]["mass_easy"] < linreg["uniform"]["mass_easy"]
+
+
+def test_lm_bf16_run_tracks_float32(smoke_results):
+  # The bf16-compute rerun sees the same batches: its training curve differs (so
+  # the dtype took effect) but stays within 5% of the float32 curve at every step.
+  out, summaries = smoke_results
+  bf16 = summaries["loss_lm"]["metrics"]["linupper@bf16"]
+  assert 0.0 < bf16["train_curve_max_rel_gap"] < 0.05
+  assert bf16["skipped_updates"] == 0.0
+  assert "Mixed precision: bf16 compute vs float32" in (out / "loss_lm" / "table.md").read_text()
 
 
 def test_lm_saves_tokenizer(smoke_results):

@@ -58,6 +58,10 @@ def quick() -> Config:
       # Shard the batch over all devices (jaxweights.data_mesh) when more than one
       # is present; on one device the step runs unsharded.
       use_mesh=True,
+      # Mixed-precision check: these methods are run again with bf16 compute
+      # (float32 params, optimiser state and weights), same seeds and batches,
+      # and compared with their float32 runs (bf16_vs_f32 in the table).
+      bf16_methods=("uniform", "linupper"),
   )
 
 
@@ -91,6 +95,7 @@ def full() -> Config:
       eval_every=1000,
       eval_batch_size=64,
       checkpoint_every=2000,
+      bf16_methods=("uniform", "linupper", "quadratic", "extremes"),
   )
 
 
@@ -109,6 +114,7 @@ def smoke() -> Config:
       log_every=2,
       eval_every=6,
       eval_batch_size=16,
+      bf16_methods=("linupper",),
   )
 
 

@@ -14,6 +14,7 @@ The headline metric is the held-out loss: the token-weighted mean cross-entropy
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -244,6 +245,20 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
                    compiled[method], heldout)
 
   per_seed = common.seeds_loop(config.methods, config.seeds, one, log=log)
+  bf16_names = [f"{m}{BF16}" for m in config.bf16_methods]
+  bf16 = {}
+  if bf16_names:
+    bf16_cfg = dataclasses.replace(model_cfg, dtype="bfloat16")
+
+    def one_bf16(name, seed):
+      if name not in compiled:
+        compiled[name] = build(name[: -len(BF16)], config, bf16_cfg, optimizer, mesh)
+      return run_one(name, seed, config, exp_dir, corpus, bf16_cfg, optimizer, mesh,
+                     compiled[name], heldout)
+
+    per_seed_bf16 = common.seeds_loop(bf16_names, config.seeds, one_bf16, log=log)
+    bf16 = precision_metrics(exp_dir, config, per_seed, per_seed_bf16)
+    plot_precision(exp_dir, config)
   for metric in ("heldout_loss", "heldout_loss_file_macro", "heldout_loss_wo_largest",
                  "best_heldout_loss"):
     common.add_paired_deltas(per_seed, metric)
@@ -269,8 +284,77 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
                largest_heldout_share=heldout.largest_share, epochs=epochs,
                devices=jax.device_count(), vocab_size=corpus.vocab_size,
                backend=jax.default_backend(), runtime_s=runtime)
-  write_table(exp_dir, config, metrics, facts)
-  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log, **facts)
+  write_table(exp_dir, config, metrics, facts, bf16)
+  return common.finish(exp_dir, EXPERIMENT, config, {**metrics, **bf16}, runtime, log,
+                       **facts)
+
+
+BF16 = "@bf16"
+
+
+def precision_metrics(exp_dir, config, per_seed, per_seed_bf16) -> dict:
+  """bf16 vs float32 runs of the same method, seed and batches.
+
+  Per seed: the final held-out loss difference, and the train-loss curves'
+  largest relative gap ``max_t |L_bf16(t) - L_f32(t)| / L_f32(t)`` over every
+  logged step (both runs see the same batch at step t).
+  """
+  out = {}
+  for name, runs in per_seed_bf16.items():
+    base = name[: -len(BF16)]
+    rows = []
+    for seed, run, ref in zip(config.seeds, runs, per_seed[base]):
+      (s32, l32), = common.read_curves(exp_dir, [base], [seed], "loss_mean")[base]
+      (s16, l16), = common.read_curves(exp_dir, [name], [seed], "loss_mean")[name]
+      if not np.array_equal(s32, s16):
+        raise RuntimeError(f"{name} seed {seed}: bf16 and float32 logs differ in steps.")
+      rows.append({
+          "heldout_loss": run["heldout_loss"],
+          "delta_f32_heldout_loss": run["heldout_loss"] - ref["heldout_loss"],
+          "train_curve_max_rel_gap": float(np.max(np.abs(l16 - l32) / l32)),
+          "train_curve_mean_rel_gap": float(np.mean(np.abs(l16 - l32) / l32)),
+          "skipped_updates": run["skipped_updates"],
+      })
+    out[name] = common.aggregate({name: rows})[name]
+  return out
+
+
+def plot_precision(exp_dir, config) -> None:
+  names = [m for m in config.bf16_methods] + [f"{m}{BF16}" for m in config.bf16_methods]
+  curves = common.read_curves(exp_dir, names, config.seeds, "loss_mean")
+  common.plot_curves(exp_dir / "bf16_vs_f32.png", curves,
+                     ylabel="training batch loss (mean)",
+                     title=f"bf16 compute vs float32 ({config.name}, {len(config.seeds)} seeds)")
+
+
+def precision_block(config, bf16) -> list[str]:
+  if not bf16:
+    return []
+  n = len(config.seeds)
+  lines = [
+      "### Mixed precision: bf16 compute vs float32",
+      "",
+      "The same methods, seeds and batches with the model's compute in bfloat16 "
+      "(`TransformerConfig(dtype='bfloat16')`); parameters, optimiser state, losses "
+      "fed to the weights and the weights themselves stay float32. Gap = |bf16 − "
+      "float32| / float32 of the training-loss curve at every logged step.",
+      "",
+      "| method | held-out loss (bf16) | Δ vs float32 (paired) | train-curve gap, mean | "
+      "train-curve gap, max | skipped updates |",
+      "|---|---|---|---|---|---|",
+  ]
+  for name, v in bf16.items():
+    lines.append(
+        f"| {name} | {v['heldout_loss']:.4f} ± {v['heldout_loss_std']:.4f} | "
+        f"{v['delta_f32_heldout_loss']:+.4f} ± {v['delta_f32_heldout_loss_std']:.4f} | "
+        f"{100 * v['train_curve_mean_rel_gap']:.2f}% | "
+        f"{100 * v['train_curve_max_rel_gap']:.2f}% | {v['skipped_updates']:.0f} |")
+  verdicts = common.paired_verdicts(bf16, "f32_heldout_loss", n, baseline="",
+                                    words=("lower", "higher"), spec="+.4f", std_spec=".4f")
+  lines += ["", f"Held-out loss, bf16 − float32 (paired, n={n}; the experiments' rule: a "
+            "difference counts when |mean| > 2 standard errors with >= 3 seeds): "
+            + "; ".join(verdicts) + ".", ""]
+  return lines
 
 
 COLUMNS = [
@@ -287,7 +371,7 @@ COLUMNS = [
 ]
 
 
-def write_table(exp_dir, config, metrics, facts):
+def write_table(exp_dir, config, metrics, facts, bf16=None):
   n = len(config.seeds)
   rs = ", ".join(f"{m} r={config.r[m]}" for m in config.methods if m in config.r)
   intro = (
@@ -325,7 +409,8 @@ def write_table(exp_dir, config, metrics, facts):
     )
   notes += LM_FINDINGS
   common.write_table(exp_dir, "Loss-based reweighting: LM pretraining (stdlib source)",
-                     metrics, COLUMNS, intro=intro, notes=notes)
+                     metrics, COLUMNS, intro=intro, notes=notes,
+                     blocks=precision_block(config, bf16))
 
 
 def lm_verdict(metrics, n, metric, title, baseline="uniform") -> str:
