@@ -150,7 +150,9 @@ FAMILIES = {
         demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512)),
     "dws": dict(
         build=lambda b, w, seq: _mlp_point(nl.transition_weighting("dws", T10, alpha=10.0), b, w),
-        batches=(64, 256, 1024, 4096), widths=(128, 512, 2048), batch_at=256, width_at=512,
+        # Up to width 4096 (17M params): DWS's M x B sampling is a fixed cost per
+        # batch size, so its ratio only nears 1 once the step is ~20x that cost.
+        batches=(64, 256, 1024, 4096), widths=(128, 512, 2048, 4096), batch_at=256, width_at=512,
         width_is="MLP hidden width", batch_is="examples",
         demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512)),
     "tiw_dsm": dict(

@@ -9,6 +9,8 @@ carries the softmax the weightings read), on the same MLP, batch and optimiser
 * ``noisy_labels/step_b256``: MLP 64 -> 256 -> 256 -> 10, batch 256 (digits-sized
   inputs, the experiment's model family at benchmark width).
 * ``noisy_labels/step_b1024``: the same MLP, batch 1024.
+* ``noisy_labels/step_b256_wide``: batch 256 on MLP 64 -> 2048 -> 2048 -> 10
+  (4.3M parameters).
 
 Targets (from the issue): RENT (N = 1) and DWS (alpha 10, M = batch size) at
 <= 1.05x the plain step's time and peak memory. Reweight (the deterministic
@@ -103,12 +105,13 @@ def _with_notes(case: Case, settings, quick: bool) -> list[dict]:
   return rows
 
 
-def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...]) -> Case:
+def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...],
+          hidden: tuple[int, ...] = (256, 256)) -> Case:
   def build_case(quick: bool) -> Setup:
     # quick: a narrow MLP and a small batch (a unit test checks the rows' schema).
     if quick:
       return build(quick_batch, (64,), methods)
-    return build(batch_size, (256, 256), methods)
+    return build(batch_size, hidden, methods)
 
   return Case(name, build_case, target_time_ratio=1.05, target_memory_ratio=1.05,
               target_methods=TARGETED, measure=_with_notes)
@@ -117,4 +120,8 @@ def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...]
 CASES: list[Case] = [
     _case("noisy_labels/step_b256", 256, 32, ("rent", "dws", "reweight", "forward")),
     _case("noisy_labels/step_b1024", 1024, 64, ("rent", "dws", "reweight", "forward")),
+    # The same batch on a 4.3M-parameter MLP (hidden 2048 x 2): DWS's M x B
+    # sampling is the same fixed cost, now small against the step.
+    _case("noisy_labels/step_b256_wide", 256, 32, ("rent", "dws", "reweight", "forward"),
+          hidden=(2048, 2048)),
 ]
