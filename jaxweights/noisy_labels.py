@@ -12,7 +12,7 @@ Weights (all under ``stop_gradient``, summing to 1 over valid samples):
 * importance weight ``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}``;
 * Reweight: ``w / sum w``;
 * DWS: the mean of ``M`` draws ``pi ~ Dirichlet(alpha * w / sum w)``, sampled
-  in log space (``jax.random.loggamma`` + logsumexp) so concentrations down to
+  in log space (:func:`log_gamma` + logsumexp) so concentrations down to
   ``1e-4`` neither underflow nor give NaN;
 * RENT: ``N * B`` indices drawn with replacement with probabilities ``w / sum w``;
   the plain CE on the drawn samples equals ``sum_i (count_i / (N B)) CE_i``, so
@@ -23,6 +23,8 @@ References:
   for Noisy Label Learning." ICLR 2024.
   Patrini et al. "Making Deep Neural Networks Robust to Label Noise: a Loss
   Correction Approach." CVPR 2017 (anchor points, Forward).
+  Li, Liu, Han, Tao, Liu. "Provably End-to-end Label-noise Learning without
+  Anchor Points." ICML 2021 (VolMinNet: T learned with a volume penalty).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxweights import normalize
 from jaxweights._reduce import AxisName, as_mask, check_per_sample
@@ -490,6 +493,81 @@ def classification_loss(model_fn=None):
     logits = model(batch["x"]) if model_fn is None else model_fn(model, batch["x"])
     aux = {"probs": jax.nn.softmax(logits.astype(jnp.float32)), "labels": batch["y"]}
     return LossOutput(cross_entropy(logits, batch["y"]), None, aux)
+
+  return loss_fn
+
+
+# --- learned T (VolMinNet) --------------------------------------------------------------
+
+
+class LearnedTransition(nnx.Module):
+  """A trainable ``T[noisy, clean]``, column-stochastic by construction (VolMinNet).
+
+  ``T = normalise_columns(I + (1 - I) * sigmoid(W))``: the diagonal is 1 before
+  the normalisation and each off-diagonal entry is ``sigmoid(W)``, with ``W``
+  initialised to ``-init`` (so every column starts as the same smoothed
+  identity). Each COLUMN is one clean class's distribution over noisy labels;
+  VolMinNet's own code normalises rows because its rows are the clean classes.
+  ``T()`` is ready for :func:`importance_weights`, :func:`forward_corrected_ce`
+  and :class:`TransitionState` with no transposition.
+  """
+
+  def __init__(self, num_classes: int, *, init: float = 2.0):
+    if num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    self.w = nnx.Param(jnp.full((num_classes, num_classes), -float(init), jnp.float32))
+
+  def __call__(self) -> jax.Array:
+    c = self.w.shape[0]
+    eye = jnp.eye(c, dtype=jnp.float32)
+    raw = eye + (1.0 - eye) * jax.nn.sigmoid(self.w[...])
+    return raw / jnp.sum(raw, axis=0, keepdims=True)
+
+
+class VolMinNet(nnx.Module):
+  """A classifier (clean posterior logits) with a :class:`LearnedTransition`."""
+
+  def __init__(self, classifier: nnx.Module, num_classes: int, *, init: float = 2.0):
+    self.classifier = classifier
+    self.transition = LearnedTransition(num_classes, init=init)
+
+  def __call__(self, x):
+    return self.classifier(x)
+
+
+def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *,
+                  lam: float) -> jax.Array:
+  """Per-sample VolMinNet objective: ``-log (T f(x))_{y~} + lam * log det T`` -> ``[B]``.
+
+  The batch mean is the paper's loss: forward-corrected CE plus ``lam`` times
+  the log-volume of ``T``, which picks, among the ``(T, f)`` that explain the
+  noisy labels, the ``T`` with the smallest simplex. ``lam`` is added to every
+  sample, so any weighting that sums to 1 keeps it at ``lam * log det T``.
+  """
+  if not lam >= 0:
+    raise ValueError(f"lam must be >= 0, got {lam}.")
+  _, logdet = jnp.linalg.slogdet(jnp.asarray(T, jnp.float32))
+  return forward_corrected_ce(logits, noisy_labels, T) + lam * logdet
+
+
+def volmin_loss(lam: float = 1e-4):
+  """``(model: VolMinNet, batch) -> LossOutput`` for :func:`jaxweights.make_train_step`.
+
+  ``batch = {"x": ..., "y": noisy labels}``; trains the classifier and ``T``
+  jointly. The aux (softmax of the clean logits and the labels) feeds
+  :func:`transition_weighting` as :func:`classification_loss` does. After
+  training, ``model.transition()`` is the estimated ``T[noisy, clean]``.
+  """
+  from jaxweights.train import LossOutput
+
+  if not lam >= 0:
+    raise ValueError(f"lam must be >= 0, got {lam}.")
+
+  def loss_fn(model, batch):
+    logits = model(batch["x"]).astype(jnp.float32)
+    T = model.transition()
+    aux = {"probs": jax.nn.softmax(logits), "labels": batch["y"]}
+    return LossOutput(volmin_losses(logits, batch["y"], T, lam=lam), None, aux)
 
   return loss_fn
 

@@ -93,6 +93,10 @@ def test_classification_and_probe_api(a, b, c, beta):
            "predictions", "integer", "int", "dtype"]
   check("importance_weights", lambda: nl.importance_weights(a, b, c), names, sums_to_one=False,
         propagates=(a, c))
+  check("forward_corrected_ce", lambda: nl.forward_corrected_ce(a, b, c), names, sums_to_one=False,
+        propagates=(a, c), allow_inf=True)
+  check("volmin_losses", lambda: nl.volmin_losses(a, b, c, lam=float(beta)), names + ["lam"],
+        sums_to_one=False, propagates=(a, c), allow_inf=True)
   check("selection_weights", lambda: qp.selection_weights(a, float(beta), None), names)
   check("expected_reward", lambda: qp.expected_reward(a, b, float(beta)), names, sums_to_one=False,
         propagates=(b,))
