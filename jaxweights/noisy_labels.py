@@ -504,18 +504,24 @@ class LearnedTransition(nnx.Module):
   """A trainable ``T[noisy, clean]``, column-stochastic by construction (VolMinNet).
 
   ``T = normalise_columns(I + (1 - I) * sigmoid(W))``: the diagonal is 1 before
-  the normalisation and each off-diagonal entry is ``sigmoid(W)``, with ``W``
-  initialised to ``-init`` (so every column starts as the same smoothed
-  identity). Each COLUMN is one clean class's distribution over noisy labels;
-  VolMinNet's own code normalises rows because its rows are the clean classes.
-  ``T()`` is ready for :func:`importance_weights`, :func:`forward_corrected_ce`
-  and :class:`TransitionState` with no transposition.
+  the normalisation and each off-diagonal entry is ``sigmoid(W)`` (VolMinNet's
+  parametrisation). ``W`` starts uniform, at the value that makes every
+  diagonal entry ``init_diag``: a symmetric-noise prior of rate
+  ``1 - init_diag``, independent of the class count. Each COLUMN is one clean
+  class's distribution over noisy labels; VolMinNet's own code normalises rows
+  because its rows are the clean classes. ``T()`` is ready for
+  :func:`importance_weights`, :func:`forward_corrected_ce` and
+  :class:`TransitionState` with no transposition.
   """
 
-  def __init__(self, num_classes: int, *, init: float = 2.0):
+  def __init__(self, num_classes: int, *, init_diag: float = 0.9):
     if num_classes < 2:
       raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-    self.w = nnx.Param(jnp.full((num_classes, num_classes), -float(init), jnp.float32))
+    if not 1.0 / num_classes < init_diag < 1.0:
+      raise ValueError(f"init_diag must be in (1/num_classes, 1), got {init_diag}.")
+    off = (1.0 - init_diag) / (init_diag * (num_classes - 1))  # sigmoid(W) before normalising
+    w0 = float(np.log(off) - np.log1p(-off))
+    self.w = nnx.Param(jnp.full((num_classes, num_classes), w0, jnp.float32))
 
   def __call__(self) -> jax.Array:
     c = self.w.shape[0]
@@ -527,12 +533,28 @@ class LearnedTransition(nnx.Module):
 class VolMinNet(nnx.Module):
   """A classifier (clean posterior logits) with a :class:`LearnedTransition`."""
 
-  def __init__(self, classifier: nnx.Module, num_classes: int, *, init: float = 2.0):
+  def __init__(self, classifier: nnx.Module, num_classes: int, *, init_diag: float = 0.9):
     self.classifier = classifier
-    self.transition = LearnedTransition(num_classes, init=init)
+    self.transition = LearnedTransition(num_classes, init_diag=init_diag)
 
   def __call__(self, x):
     return self.classifier(x)
+
+
+def volmin_optimizer(classifier, transition):
+  """One optax optimiser for a :class:`VolMinNet`: ``transition`` for ``T``'s
+  parameters, ``classifier`` for the rest (VolMinNet trains ``T`` with its own,
+  faster optimiser: with Adam at a classifier's learning rate ``T`` moves at most
+  ``lr`` per step in logit space and cannot leave its initialisation in a short run).
+  """
+  import optax
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "transition" if jax.tree_util.keystr(path[:1]) == "['transition']"
+        else "classifier", params)
+
+  return optax.multi_transform({"classifier": classifier, "transition": transition}, labels)
 
 
 def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *,

@@ -47,13 +47,18 @@ def test_summary_schema_and_finite(smoke):
   assert set(summary) == {"experiment", "config", "metrics"}
   assert summary["experiment"] == "noisy_digits"
   assert summary["config"]["name"] == "smoke"
-  assert set(summary["metrics"]) == set(config.methods)
+  assert set(summary["metrics"]) == set(config.methods) | {"volmin"}
   settings = [s[0] for s in config.settings]
   for method, values in summary["metrics"].items():
     for key, value in values.items():
       assert isinstance(value, float) and math.isfinite(value), (method, key, value)
       if not key.endswith("_std"):
         assert values[f"{key}_std"] >= 0.0
+    if method == "volmin":  # learned T: accuracy, T error, no weights
+      for s in settings:
+        assert 0.0 <= values[f"{s}_test_acc"] <= 100.0 and values[f"{s}_T_mae"] >= 0.0
+        assert values[f"{s}_skipped_updates"] == 0.0
+      continue
     for s in settings:
       for key in ("test_acc", "best_test_acc", "delta_test_acc", "memorised", "mass_corrupt"):
         assert f"{s}_{key}" in values, (method, s, key)
@@ -88,6 +93,8 @@ def test_outputs_on_disk(smoke):
   for seed in config.seeds:
     T_hat = np.asarray(t_info["sym50"]["T_est"][str(seed)])
     nl.check_transition_matrix(T_hat, 10)
+    nl.check_transition_matrix(np.asarray(t_info["sym50"]["T_volmin"][str(seed)]), 10)
+  assert "### Learned T (VolMinNet" in table
   for method in config.methods:
     for seed in config.seeds:
       records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))

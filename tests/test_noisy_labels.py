@@ -257,11 +257,14 @@ def test_first_true_equals_nonzero(n):
 
 
 def test_learned_transition_is_column_stochastic_and_starts_near_identity():
-  T = nl.LearnedTransition(5, init=4.0)()
-  nl.check_transition_matrix(np.asarray(T), 5)  # columns (clean classes) sum to 1
-  assert float(jnp.min(jnp.diag(T))) > 0.9
+  for c, d in ((2, 0.6), (5, 0.9), (10, 0.5)):
+    T = np.asarray(nl.LearnedTransition(c, init_diag=d)())
+    nl.check_transition_matrix(T, c)  # columns (clean classes) sum to 1
+    np.testing.assert_allclose(T, nl.symmetric_transition(c, 1 - d), atol=1e-6)
   with pytest.raises(ValueError, match="num_classes"):
     nl.LearnedTransition(1)
+  with pytest.raises(ValueError, match="init_diag"):
+    nl.LearnedTransition(4, init_diag=0.2)
   with pytest.raises(ValueError, match="lam"):
     nl.volmin_loss(-1.0)
 
@@ -289,7 +292,11 @@ def test_learned_T_is_not_transposed():
   realised = np.zeros((C, C))
   np.add.at(realised, (y_noisy, y), 1.0)
   realised /= realised.sum(axis=0, keepdims=True)  # the flips that actually happened
-  model = nl.VolMinNet(jw.MLP(8, [32], C, rngs=nnx.Rngs(0)), C)
+  # A symmetric 25%-noise start: where the 0.3 flip mass goes (T[1, 0], not T[0, 1])
+  # is learned from the data. (From a 10% start the classifier absorbs the noise
+  # and T stays near the identity at this lam and length: VolMinNet needs its
+  # initialisation near the noise level, see the noisy-digits table.)
+  model = nl.VolMinNet(jw.MLP(8, [32], C, rngs=nnx.Rngs(0)), C, init_diag=0.75)
   tx = optax.adam(1e-2)
   graphdef, state = jw.init_train_state(model, tx)
   step = jw.make_train_step(graphdef, nl.volmin_loss(1e-4), tx)
@@ -303,3 +310,15 @@ def test_learned_T_is_not_transposed():
   assert abs(T_hat[1, 0] - realised[1, 0]) < 0.08 and T_hat[0, 1] < 0.05, np.round(T_hat, 3)
   # The estimate plugs straight into the weightings.
   nl.transition_weighting("rent", T_hat)
+
+
+def test_volmin_optimizer_routes_T_to_its_own_transform():
+  model = nl.VolMinNet(jw.MLP(3, [4], 3, rngs=nnx.Rngs(0)), 3)
+  tx = nl.volmin_optimizer(optax.sgd(0.0), optax.sgd(1.0))  # only T may move
+  graphdef, state = jw.init_train_state(model, tx)
+  step = jw.make_train_step(graphdef, nl.volmin_loss(0.1), tx)
+  batch = {"x": jnp.ones((4, 3)), "y": jnp.array([0, 1, 2, 0])}
+  new, _ = step(state, batch)
+  before, after = nnx.merge(graphdef, state.params, state.rest), nnx.merge(graphdef, new.params, new.rest)
+  np.testing.assert_array_equal(after.classifier.layers[0].kernel[...], before.classifier.layers[0].kernel[...])
+  assert not np.allclose(after.transition.w[...], before.transition.w[...])

@@ -63,6 +63,11 @@ def quick() -> Config:
       dws_alpha=10.0,
       dws_num_draws=None,  # None = the batch size (M = B)
       rent_factor=1,  # N: N * B draws per batch
+      # Learned T (VolMinNet: classifier and T trained jointly with the forward
+      # loss plus lam * log det T; T starts as 10% symmetric noise, a prior far
+      # from every setting), same model, batches and steps; None skips it.
+      # T has its own Adam (as VolMinNet trains T with its own optimiser).
+      volmin=dict(lam=1e-4, init_diag=0.9, t_learning_rate=1e-2),
       # Re-runs with some fields changed: name -> overrides (results in
       # ablations/<name>/, tables appended to the main one).
       ablations={},
