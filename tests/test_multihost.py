@@ -45,13 +45,21 @@ def test_two_processes_match_one_process(tmp_path):
     log, _ = p.communicate(timeout=900)
     assert p.returncode == 0, log[-3000:]
   one, two = records(tmp_path / "one" / "loss_lm"), records(tmp_path / "two" / "loss_lm")
-  assert one.keys() == two.keys() and len(one) == 8  # 4 methods x 2 seeds
+  from experiments.loss_lm import configs
+  config = configs.get_config("smoke")  # every method and its bf16 rerun, every seed
+  runs = (len(config.methods) + len(config.bf16_methods)) * len(config.seeds)
+  assert one.keys() == two.keys() and len(one) == runs
   compared = 0
   for name in one:
+    # float32 runs agree to 1e-5. In the bf16-compute reruns the processes' float32
+    # gradient all-reduce (gloo vs in-process) rounds differently in the last bits,
+    # which can flip a bf16 rounding of an activation (bf16 resolution 2^-8): measured
+    # 6e-5 relative in the loss after 10 steps, so those are held to 2e-3.
+    rtol = 2e-3 if "@bf16" in name else 1e-5
     for a, b in zip(one[name], two[name], strict=True):
       for key in KEYS:
         if key in a:
-          np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"{name} step {a['step']} {key}")
+          np.testing.assert_allclose(b[key], a[key], rtol=rtol, err_msg=f"{name} step {a['step']} {key}")
           compared += 1
   assert compared > 100
   summary = json.loads((tmp_path / "two" / "loss_lm" / "summary.json").read_text())
