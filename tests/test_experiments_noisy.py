@@ -149,7 +149,7 @@ def test_ablation_table_is_appended(tmp_path):
       methods=("ce", "forward_true"), seeds=(0,), num_steps=24, warmup_steps=12,
       clean_reference=False, ablations={"short": {"num_steps": 12}})
   summary = noisy_digits.run(config, str(tmp_path), log=lambda *_: None)
-  assert set(summary["metrics"]) == {"ce", "forward_true"}
+  assert set(summary["metrics"]) == {"ce", "forward_true", "volmin"}
   exp_dir = tmp_path / nd.EXPERIMENT
   sub = common.read_summary(exp_dir / "ablations" / "short" / nd.EXPERIMENT / "summary.json")
   assert sub["config"]["name"] == "smoke/short" and sub["config"]["num_steps"] == 12
