@@ -238,25 +238,20 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
 
   compiled = {}
 
-  def one(method, seed):
-    if method not in compiled:
-      compiled[method] = build(method, config, model_cfg, optimizer, mesh)
-    return run_one(method, seed, config, exp_dir, corpus, model_cfg, optimizer, mesh,
-                   compiled[method], heldout)
+  def one(name, seed):
+    """A float32 method, or ``<method>@bf16``: the same with bf16 compute."""
+    method, bf16_run = (name[: -len(BF16)], True) if name.endswith(BF16) else (name, False)
+    cfg = dataclasses.replace(model_cfg, dtype="bfloat16") if bf16_run else model_cfg
+    if name not in compiled:
+      compiled[name] = build(method, config, cfg, optimizer, mesh)
+    return run_one(name, seed, config, exp_dir, corpus, cfg, optimizer, mesh,
+                   compiled[name], heldout)
 
   per_seed = common.seeds_loop(config.methods, config.seeds, one, log=log)
   bf16_names = [f"{m}{BF16}" for m in config.bf16_methods]
   bf16 = {}
   if bf16_names:
-    bf16_cfg = dataclasses.replace(model_cfg, dtype="bfloat16")
-
-    def one_bf16(name, seed):
-      if name not in compiled:
-        compiled[name] = build(name[: -len(BF16)], config, bf16_cfg, optimizer, mesh)
-      return run_one(name, seed, config, exp_dir, corpus, bf16_cfg, optimizer, mesh,
-                     compiled[name], heldout)
-
-    per_seed_bf16 = common.seeds_loop(bf16_names, config.seeds, one_bf16, log=log)
+    per_seed_bf16 = common.seeds_loop(bf16_names, config.seeds, one, log=log)
     bf16 = precision_metrics(exp_dir, config, per_seed, per_seed_bf16)
     plot_precision(exp_dir, config)
   for metric in ("heldout_loss", "heldout_loss_file_macro", "heldout_loss_wo_largest",
