@@ -510,9 +510,13 @@ class LearnedTransition(nnx.Module):
   diagonal entry ``init_diag``: a symmetric-noise prior of rate
   ``1 - init_diag``, independent of the class count. Each COLUMN is one clean
   class's distribution over noisy labels; VolMinNet's own code normalises rows
-  because its rows are the clean classes. ``T()`` is ready for
-  :func:`importance_weights`, :func:`forward_corrected_ce` and
+  because its rows are the clean classes. ``T()`` (``[C, C]`` float32) is ready
+  for :func:`importance_weights`, :func:`forward_corrected_ce` and
   :class:`TransitionState` with no transposition.
+
+  Args:
+    num_classes: ``C >= 2``.
+    init_diag: the initial diagonal, in ``(1 / C, 1)``.
   """
 
   def __init__(self, num_classes: int, *, init_diag: float = 0.9):
@@ -561,6 +565,9 @@ def volmin_optimizer(classifier, transition):
 def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *,
                   lam: float) -> jax.Array:
   """Per-sample VolMinNet objective: ``-log (T f(x))_{y~} + lam * log det T`` -> ``[B]``.
+
+  ``logits [B, C]``, integer ``noisy_labels [B]``, ``T [C, C]`` (``T[noisy, clean]``),
+  ``lam >= 0``.
 
   The batch mean is the paper's loss: forward-corrected CE plus ``lam`` times
   the log-volume of ``T``, which picks, among the ``(T, f)`` that explain the

@@ -274,6 +274,10 @@ def test_volmin_loss_by_hand():
   logits = jnp.log(jnp.array([[0.9, 0.1]]))
   got = nl.volmin_losses(logits, jnp.array([0]), T, lam=0.5)
   np.testing.assert_allclose(got, [-np.log(0.75) + 0.5 * np.log(0.8 * 0.7 - 0.3 * 0.2)], rtol=1e-5)
+  with pytest.raises(ValueError, match="lam"):
+    nl.volmin_losses(logits, jnp.array([0]), T, lam=-0.1)
+  with pytest.raises(ValueError, match="T has shape"):
+    nl.volmin_losses(logits, jnp.array([0]), jnp.eye(3), lam=0.1)
 
 
 def test_learned_T_is_not_transposed():
