@@ -1,43 +1,63 @@
-"""Per-sample squared gradient norms: exact (vmap, ghost) and estimated (jvp).
+"""Per-sample squared gradient norms: exact (ghost, vmap) and estimated (jvp).
 
 For a per-sample loss ``l_i(theta)`` this module returns ``||grad_theta l_i||^2``
 for every sample ``i`` of a batch, in total and per layer, without (for the ghost
-method) ever forming a per-sample gradient.
+method) forming the whole per-sample gradient of the model.
 
 Methods:
 
 * ``"vmap"``: ``vmap(grad)`` over the samples, in chunks of ``chunk_size``
   (``jax.lax.map``) to bound memory. Exact; costs about B single-sample backward
   passes. The test oracle.
-* ``"ghost"``: exact ghost norms from each layer's inputs ``A_i`` and the
-  gradients ``G_i`` of the summed loss wrt its outputs, obtained in ONE backward
-  pass by tapping the layers with ``Module.sow`` (inputs) and ``Module.perturb``
-  (output gradients) under ``nnx.capture``. Per layer type:
+* ``"ghost"``: exact norms from every parameter-holding *leaf* layer's inputs and
+  the gradients of the summed loss wrt its outputs, obtained in ONE backward pass
+  by tapping the layers (``Module.sow`` for inputs, ``Module.perturb`` for output
+  gradients, under ``nnx.capture``). Any leaf layer is tapped, stock or not;
+  each of its parameters' per-sample gradient is then formed per layer:
 
-  - ``nnx.Linear`` (any number of leading/sequence axes): kernel
-    ``||A_i^T G_i||_F^2``, as ``<A_i A_i^T, G_i G_i^T>`` (cost ``T^2 (d + p)``) or
-    by forming ``A_i^T G_i`` (cost ``T d p``), chosen per layer by cost; bias
-    ``||sum_t G_i[t]||^2``.
-  - ``nnx.Embed``: the gradient row of token ``v`` is the sum of ``G_i[t]`` over
-    positions with id ``v``, so ``||.||^2 = sum_{t,s} [id_t = id_s] <G_t, G_s>``
-    (repeated token ids handled).
-  - ``nnx.LayerNorm`` (last-axis): scale ``||sum_t G_t * xhat_t||^2``, bias
-    ``||sum_t G_t||^2``, with ``xhat`` recomputed from the tapped input.
+  - matrices that enter linearly through a matmul (``nnx.Linear`` and
+    ``nnx.LinearGeneral`` kernels, ``nnx.Embed`` both as a lookup and through
+    ``attend`` as a tied output head): the per-sample gradient is a sum of outer
+    products ``sum_t u_t v_t^T``; its squared norm is taken either from Gram
+    matrices ``<U U^T, V V^T>`` (cost ``T^2 (d1 + d2)``) or by forming
+    ``U^T V`` (cost ``T d1 d2``), the cheaper per layer. A lookup's ``u`` is a
+    one-hot row, so repeated token ids are exact.
+  - every other parameter (``nnx.Conv``, ``nnx.Einsum``, ``nnx.LayerNorm``,
+    ``nnx.RMSNorm``, ``nnx.GroupNorm``, biases, a user's own leaf layer): the
+    layer is re-applied to each sample's captured input (``vmap`` of the
+    layer-local ``vjp``), which forms the per-sample gradient of that layer only.
 
-  Parameters held by any other module raise a ``ValueError`` naming the module,
-  or, with ``fallback="vmap"``, get exact ``vmap`` norms for just those
-  parameters.
+  A parameter that several calls or several layers use (tied embeddings, a
+  layer called twice, one ``Param`` shared by two layers) gets the norm of the
+  SUM of its per-use gradients: cross terms between outer-product uses come from
+  Gram matrices, otherwise the per-use gradients are formed and added. Layers
+  stacked with ``nnx.scan``/``nnx.vmap`` are tapped inside the loop; their
+  captures carry the stack axis and the norms are exact per layer slice
+  (``GradNorms.stacked``).
+
+  What cannot be tapped exactly is detected, never guessed: a parameter read
+  outside its layer's call (found by dead-code analysis of the tangent jaxpr
+  with the tapped uses under ``stop_gradient``), a layer called on an input
+  whose leading axis is not the batch (e.g. shared positions
+  ``pos(jnp.arange(T))``; found by tracing at twice the batch size), a layer
+  that is not a leaf or holds random streams. Those parameters alone get exact
+  ``vmap`` norms (``fallback="vmap"``, the default) or raise a ``ValueError``
+  naming them and the reason (``fallback="error"``). :func:`ghost_plan` lists
+  the decision per parameter.
 * ``"jvp"``: forward-mode estimate. For ``v ~ N(0, I)`` one ``jax.jvp`` gives
   every sample's ``g_i . v``; ``E[(g_i . v)^2] = ||g_i||^2``, so the mean over
   ``num_probes`` probes is unbiased with relative std ``sqrt(2 / num_probes)``.
   Memory does not grow with the batch. Returns the total only.
 
-Assumptions (true for the project's models): samples do not interact in the
-forward pass (no batch norm), and each tapped layer is called once per forward.
+Samples must not interact in the forward pass: a model that normalises with
+batch statistics (``BatchNorm`` in training mode) has no per-sample gradient, and
+every method refuses it with an error (use ``nnx.view(model,
+use_running_average=True)``). Random streams (dropout) are fine: the ghost and
+jvp methods use this forward pass's masks; ``vmap`` draws each sample's masks
+from the model's streams folded with the sample index.
 
 Padding: a sample masked out by the loss function's ``LossOutput.mask`` (or with
-a non-finite loss) gets norm 0. Token masks inside the loss need nothing more:
-masked tokens contribute no output gradient.
+a non-finite loss) gets norm 0. Token masks inside the loss need nothing more.
 
 Under ``jax.shard_map`` pass ``axis_name``: the tapped quantities are made
 device-varying so that ``check_vma`` does not sum per-sample gradients across
@@ -46,6 +66,9 @@ devices.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
@@ -67,63 +90,78 @@ class GradNorms(NamedTuple):
     total: ``[batch]`` float32, summed over the selected layers.
     by_layer: ``{layer path: [batch]}`` per selected layer (all of that layer's
       parameters), e.g. ``"blocks/0/attn/qkv"``. Empty for ``method="jvp"``.
+    stacked: ``{layer path: [layers, batch]}`` per-slice norms of layers stacked
+      with ``nnx.scan``/``nnx.vmap`` (ghost only); ``by_layer`` holds their sum.
   """
 
   total: jax.Array
   by_layer: dict[str, jax.Array]
-
-
-# --- layer taps ------------------------------------------------------------------
-
-_IN, _OUT = "ghost_in", "ghost_out"
-
-
-class _TapLinear(nnx.Linear):
-
-  def __call__(self, x, *args, **kwargs):
-    self.sow(nnx.Intermediate, _IN, x)
-    return self.perturb(_OUT, super().__call__(x, *args, **kwargs))
-
-
-class _TapEmbed(nnx.Embed):
-
-  def __call__(self, ids, *args, **kwargs):
-    self.sow(nnx.Intermediate, _IN, ids)
-    return self.perturb(_OUT, super().__call__(ids, *args, **kwargs))
-
-
-class _TapLayerNorm(nnx.LayerNorm):
-
-  def __call__(self, x, *args, **kwargs):
-    if kwargs.get("mask") is not None:
-      raise ValueError("ghost norms do not support LayerNorm(mask=...).")
-    self.sow(nnx.Intermediate, _IN, x)
-    return self.perturb(_OUT, super().__call__(x, *args, **kwargs))
-
-
-_TAPS: dict[type, type] = {
-    nnx.Linear: _TapLinear,
-    nnx.Embed: _TapEmbed,
-    nnx.LayerNorm: _TapLayerNorm,
-}
+  stacked: dict[str, jax.Array] = {}
 
 
 def _path_str(path) -> str:
   return "/".join(str(p) for p in path)
 
 
-def _layer_params(model: nnx.Module) -> dict[str, tuple[nnx.Module | None, list[str]]]:
-  """Maps each parameter-owning module's path to (module, its param names)."""
-  modules = {
-      _path_str(path): node
-      for path, node in nnx.iter_graph(model)
-      if isinstance(node, nnx.Module)
-  }
-  owners: dict[str, tuple[Any, list[str]]] = {}
-  for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    owner = _path_str(path[:-1])
-    owners.setdefault(owner, (modules.get(owner), []))[1].append(str(path[-1]))
-  return owners
+# --- model analysis --------------------------------------------------------------
+
+
+class _Param(NamedTuple):
+  path: str      # canonical path, e.g. "blocks/0/fc/kernel" (first path of a shared Param)
+  owner: str     # canonical path of the module that owns it first
+  shape: tuple
+
+
+class _Model(NamedTuple):
+  params: dict[str, _Param]          # canonical path -> info (nnx.state order)
+  modules: dict[str, nnx.Module]     # canonical module path -> module
+  own: dict[str, dict[str, str]]     # module path -> {attribute: canonical param path}
+  leaves: set[str]                   # module paths that can be tapped
+
+
+def _analyse(model: nnx.Module) -> _Model:
+  canon: dict[int, str] = {}
+  modules: dict[str, nnx.Module] = {}
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Param) and id(node) not in canon:
+      canon[id(node)] = _path_str(path)
+    elif isinstance(node, nnx.Module) and _path_str(path) not in modules:
+      modules[_path_str(path)] = node
+  params = {}
+  for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    p = _path_str(path)
+    params[p] = _Param(p, _path_str(path[:-1]), tuple(v.get_value().shape))
+  own: dict[str, dict[str, str]] = {}
+  leaves = set()
+  seen = set()
+  for mpath, module in modules.items():
+    if id(module) in seen:
+      continue
+    seen.add(id(module))
+    attrs = {k: canon[id(v)] for k, v in vars(module).items()
+             if isinstance(v, nnx.Param) and id(v) in canon}
+    if attrs:
+      own[mpath] = attrs
+    inner = [n for p, n in nnx.iter_graph(module) if p and isinstance(n, (nnx.Module, nnx.RngStream))]
+    if attrs and not inner:
+      leaves.add(mpath)
+  return _Model(params, modules, own, leaves)
+
+
+def _check_independent(model: nnx.Module) -> None:
+  """Refuses models whose samples interact (batch statistics in training mode)."""
+  for path, node in nnx.iter_graph(model):
+    if not isinstance(node, nnx.Module):
+      continue
+    has_stats = any(isinstance(v, nnx.BatchStat) for v in vars(node).values())
+    if has_stats and not getattr(node, "use_running_average", True):
+      raise ValueError(
+          f"layer '{_path_str(path)}' ({type(node).__name__}) normalises with batch "
+          "statistics in training mode, so samples interact and per-sample "
+          "gradients are not defined. Compute norms on "
+          "nnx.view(model, use_running_average=True), or use a model without "
+          "batch normalisation (LayerNorm, GroupNorm, RMSNorm)."
+      )
 
 
 def _selected(path: str, layers: LayerSelector) -> bool:
@@ -134,102 +172,135 @@ def _selected(path: str, layers: LayerSelector) -> bool:
   return any(path == p or path.startswith(p.rstrip("/") + "/") for p in layers)
 
 
-def _supported(module) -> bool:
-  if type(module) not in _TAPS:
-    return False
-  if isinstance(module, nnx.LayerNorm):
-    return module.reduction_axes in (-1, (-1,)) and module.feature_axes in (-1, (-1,))
-  return True
+# --- taps ------------------------------------------------------------------------
+
+_IN, _OUT, _MARK = "ghost_in__", "ghost_out__", "ghost_mark__"
 
 
-# --- public API --------------------------------------------------------------------
+class _TapMode(NamedTuple):
+  mode: str                    # "capture" | "check"
+  counts: dict                 # id(module) -> {method: calls so far}
 
 
-def per_sample_grad_norms(
-    loss_fn: Callable[[Any, PyTree], Any],
-    model: nnx.Module,
-    batch: PyTree,
-    *,
-    method: Method = "ghost",
-    layers: LayerSelector = None,
-    chunk_size: int | None = None,
-    num_probes: int = 16,
-    key: jax.Array | None = None,
-    fallback: Literal["error", "vmap"] = "error",
-    linear_rule: Literal["auto", "ghost", "direct"] = "auto",
-    microbatches: int | None = None,
-    axis_name: AxisName = None,
-) -> GradNorms:
-  """Per-sample squared gradient norms of ``loss_fn(model, batch).loss``.
+_TAP = contextvars.ContextVar("jaxweights_ghost_tap", default=None)
+_TAP_CLASSES: dict[type, type] = {}
+_TAPPED_METHODS = ("__call__", "attend")
 
-  Args:
-    loss_fn: ``loss_fn(model, batch) -> LossOutput`` with ``[batch]`` losses (the
-      same function the train step uses).
-    model: an NNX model; it is not modified.
-    batch: a pytree whose leaves all have the batch as leading axis.
-    method: ``"ghost"`` (exact, one backward pass), ``"vmap"`` (exact oracle) or
-      ``"jvp"`` (unbiased estimate).
-    layers: which layers count (PRESENCE's K): None for all, a list of path
-      prefixes such as ``["blocks/0"]``, or a predicate on the path string.
-    chunk_size: samples per vectorised chunk for ``"vmap"`` (default: all).
-    num_probes: Gaussian probes for ``"jvp"``.
-    key: PRNG key for ``"jvp"``.
-    fallback: for ``"ghost"``, what to do with parameters of unsupported
-      modules: ``"error"`` or exact ``"vmap"`` norms for just those parameters.
-    linear_rule: for ``"ghost"``, force the Gram (``"ghost"``) or the
-      outer-product (``"direct"``) form for dense layers; ``"auto"`` picks the
-      cheaper one per layer.
-    microbatches: if given, score contiguous groups instead of samples: the
-      squared norm of each group's summed gradient (PRESENCE's microbatch mode).
-      The (local) batch size must be divisible by it.
-    axis_name: the data axis when called under ``jax.shard_map``.
 
-  Returns:
-    :class:`GradNorms` with ``[batch]`` (or ``[microbatches]``) float32 squared
-    norms.
+class _Untappable(Exception):
+  pass
+
+
+def _tap_class(cls: type) -> type:
+  if cls not in _TAP_CLASSES:
+    ns = {}
+    for name in _TAPPED_METHODS:
+      if callable(getattr(cls, name, None)):
+        ns[name] = _make_tap(name, getattr(cls, name))
+    _TAP_CLASSES[cls] = type(f"Tapped{cls.__name__}", (cls,), ns)
+  return _TAP_CLASSES[cls]
+
+
+def _make_tap(name: str, orig: Callable) -> Callable:
+  def tapped(self, *args, **kwargs):
+    tap = _TAP.get()
+    if tap is None:
+      return orig(self, *args, **kwargs)
+    calls = tap.counts.setdefault(id(self), {})
+    k = calls.get(name, 0)
+    calls[name] = k + 1
+    tag = f"{name.strip('_')}__{k}"
+    own = {a: v for a, v in vars(self).items() if isinstance(v, nnx.Param)}
+    if tap.mode == "check":
+      saved = {a: v.get_value() for a, v in own.items()}
+      for a, v in own.items():
+        v.set_value(jax.lax.stop_gradient(saved[a]))
+      try:
+        return orig(self, *args, **kwargs)
+      finally:
+        for a, v in own.items():
+          v.set_value(saved[a])
+    kw = {a: v for a, v in kwargs.items() if v is not None}
+    for leaf in jax.tree.leaves((args, kw)):
+      if not isinstance(leaf, (jax.Array, np.ndarray)):
+        raise _Untappable(
+            f"{type(self).__name__}.{name} was called with a non-array argument "
+            f"({type(leaf).__name__})")
+    self.sow(nnx.Intermediate, _IN + tag, (args, kw))
+    self.sow(nnx.Intermediate, _MARK + tag,
+             {a: jnp.zeros((0, *v.get_value().shape), jnp.int8) for a, v in own.items()})
+    out = orig(self, *args, **kwargs)
+    if not isinstance(out, jax.Array):
+      raise _Untappable(f"{type(self).__name__}.{name} returned {type(out).__name__}, not an array")
+    return self.perturb(_OUT + tag, out)
+
+  tapped.__name__ = name
+  return tapped
+
+
+@contextlib.contextmanager
+def _tapping(mode: str):
+  token = _TAP.set(_TapMode(mode, {}))
+  try:
+    yield
+  finally:
+    _TAP.reset(token)
+
+
+def _tapped_model(graphdef, state, paths) -> nnx.Module:
+  m = nnx.merge(graphdef, state, copy=True)
+  for path, node in nnx.iter_graph(m):
+    if isinstance(node, nnx.Module) and _path_str(path) in paths:
+      node.__class__ = _tap_class(type(node))
+  return m
+
+
+# --- capture ---------------------------------------------------------------------
+
+
+class Call(NamedTuple):
+  """One tapped call of one layer.
+
+  Attributes:
+    module: canonical path of the layer.
+    method: ``"__call__"`` or ``"attend"``.
+    index: which call of that method (0, 1, ...) in the forward pass.
+    args: the positional arguments, ``[*stack, batch, ...]`` arrays.
+    kwargs: array keyword arguments.
+    out_grad: ``[*stack, batch, ...]`` float32 gradient of the summed valid loss
+      wrt the call's output (each sample's own rows).
+    nstack: number of leading stack axes (``nnx.scan``/``nnx.vmap`` layers).
   """
-  if microbatches is not None and microbatches < 1:
-    raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
-  if method not in ("ghost", "vmap", "jvp"):
-    raise ValueError(f"method must be 'ghost', 'vmap' or 'jvp', got {method!r}.")
-  if fallback not in ("error", "vmap"):
-    raise ValueError(f"fallback must be 'error' or 'vmap', got {fallback!r}.")
-  owners = _layer_params(model)
-  chosen = [p for p in owners if _selected(p, layers)]
-  if not chosen:
-    raise ValueError(
-        f"layers={layers!r} selects no parameters; layers with parameters are: "
-        f"{sorted(owners)}."
-    )
-  if method == "vmap":
-    return _vmap_norms(loss_fn, model, batch, chosen, chunk_size, axis_name, microbatches)
-  if method == "jvp":
-    if key is None:
-      raise ValueError("method='jvp' needs a PRNG key.")
-    if num_probes < 1:
-      raise ValueError(f"num_probes must be >= 1, got {num_probes}.")
-    return _jvp_norms(loss_fn, model, batch, chosen, num_probes, key, microbatches)
 
-  unsupported = [p for p in chosen if not _supported(owners[p][0])]
-  if unsupported and fallback == "error":
-    names = ", ".join(f"'{p}' ({type(owners[p][0]).__name__})" for p in unsupported)
-    raise ValueError(
-        f"ghost norms do not support the layer(s) {names}; supported: "
-        f"{', '.join(t.__name__ for t in _TAPS)} (LayerNorm over the last axis). "
-        "Pass fallback='vmap' to use exact vmap norms for those parameters."
-    )
-  tapped = [p for p in chosen if p not in unsupported]
-  result = None
-  if tapped:
-    capture = ghost_capture(loss_fn, model, batch, tapped, axis_name=axis_name)
-    result = ghost_norms_from_capture(capture, linear_rule=linear_rule, microbatches=microbatches)
-  if unsupported:
-    extra = _vmap_norms(loss_fn, model, batch, unsupported, chunk_size, axis_name, microbatches)
-    if result is None:
-      return extra
-    by_layer = {**result.by_layer, **extra.by_layer}
-    return GradNorms(result.total + extra.total, by_layer)
-  return result
+  module: str
+  method: str
+  index: int
+  args: tuple
+  kwargs: dict
+  out_grad: jax.Array
+  nstack: int
+
+
+class GhostCapture(NamedTuple):
+  """What one tapped forward + backward pass yields.
+
+  Attributes:
+    calls: every tapped call, in order of layer path.
+    exact: canonical paths of the parameters whose every use was captured.
+    fallback: ``{parameter path: reason}`` for those that were not.
+    losses: ``[batch]`` per-sample losses (0 where invalid), not differentiable.
+    valid: ``[batch]`` booleans (mask & finite).
+    aux: the loss function's aux output.
+    rest: the model's non-parameter state after the pass.
+  """
+
+  calls: list[Call]
+  exact: tuple[str, ...]
+  fallback: dict[str, str]
+  losses: jax.Array
+  valid: jax.Array
+  aux: PyTree
+  rest: PyTree
 
 
 def _valid(out) -> jax.Array:
@@ -248,267 +319,648 @@ def _varying(tree, axis_name):
   return jax.tree.map(lambda x: jax.lax.pcast(x, axis_name, to="varying"), tree)
 
 
-# --- ghost -------------------------------------------------------------------------
+def _flat(state) -> dict[str, Any]:
+  return {_path_str(p): v.get_value() for p, v in nnx.to_flat_state(state)}
 
 
-class LayerCapture(NamedTuple):
-  """One tapped layer's inputs and output gradients (per sample)."""
+def _parse(name: str):
+  """``ghost_out__call__0`` -> (``"__call__"``, 0)."""
+  body = name.split("__", 1)[1]
+  method, index = body.rsplit("__", 1)
+  method = "__call__" if method == "call" else method
+  return method, int(index)
 
-  module: nnx.Module
-  inputs: jax.Array   # [B, ..., d] activations (token ids for Embed)
-  out_grads: jax.Array  # [B, ..., p] d(sum_i l_i) / d(output), float32
 
+def _untapped_uses(loss_fn, graphdef, params, rest, batch, taps) -> set[str]:
+  """Parameters the loss reaches other than through their own tapped layer call.
 
-class GhostCapture(NamedTuple):
-  """What one tapped forward + backward pass yields.
-
-  Attributes:
-    layers: ``{path: LayerCapture}`` for every tapped layer.
-    losses: ``[batch]`` per-sample losses (0 where invalid), not differentiable.
-    valid: ``[batch]`` booleans (mask & finite).
-    aux: the loss function's aux output.
+  The tapped calls use their own parameters under ``stop_gradient``; a parameter
+  whose tangent still reaches the loss (dead-code analysis of the JVP jaxpr,
+  through ``scan``/``jit``/``cond`` bodies) is used somewhere else.
   """
+  from jax._src.interpreters import partial_eval as pe  # pylint: disable=g-import-not-at-top
 
-  layers: dict[str, LayerCapture]
-  losses: jax.Array
-  valid: jax.Array
-  aux: PyTree
+  flat = list(nnx.to_flat_state(params))
+  values = [v.get_value() for _, v in flat]
+
+  def forward(vals):
+    p = nnx.from_flat_state([(k, v.replace(x)) for (k, v), x in zip(flat, vals)])
+    with _tapping("check"):
+      out = loss_fn(_tapped_model(graphdef, nnx.merge_state(p, rest), taps), batch)
+    return _masked_sum(out)[0]
+
+  closed = jax.make_jaxpr(lambda p, t: jax.jvp(forward, (p,), (t,))[1])(values, values)
+  _, used = pe.dce_jaxpr(closed.jaxpr, [True])
+  tangent_used = used[len(values):]
+  return {_path_str(k) for (k, _), u in zip(flat, tangent_used) if u}
 
 
-def ghost_capture(loss_fn, model, batch, paths, *, axis_name: AxisName = None) -> GhostCapture:
-  """Runs ``loss_fn`` once with ``paths`` tapped; returns activations and output grads.
+def ghost_capture(
+    loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
+) -> GhostCapture:
+  """Runs ``loss_fn`` once with every tappable leaf layer tapped.
 
   The backward pass differentiates ``sum_i l_i`` (valid samples only) wrt zero
-  perturbations added to each tapped layer's output, so ``out_grads[i]`` is
-  sample ``i``'s own output gradient. No parameter gradient is formed.
-  """
-  graphdef, state = nnx.split(model)
-  wanted = set(paths)
+  perturbations added to each tapped call's output, so ``out_grad[i]`` is sample
+  ``i``'s own output gradient. No parameter gradient is formed.
 
-  def tapped_model():
-    m = nnx.merge(graphdef, state)
-    for path, node in nnx.iter_graph(m):
-      if isinstance(node, nnx.Module) and _path_str(path) in wanted:
-        if type(node) not in _TAPS:
-          raise ValueError(f"layer '{_path_str(path)}' ({type(node).__name__}) cannot be tapped.")
-        node.__class__ = _TAPS[type(node)]
-    return m
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
+    model: the NNX model (not modified).
+    batch: a pytree whose leaves have the batch as leading axis.
+    paths: canonical parameter paths wanted (default: all).
+    axis_name: the data axis under ``jax.shard_map``.
+  """
+  _check_independent(model)
+  info = _analyse(model)
+  wanted = set(info.params if paths is None else paths)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = nnx.merge_state(params, rest)
+  taps = {m for m in info.leaves if any(p in wanted for p in info.own[m].values())}
+  fallback: dict[str, str] = {}
+
+  for mpath, attrs in info.own.items():
+    if mpath not in info.leaves:
+      why = ("its layer holds random streams or sub-layers, so it is not tapped"
+             if attrs else "")
+      for p in attrs.values():
+        fallback.setdefault(p, why)
+  for p, prm in info.params.items():
+    if not any(p in a.values() for a in info.own.values()):
+      fallback.setdefault(p, "it is not an attribute of a layer")
 
   def run(m, b):
     return loss_fn(m, b)
 
-  shapes = jax.eval_shape(
-      lambda: nnx.capture(run, nnx.Perturbation)(tapped_model(), batch)[1]
-  )
-  zeros = _varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), axis_name)
+  def shapes_at(b):
+    with _tapping("capture"):
+      return jax.eval_shape(
+          lambda: nnx.capture(run, nnx.Perturbation, nnx.Intermediate)(
+              _tapped_model(graphdef, state, taps), b)[1:])
+
+  try:
+    pert_shapes, inter_shapes = shapes_at(batch)
+    double = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
+    pert2, inter2 = shapes_at(double)
+  except _Untappable as e:
+    raise ValueError(
+        f"ghost norms could not tap a layer: {e}. Use method='vmap'.") from None
+
+  b = jax.tree.leaves(batch)[0].shape[0]
+  out1, out2 = _flat(pert_shapes), _flat(pert2)
+  in1, in2 = _flat(inter_shapes), _flat(inter2)
+
+  # Which (module, call) pairs are per-sample: the leading axis after the stack
+  # axes is the batch at B and at 2B, for every argument and the output.
+  calls_meta = []
+  for key, shape in out1.items():
+    mpath, name = key.rsplit("/", 1)
+    tag = name[len(_OUT):]
+    marks = in1[f"{mpath}/{_MARK}{tag}"][0]
+    # a mark is [*stack, 0, *inner parameter shape]: the zero-size axis ends the stack
+    nstack = next(iter(marks.values())).shape.index(0) if marks else 0
+    ok = True
+    for arr1, arr2 in zip(jax.tree.leaves((in1[f"{mpath}/{_IN}{tag}"], shape)),
+                          jax.tree.leaves((in2[f"{mpath}/{_IN}{tag}"], out2[key]))):
+      if arr1.ndim <= nstack or arr1.shape[nstack] != b or arr2.shape[nstack] != 2 * b:
+        ok = False
+    for attr, mark in marks.items():
+      p = info.own[mpath][attr]
+      if len(info.params[p].shape) - (mark.ndim - 1 - nstack) != nstack:
+        fallback.setdefault(p, "its layer is applied repeatedly to an unstacked parameter")
+      if not ok:
+        fallback.setdefault(
+            p, f"layer '{mpath}' is called on an input whose leading axis is not the "
+            "batch (e.g. shared positions), so its output gradient is not per sample")
+    calls_meta.append((mpath, tag, nstack))
+
+  for p in _untapped_uses(loss_fn, graphdef, params, rest, batch, taps):
+    fallback.setdefault(
+        p, "it is read outside its layer's call (e.g. a kernel reused by other code)")
+  for m in taps:
+    for p in info.own[m].values():
+      if not any(mp == m for mp, _, _ in calls_meta):
+        fallback.setdefault(p, f"layer '{m}' was not called by loss_fn")
+
+  zeros = _varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pert_shapes), axis_name)
 
   def summed(perturbations):
-    out, inter = nnx.capture(run, nnx.Intermediate, init=perturbations)(tapped_model(), batch)
+    with _tapping("capture"):
+      m = _tapped_model(graphdef, state, taps)
+      out, inter = nnx.capture(run, nnx.Intermediate, init=perturbations)(m, batch)
     total, valid = _masked_sum(out)
-    return total, (inter, valid, out)
+    new_rest = nnx.split(m, nnx.Param, nnx.Intermediate, nnx.Perturbation, ...)[3]
+    return total, (inter, valid, out, new_rest)
 
-  grads, (inter, valid, out) = jax.grad(summed, has_aux=True)(zeros)
-  grads_flat = {_path_str(p[:-1]): v.get_value() for p, v in nnx.to_flat_state(grads)}
-  inter_flat = {_path_str(p[:-1]): v.get_value() for p, v in nnx.to_flat_state(inter)}
-  modules = {_path_str(p): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Module)}
-  layers = {}
-  for path in paths:
-    if path not in grads_flat:
-      raise ValueError(f"layer '{path}' has parameters but was not called by loss_fn.")
-    inputs = inter_flat[path]
-    if len(inputs) != 1:
-      raise ValueError(
-          f"layer '{path}' was called {len(inputs)} times in one forward pass; ghost "
-          "norms need each tapped layer called once (use method='vmap')."
-      )
-    layers[path] = LayerCapture(modules[path], inputs[0], grads_flat[path].astype(jnp.float32))
+  grads, (inter, valid, out, new_rest) = jax.grad(summed, has_aux=True)(zeros)
+  gflat, iflat = _flat(grads), _flat(inter)
+  calls = []
+  for mpath, tag, nstack in sorted(calls_meta):
+    args, kwargs = iflat[f"{mpath}/{_IN}{tag}"][0]
+    method, index = _parse(_OUT + tag)
+    calls.append(Call(mpath, method, index, tuple(args), dict(kwargs),
+                      gflat[f"{mpath}/{_OUT}{tag}"].astype(jnp.float32), nstack))
+  exact = tuple(p for p in info.params if p in wanted and p not in fallback)
   losses = jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0))
-  return GhostCapture(layers, losses, valid, jax.lax.stop_gradient(out.aux))
+  rest_out = _restore_rest_types(rest, new_rest)
+  return GhostCapture(calls, exact, {p: fallback[p] for p in wanted if p in fallback},
+                      losses, valid, jax.lax.stop_gradient(out.aux), rest_out)
 
 
-def _group_rows(x, groups: int | None):
-  """``[B, T, ...]`` -> ``[groups, (B / groups) * T, ...]``: a microbatch is one row."""
-  if groups is None:
-    return x
-  if x.shape[0] % groups:
-    raise ValueError(f"batch size {x.shape[0]} is not divisible into {groups} microbatches.")
-  return x.reshape(groups, -1, *x.shape[2:])
+def _restore_rest_types(rest, new_rest):
+  """The updated non-parameter state, with the structure of ``rest``."""
+  new = _flat(new_rest)
+  return nnx.from_flat_state(
+      [(p, v.replace(new.get(_path_str(p), v.get_value()))) for p, v in nnx.to_flat_state(rest)])
 
 
-def ghost_norms_from_capture(
-    capture: GhostCapture, *, linear_rule: str = "auto", microbatches: int | None = None
-) -> GradNorms:
-  """Squared gradient norms per sample (or per microbatch) from a capture."""
-  by_layer = {}
-  for path, (module, a, g) in capture.layers.items():
-    if isinstance(module, nnx.Embed):
-      ids, g = _as_seq(a, features=False), _as_seq(g)
-      sq = _embed_sq(_group_rows(ids, microbatches), _group_rows(g, microbatches))
-    else:
-      a, g = _group_rows(_as_seq(a), microbatches), _group_rows(_as_seq(g), microbatches)
-      if isinstance(module, nnx.Linear):
-        sq = _linear_sq(a, g, module.bias is not None, linear_rule)
-      else:
-        sq = _layernorm_sq(a, g, module)
-    by_layer[path] = sq
-  if microbatches is None:
-    by_layer = {k: jnp.where(capture.valid, v, 0.0) for k, v in by_layer.items()}
-  return GradNorms(sum(by_layer.values()), by_layer)
+# --- per-parameter terms ---------------------------------------------------------
 
 
-def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Array) -> PyTree:
-  """The gradient of ``sum_i w_i l_i`` wrt all parameters, from a capture.
+class _Outer(NamedTuple):
+  """Per-sample gradient ``sum_t left_t right_t^T`` of a parameter reshaped to ``[d1, d2]``.
 
-  Book-keeping (Bu et al.): ``dW = A^T diag(w) G`` per layer, from the stored
-  activations and output gradients, so a norm-dependent weighting costs no second
-  backward pass. Every parameter of ``model`` must belong to a tapped layer.
-
-  Returns:
-    An ``nnx.State`` of gradients with the structure of ``nnx.state(model, nnx.Param)``.
+  ``left`` is ``[B, T, d1]``, or ``[B, T]`` integer ids (one-hot rows of width
+  ``d1``); ``right`` is ``[B, T, d2]``. ``shape`` is the parameter's shape.
   """
-  params = nnx.state(model, nnx.Param)
-  flat = list(nnx.to_flat_state(params))
-  weights = jax.lax.stop_gradient(jnp.where(capture.valid, weights, 0.0)).astype(jnp.float32)
-  grads = {}
-  for path, (module, a, g) in capture.layers.items():
-    gw = g * weights.reshape((-1,) + (1,) * (g.ndim - 1))
-    if isinstance(module, nnx.Embed):
-      ids = a.reshape(-1)
-      rows = gw.reshape(-1, gw.shape[-1])
-      grads[(path, "embedding")] = jnp.zeros(module.embedding.shape, jnp.float32).at[ids].add(rows)
-      continue
-    a2 = a.reshape(-1, a.shape[-1]).astype(jnp.float32)
-    g2 = gw.reshape(-1, gw.shape[-1])
-    if isinstance(module, nnx.Linear):
-      grads[(path, "kernel")] = a2.T @ g2
-      if module.bias is not None:
-        grads[(path, "bias")] = g2.sum(0)
-    else:
-      mean = a2.mean(-1, keepdims=True)
-      var = jnp.mean(jnp.square(a2 - mean), -1, keepdims=True)
-      xhat = (a2 - mean) * jax.lax.rsqrt(var + module.epsilon)
-      if module.scale is not None:
-        grads[(path, "scale")] = (g2 * xhat).sum(0)
-      if module.bias is not None:
-        grads[(path, "bias")] = g2.sum(0)
-  out = []
-  for p, v in flat:
-    key = (_path_str(p[:-1]), str(p[-1]))
-    if key not in grads:
-      raise ValueError(
-          f"parameter '{'/'.join(key)}' is not in a tapped layer; book-keeping needs "
-          "every parameter in a Linear, Embed or LayerNorm."
-      )
-    out.append((p, v.replace(grads[key].astype(v.get_value().dtype))))
-  return nnx.from_flat_state(out)
+
+  left: jax.Array
+  right: jax.Array
+  d1: int
+  shape: tuple
+
+
+class _Dense(NamedTuple):
+  """Per-sample gradients formed explicitly: ``grads`` is ``[B, *shape]``."""
+
+  grads: jax.Array
 
 
 def _as_seq(x, features: bool = True):
-  """Reshapes ``[B, ..., d]`` to ``[B, T, d]`` (or ``[B, ...]`` ids to ``[B, T]``)."""
+  """``[B, ..., d]`` -> ``[B, T, d]`` (or ``[B, ...]`` ids -> ``[B, T]``)."""
   b = x.shape[0]
   return x.reshape(b, -1, x.shape[-1]) if features else x.reshape(b, -1)
 
 
-def _linear_sq(a, g, has_bias: bool, rule: str) -> jax.Array:
-  a = _as_seq(a.astype(jnp.float32))
-  g = _as_seq(g)
-  t, d, p = a.shape[1], a.shape[2], g.shape[2]
-  if t == 1:
-    kernel = jnp.sum(a[:, 0] ** 2, -1) * jnp.sum(g[:, 0] ** 2, -1)
+def _layer_fn(module: nnx.Module, method: str, axis_name):
+  """``f(own params, rest, *args, **kwargs)`` for one slice of a (stacked) leaf layer."""
+  graphdef, own, other = nnx.split(module, nnx.Param, ...)
+
+  def apply(p, o, args, kwargs):
+    m = nnx.merge(graphdef, p, o, copy=True)
+    return getattr(m, method)(*args, **kwargs)
+
+  return apply, own, other
+
+
+def _terms(call: Call, module: nnx.Module, attrs: dict[str, str], axis_name) -> dict[str, list]:
+  """The terms (per parameter) of one unstacked call (``nstack == 0``)."""
+  g = call.out_grad
+  out: dict[str, list] = {}
+  x = call.args[0] if call.args else None
+  plain = not call.kwargs and len(call.args) == 1
+  if isinstance(module, nnx.Embed) and call.method == "attend" and plain:
+    out[attrs["embedding"]] = [_Outer(_as_seq(g), _as_seq(x.astype(jnp.float32)),
+                                      module.embedding.shape[0], module.embedding.shape)]
+    return out
+  if isinstance(module, nnx.Embed) and call.method == "__call__" and plain:
+    out[attrs["embedding"]] = [_Outer(_as_seq(x, features=False), _as_seq(g),
+                                      module.embedding.shape[0], module.embedding.shape)]
+    return out
+  kernel_dims = None
+  if isinstance(module, nnx.Linear) and plain:
+    kernel_dims = (1, 1)
+  elif (isinstance(module, nnx.LinearGeneral) and plain and not module.batch_axis
+        and tuple(sorted(a % x.ndim for a in module.axis))
+        == tuple(range(x.ndim - len(module.axis), x.ndim))
+        and tuple(a % x.ndim for a in module.axis) == tuple(sorted(a % x.ndim for a in module.axis))):
+    kernel_dims = (len(module.axis), len(module.out_features))
+  if kernel_dims is not None:
+    n_in, n_out = kernel_dims
+    kshape = module.kernel.shape
+    d1 = math.prod(kshape[:n_in])
+    left = x.reshape(x.shape[0], -1, d1).astype(jnp.float32)
+    right = g.reshape(g.shape[0], -1, math.prod(kshape[n_in:]))
+    out[attrs["kernel"]] = [_Outer(left, right, d1, kshape)]
+    if "bias" in attrs and module.bias is not None:
+      bshape = module.bias.shape
+      out[attrs["bias"]] = [_Dense(g.reshape(g.shape[0], -1, *bshape).sum(1))]
+    rest_attrs = {a: p for a, p in attrs.items() if a not in ("kernel", "bias")}
+    if not rest_attrs:
+      return out
+  # Generic: re-apply the layer to each sample's input and take the layer-local vjp.
+  apply, own, other = _layer_fn(module, call.method, axis_name)
+  own = _varying(own, axis_name)
+
+  def one(args, kwargs, gi):
+    add = lambda t: jax.tree.map(lambda a: a[None], t)
+    y, vjp = jax.vjp(lambda p: apply(p, other, add(args), add(kwargs)), own)
+    return vjp(gi[None].astype(y.dtype))[0]
+
+  per = jax.vmap(one)(call.args, call.kwargs, g)
+  flat = {_path_str(p): v.get_value() for p, v in nnx.to_flat_state(per)}
+  for a, p in attrs.items():
+    if p not in out and a in flat:
+      out[p] = [_Dense(flat[a].astype(jnp.float32))]
+  return out
+
+
+def _group(x, groups: int | None, summed: bool):
+  """Groups samples into microbatches: ``[B, T, ...]`` -> ``[M, (B/M) T, ...]``
+  (token axes merged) or, for explicit gradients, ``[B, ...]`` -> summed ``[M, ...]``."""
+  if groups is None:
+    return x
+  if x.shape[0] % groups:
+    raise ValueError(f"batch size {x.shape[0]} is not divisible into {groups} microbatches.")
+  y = x.reshape(groups, -1, *x.shape[1:])
+  return y.sum(1) if summed else y.reshape(groups, -1, *x.shape[2:])
+
+
+def _grouped(term, groups):
+  if isinstance(term, _Dense):
+    return _Dense(_group(term.grads, groups, summed=True))
+  return term._replace(left=_group(term.left, groups, False), right=_group(term.right, groups, False))
+
+
+def _outer_dense(t: _Outer) -> jax.Array:
+  """``[B, *shape]`` explicit per-sample gradient of an outer-product term."""
+  if t.left.ndim == 2:  # one-hot ids
+    b, n = t.left.shape
+    rows = jnp.zeros((b, t.d1, t.right.shape[-1]), jnp.float32)
+    rows = jax.vmap(lambda r, i, v: r.at[i].add(v))(rows, t.left, t.right)
   else:
-    use_gram = t * (d + p) < d * p if rule == "auto" else rule == "ghost"
-    if use_gram:
-      aa = jnp.einsum("btd,bsd->bts", a, a)
-      gg = jnp.einsum("btp,bsp->bts", g, g)
-      kernel = jnp.sum(aa * gg, axis=(1, 2))
+    rows = jnp.einsum("btd,btp->bdp", t.left, t.right)
+  return rows.reshape(rows.shape[0], *t.shape)
+
+
+def _cross(a: _Outer, c: _Outer) -> jax.Array:
+  """``[B]`` inner products ``<sum_t a.l_t a.r_t^T, sum_s c.l_s c.r_s^T>``."""
+  rr = jnp.einsum("btp,bsp->bts", a.right, c.right)
+  if a.left.ndim == 2 and c.left.ndim == 2:
+    ll = (a.left[:, :, None] == c.left[:, None, :]).astype(jnp.float32)
+  elif a.left.ndim == 2:
+    ll = _cross_ids(a.left, c.left)
+  elif c.left.ndim == 2:
+    ll = jnp.swapaxes(_cross_ids(c.left, a.left), 1, 2)
+  else:
+    ll = jnp.einsum("btd,bsd->bts", a.left, c.left)
+  return jnp.sum(ll * rr, axis=(1, 2))
+
+
+def _cross_ids(ids, dense):
+  """``[B, T_ids, T_dense]`` with entry ``dense[s, ids[t]]``."""
+  return jnp.take_along_axis(jnp.swapaxes(dense, 1, 2), ids[:, :, None], axis=1)
+
+
+def _norm_sq(terms: list, rule: str) -> jax.Array:
+  """``[B]`` squared norm of the sum of a parameter's per-use gradients."""
+  if all(isinstance(t, _Outer) for t in terms):
+    if len(terms) == 1:
+      t = terms[0]
+      n, d2 = t.right.shape[1], t.right.shape[2]
+      if n == 1 and t.left.ndim == 3:
+        return jnp.sum(t.left[:, 0] ** 2, -1) * jnp.sum(t.right[:, 0] ** 2, -1)
+      gram = n * (t.d1 + d2) < t.d1 * d2 if rule == "auto" else rule == "ghost"
+      if t.left.ndim == 2 or gram:
+        return _cross(t, t)
+      return jnp.sum(jnp.einsum("btd,btp->bdp", t.left, t.right) ** 2, axis=(1, 2))
+    ids = any(t.left.ndim == 2 for t in terms)
+    n = sum(t.right.shape[1] for t in terms)
+    d1, d2 = terms[0].d1, terms[0].right.shape[2]
+    if ids or (rule == "auto" and n * (d1 + d2) < d1 * d2) or rule == "ghost":
+      total = 0.0
+      for i, a in enumerate(terms):
+        for j in range(i, len(terms)):
+          total = total + (1.0 if i == j else 2.0) * _cross(a, terms[j])
+      return total
+  dense = sum(t.grads if isinstance(t, _Dense) else _outer_dense(t) for t in terms)
+  return jnp.sum(jnp.square(dense).reshape(dense.shape[0], -1), axis=1)
+
+
+def _weighted_grad(terms: list, calls_w) -> jax.Array:
+  """Gradient of ``sum_i w_i l_i`` from one parameter's terms (``w`` folded in)."""
+  total = 0.0
+  for t, w in zip(terms, calls_w):
+    if isinstance(t, _Dense):
+      total = total + jnp.tensordot(w, t.grads, axes=1)
+    elif t.left.ndim == 2:
+      rows = (t.right * w[:, None, None]).reshape(-1, t.right.shape[-1])
+      total = total + jnp.zeros((t.d1, rows.shape[-1]), jnp.float32).at[t.left.reshape(-1)].add(rows).reshape(t.shape)
     else:
-      kernel = jnp.sum(jnp.einsum("btd,btp->bdp", a, g) ** 2, axis=(1, 2))
-  if has_bias:
-    kernel = kernel + jnp.sum(jnp.sum(g, axis=1) ** 2, axis=-1)
-  return kernel
+      total = total + jnp.einsum("btd,btp->dp", t.left, t.right * w[:, None, None]).reshape(t.shape)
+  return total
 
 
-def _embed_sq(ids, g) -> jax.Array:
-  ids = _as_seq(ids, features=False)
-  g = _as_seq(g)
-  same = ids[:, :, None] == ids[:, None, :]
-  gg = jnp.einsum("btd,bsd->bts", g, g)
-  return jnp.sum(jnp.where(same, gg, 0.0), axis=(1, 2))
+def _param_terms(capture: GhostCapture, info: _Model, axis_name,
+                 reduce: Callable[[dict[str, list]], dict[str, jax.Array]]) -> dict[str, jax.Array]:
+  """Applies ``reduce`` to the terms of every exactly captured parameter.
+
+  Parameters reached by the same calls are reduced together (a layer's kernel
+  and bias). Stacked calls are mapped with ``vmap`` over their stack axes, so
+  ``reduce`` sees one layer slice at a time; results carry the stack axes first.
+  """
+  exact = set(capture.exact)
+  reach: dict[str, list[Call]] = {}
+  for c in capture.calls:
+    for p in info.own[c.module].values():
+      if p in exact:
+        reach.setdefault(p, []).append(c)
+  groups: dict[tuple, list[str]] = {}
+  for p, calls in reach.items():
+    groups.setdefault(tuple((c.module, c.method, c.index) for c in calls), []).append(p)
+  results = {}
+  for key, ps in groups.items():
+    calls = reach[ps[0]]
+    nstack = calls[0].nstack
+    mods = sorted({c.module for c in calls})
+    splits = {m: nnx.split(info.modules[m]) for m in mods}
+
+    def slice_fn(arrays, states, calls=calls, ps=ps, splits=splits):
+      terms: dict[str, list] = {}
+      for c, (args, kwargs, g) in zip(calls, arrays):
+        module = nnx.merge(splits[c.module][0], states[c.module], copy=True)
+        one = c._replace(args=args, kwargs=kwargs, out_grad=g, nstack=0)
+        for q, ts in _terms(one, module, info.own[c.module], axis_name).items():
+          if q in ps:
+            terms.setdefault(q, []).extend(ts)
+      return reduce(terms)
+
+    fn = slice_fn
+    for _ in range(nstack):
+      fn = jax.vmap(fn)
+    results.update(fn([(c.args, c.kwargs, c.out_grad) for c in calls],
+                      {m: splits[m][1] for m in mods}))
+  return results
 
 
-def _layernorm_sq(x, g, module: nnx.LayerNorm) -> jax.Array:
-  x = _as_seq(x.astype(jnp.float32))
-  g = _as_seq(g)
-  mean = jnp.mean(x, -1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-  xhat = (x - mean) * jax.lax.rsqrt(var + module.epsilon)
-  sq = jnp.zeros(x.shape[0], jnp.float32)
-  if module.scale is not None:
-    sq = sq + jnp.sum(jnp.sum(g * xhat, axis=1) ** 2, -1)
-  if module.bias is not None:
-    sq = sq + jnp.sum(jnp.sum(g, axis=1) ** 2, -1)
-  return sq
+def ghost_norms_from_capture(
+    capture: GhostCapture,
+    model: nnx.Module,
+    *,
+    linear_rule: str = "auto",
+    microbatches: int | None = None,
+    axis_name: AxisName = None,
+    params: Sequence[str] | None = None,
+) -> GradNorms:
+  """Squared gradient norms per sample (or microbatch) of the exactly captured params.
+
+  Args:
+    capture: from :func:`ghost_capture` on ``model``.
+    model: the same model.
+    linear_rule: ``"auto"``, ``"ghost"`` (Gram matrices) or ``"direct"`` (form
+      ``U^T V``) for outer-product parameters.
+    microbatches: score contiguous groups of samples instead of samples.
+    axis_name: the data axis under ``jax.shard_map``.
+    params: restrict to these canonical parameter paths (default: all exact).
+
+  Returns:
+    :class:`GradNorms` over the selected exact parameters, grouped per layer.
+  """
+  info = _analyse(model)
+  want = set(capture.exact if params is None else params) & set(capture.exact)
+
+  def reduce(terms):
+    return {p: _norm_sq([_grouped(t, microbatches) for t in ts], linear_rule)
+            for p, ts in terms.items() if p in want}
+
+  sub = capture._replace(exact=tuple(p for p in capture.exact if p in want))
+  per_param = _param_terms(sub, info, axis_name, reduce)
+  by_layer: dict[str, jax.Array] = {}
+  stacked: dict[str, jax.Array] = {}
+  for p, sq in per_param.items():
+    owner = info.params[p].owner
+    if sq.ndim > 1:
+      stacked[owner] = stacked.get(owner, 0.0) + sq
+      sq = sq.reshape(-1, sq.shape[-1]).sum(0)
+    by_layer[owner] = by_layer.get(owner, 0.0) + sq
+  if microbatches is None:
+    by_layer = {k: jnp.where(capture.valid, v, 0.0) for k, v in by_layer.items()}
+    stacked = {k: jnp.where(capture.valid, v, 0.0) for k, v in stacked.items()}
+  n = capture.valid.shape[0] if microbatches is None else microbatches
+  total = sum(by_layer.values()) if by_layer else jnp.zeros((n,), jnp.float32)
+  return GradNorms(total, by_layer, stacked)
+
+
+def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Array,
+                      *, axis_name: AxisName = None) -> PyTree:
+  """The gradient of ``sum_i w_i l_i`` wrt all parameters, from a capture.
+
+  Book-keeping (Bu et al.): ``dW = U^T diag(w) V`` per outer-product use and
+  ``sum_i w_i g_i`` of the explicit per-sample gradients otherwise, from the
+  stored inputs and output gradients, so a norm-dependent weighting costs no
+  second backward pass. Every parameter must be exactly captured
+  (``capture.fallback`` empty); the gradient is local to this device.
+
+  Returns:
+    An ``nnx.State`` of gradients with the structure of ``nnx.state(model, nnx.Param)``.
+  """
+  if capture.fallback:
+    p, why = next(iter(capture.fallback.items()))
+    raise ValueError(f"book-keeping needs every parameter captured; '{p}' is not: {why}.")
+  info = _analyse(model)
+  w = jax.lax.stop_gradient(jnp.where(capture.valid, weights, 0.0)).astype(jnp.float32)
+
+  def reduce(terms):
+    return {p: _weighted_grad(ts, [w] * len(ts)) for p, ts in terms.items()}
+
+  grads = _param_terms(capture, info, axis_name, reduce)
+  out = []
+  for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    p = _path_str(path)
+    if p not in grads:
+      raise ValueError(f"parameter '{p}' was not reached by any tapped call.")
+    out.append((path, v.replace(grads[p].astype(v.get_value().dtype))))
+  return nnx.from_flat_state(out)
+
+
+def ghost_plan(loss_fn, model: nnx.Module, batch: PyTree) -> dict[str, str]:
+  """How ``method="ghost"`` will treat each parameter: ``"ghost"`` or ``"vmap: <why>"``.
+
+  Traces the model abstractly (nothing is computed); useful to see which
+  parameters of a model you did not write fall back to exact ``vmap`` norms.
+  """
+  out = {}
+
+  def trace():
+    cap = ghost_capture(loss_fn, model, batch)
+    out.update({p: "ghost" for p in cap.exact})
+    out.update({p: f"vmap: {why}" for p, why in cap.fallback.items()})
+    return cap.losses
+
+  jax.eval_shape(trace)
+  return {p: out[p] for p in _analyse(model).params}
+
+
+# --- public API --------------------------------------------------------------------
+
+
+def per_sample_grad_norms(
+    loss_fn: Callable[[Any, PyTree], Any],
+    model: nnx.Module,
+    batch: PyTree,
+    *,
+    method: Method = "ghost",
+    layers: LayerSelector = None,
+    chunk_size: int | None = None,
+    num_probes: int = 16,
+    key: jax.Array | None = None,
+    fallback: Literal["error", "vmap"] = "vmap",
+    linear_rule: Literal["auto", "ghost", "direct"] = "auto",
+    microbatches: int | None = None,
+    axis_name: AxisName = None,
+) -> GradNorms:
+  """Per-sample squared gradient norms of ``loss_fn(model, batch).loss``.
+
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput`` with ``[batch]`` losses (the
+      same function the train step uses).
+    model: an NNX model; it is not modified.
+    batch: a pytree whose leaves all have the batch as leading axis.
+    method: ``"ghost"`` (exact, one backward pass), ``"vmap"`` (exact oracle) or
+      ``"jvp"`` (unbiased estimate).
+    layers: which layers count (PRESENCE's K): None for all, a list of path
+      prefixes such as ``["blocks/0"]``, or a predicate on the layer path.
+    chunk_size: samples per vectorised chunk for ``"vmap"`` (default: all).
+    num_probes: Gaussian probes for ``"jvp"``.
+    key: PRNG key for ``"jvp"``.
+    fallback: for ``"ghost"``, what to do with parameters that cannot be tapped
+      exactly (see the module docstring): exact ``"vmap"`` norms for just those
+      parameters (default), or ``"error"``.
+    linear_rule: for ``"ghost"``, force the Gram (``"ghost"``) or the
+      outer-product (``"direct"``) form for matmul parameters; ``"auto"`` picks
+      the cheaper one per layer.
+    microbatches: if given, score contiguous groups instead of samples: the
+      squared norm of each group's summed gradient (PRESENCE's microbatch mode).
+      The (local) batch size must be divisible by it.
+    axis_name: the data axis when called under ``jax.shard_map``.
+
+  Returns:
+    :class:`GradNorms` with ``[batch]`` (or ``[microbatches]``) float32 squared
+    norms.
+  """
+  if microbatches is not None and microbatches < 1:
+    raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
+  if method not in ("ghost", "vmap", "jvp"):
+    raise ValueError(f"method must be 'ghost', 'vmap' or 'jvp', got {method!r}.")
+  if fallback not in ("error", "vmap"):
+    raise ValueError(f"fallback must be 'error' or 'vmap', got {fallback!r}.")
+  _check_independent(model)
+  info = _analyse(model)
+  chosen = [p for p, prm in info.params.items() if _selected(prm.owner, layers)]
+  if not chosen:
+    owners = sorted({prm.owner for prm in info.params.values()})
+    raise ValueError(
+        f"layers={layers!r} selects no parameters; layers with parameters are: {owners}."
+    )
+  if method == "vmap":
+    return _vmap_norms(loss_fn, model, batch, chosen, chunk_size, axis_name, microbatches)
+  if method == "jvp":
+    if key is None:
+      raise ValueError("method='jvp' needs a PRNG key.")
+    if num_probes < 1:
+      raise ValueError(f"num_probes must be >= 1, got {num_probes}.")
+    return _jvp_norms(loss_fn, model, batch, chosen, num_probes, key, microbatches)
+
+  capture = ghost_capture(loss_fn, model, batch, chosen, axis_name=axis_name)
+  return norms_from_capture(capture, loss_fn, model, batch, chosen, fallback=fallback,
+                            linear_rule=linear_rule, microbatches=microbatches,
+                            chunk_size=chunk_size, axis_name=axis_name)
+
+
+def norms_from_capture(capture, loss_fn, model, batch, chosen, *, fallback="vmap",
+                       linear_rule="auto", microbatches=None, chunk_size=None,
+                       axis_name=None) -> GradNorms:
+  """Ghost norms of the exact parameters plus ``vmap`` norms of the rest of ``chosen``."""
+  missing = {p: why for p, why in capture.fallback.items() if p in chosen}
+  if missing and fallback == "error":
+    lines = "; ".join(f"'{p}': {why}" for p, why in missing.items())
+    raise ValueError(
+        f"ghost norms cannot capture every use of these parameters exactly: {lines}. "
+        "Pass fallback='vmap' for exact vmap norms of just those parameters.")
+  exact = [p for p in chosen if p in capture.exact]
+  result = ghost_norms_from_capture(capture, model, linear_rule=linear_rule,
+                                    microbatches=microbatches, axis_name=axis_name,
+                                    params=exact) if exact else None
+  if not missing:
+    return result
+  extra = _vmap_norms(loss_fn, model, batch, list(missing), chunk_size, axis_name, microbatches)
+  if result is None:
+    return extra
+  by_layer = dict(result.by_layer)
+  for k, v in extra.by_layer.items():
+    by_layer[k] = by_layer.get(k, 0.0) + v
+  return GradNorms(result.total + extra.total, by_layer, result.stacked)
 
 
 # --- vmap and jvp ------------------------------------------------------------------
 
 
 def _split_selected(model, paths):
+  """Selected parameter values, their owners, and ``rebuild(values) -> model``."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   wanted = set(paths)
   flat = list(nnx.to_flat_state(params))
-  sel = [(p, v.get_value()) for p, v in flat if _path_str(p[:-1]) in wanted]
-  other = [(p, v.get_value()) for p, v in flat if _path_str(p[:-1]) not in wanted]
+  sel = [(p, v.get_value()) for p, v in flat if _path_str(p) in wanted]
+  other = [(p, v.get_value()) for p, v in flat if _path_str(p) not in wanted]
 
-  def rebuild(sel_values):
+  def rebuild(sel_values, rest_state=rest):
     values = dict(other)
     values.update(zip([p for p, _ in sel], sel_values))
-    new = nnx.from_flat_state(
-        [(p, v.replace(values[p])) for p, v in flat]
-    )
-    return nnx.merge(graphdef, new, rest)
+    new = nnx.from_flat_state([(p, v.replace(values[p])) for p, v in flat])
+    return nnx.merge(graphdef, new, rest_state, copy=True)
 
-  sel_paths = [_path_str(p[:-1]) for p, _ in sel]
-  return [v for _, v in sel], sel_paths, rebuild
+  owners = [_path_str(p[:-1]) for p, _ in sel]
+  return [v for _, v in sel], owners, rebuild, rest
 
 
-def _group(sq_leaves, sel_paths, paths):
-  by_layer = {p: 0.0 for p in paths}
-  for sq, p in zip(sq_leaves, sel_paths):
-    by_layer[p] = by_layer[p] + sq
-  return by_layer
+def _per_sample_streams(rest, index):
+  """The model's random streams folded with the sample index (independent masks)."""
+  flat = list(nnx.to_flat_state(rest))
+  if not any(isinstance(v, nnx.RngKey) for _, v in flat):
+    return rest
+
+  def fold(keys):  # stacked streams (nnx.vmap blocks) hold a key per layer
+    flat_keys = keys.reshape(-1)
+    return jax.vmap(lambda k: jax.random.fold_in(k, index))(flat_keys).reshape(keys.shape)
+
+  return nnx.from_flat_state([
+      (p, v.replace(fold(v.get_value())) if isinstance(v, nnx.RngKey) else v)
+      for p, v in flat])
 
 
 def _vmap_norms(loss_fn, model, batch, paths, chunk_size, axis_name, microbatches=None) -> GradNorms:
-  sel, sel_paths, rebuild = _split_selected(model, paths)
+  sel, owners, rebuild, rest = _split_selected(model, paths)
   sel = _varying(sel, axis_name)
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
   if microbatches is None:
     groups = jax.tree.map(lambda x: x[:, None], batch)  # [B, 1, ...]: one sample a group
   else:
-    _group_rows(jax.tree.leaves(batch)[0], microbatches)  # checks divisibility
+    _group(jax.tree.leaves(batch)[0], microbatches, False)  # checks divisibility
     groups = jax.tree.map(
         lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
   b = jax.tree.leaves(groups)[0].shape[0]
 
-  def one(group):
+  def one(xs):
+    group, index = xs
+
     def loss(values):
-      out = loss_fn(rebuild(values), group)
+      out = loss_fn(rebuild(values, _per_sample_streams(rest, index)), group)
       total, valid = _masked_sum(out)
       return total, jnp.any(valid)
 
     grads, valid = jax.grad(loss, has_aux=True)(sel)
-    sq = [jnp.where(valid, jnp.sum(jnp.square(g.astype(jnp.float32))), 0.0) for g in grads]
-    return sq
+    return [jnp.where(valid, jnp.sum(jnp.square(g.astype(jnp.float32))), 0.0) for g in grads]
 
-  sq_leaves = jax.lax.map(one, groups, batch_size=min(chunk_size or b, b))
-  by_layer = _group(sq_leaves, sel_paths, paths)
+  sq_leaves = jax.lax.map(one, (groups, jnp.arange(b)), batch_size=min(chunk_size or b, b))
+  by_layer: dict[str, jax.Array] = {}
+  for sq, owner in zip(sq_leaves, owners):
+    by_layer[owner] = by_layer.get(owner, 0.0) + sq
   return GradNorms(sum(by_layer.values()), by_layer)
 
 
 def _jvp_norms(loss_fn, model, batch, paths, num_probes, key, microbatches=None) -> GradNorms:
-  sel, _, rebuild = _split_selected(model, paths)
+  sel, _, rebuild, _ = _split_selected(model, paths)
 
   def projections(probe_key):
     keys = jax.random.split(probe_key, len(sel))
@@ -521,7 +973,7 @@ def _jvp_norms(loss_fn, model, batch, paths, num_probes, key, microbatches=None)
     _, jv = jax.jvp(losses, (sel,), (tangent,))
     jv = jv.astype(jnp.float32)
     if microbatches is not None:
-      jv = _group_rows(jv[:, None], microbatches).sum(axis=1)
+      jv = _group(jv[:, None], microbatches, False).sum(axis=1)
     return jnp.square(jv)
 
   sq = jax.lax.map(projections, jax.random.split(key, num_probes))

@@ -151,3 +151,131 @@ class TransformerLM(nnx.Module):
 def count_params(model: nnx.Module) -> int:
   """Number of scalar parameters in ``model``."""
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# --- Llama-style decoder ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Sizes and options of :class:`Llama`.
+
+  Attributes:
+    vocab_size, d_model, n_layers, n_heads, d_ff, max_len: the usual sizes.
+    tied: the output head is the token embedding (``embed.attend``).
+    scan: stack the blocks with ``nnx.vmap`` and run them with ``nnx.scan``
+      (compile time flat in depth; parameters get a leading layer axis).
+    dropout: dropout rate after attention and MLP (0 = none).
+    rope_base: rotary embedding base.
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  vocab_size: int = 4096
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  d_ff: int = 688
+  max_len: int = 256
+  tied: bool = True
+  scan: bool = True
+  dropout: float = 0.0
+  rope_base: float = 10000.0
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+      raise ValueError(
+          f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads "
+          "of even size (rotary embeddings rotate pairs).")
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+
+def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding of ``x`` ``[batch, seq, heads, head_dim]`` (half-split pairs)."""
+  t, d = x.shape[1], x.shape[-1]
+  inv = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
+  ang = jnp.arange(t, dtype=jnp.float32)[:, None] * inv[None, :]       # [seq, d/2]
+  cos, sin = jnp.cos(ang)[None, :, None, :], jnp.sin(ang)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+class LlamaBlock(nnx.Module):
+  """RMSNorm -> rotary causal attention (stock ``nnx.LinearGeneral`` projections)
+  -> RMSNorm -> SwiGLU MLP, with residuals."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
+    kw = dict(use_bias=False, dtype=cfg.dtype, rngs=rngs)
+    self.base = cfg.rope_base
+    self.attn_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.q = nnx.LinearGeneral(cfg.d_model, (h, hd), **kw)
+    self.k = nnx.LinearGeneral(cfg.d_model, (h, hd), **kw)
+    self.v = nnx.LinearGeneral(cfg.d_model, (h, hd), **kw)
+    self.o = nnx.LinearGeneral((h, hd), cfg.d_model, axis=(-2, -1), **kw)
+    self.mlp_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    self.gate = nnx.Linear(cfg.d_model, cfg.d_ff, **kw)
+    self.up = nnx.Linear(cfg.d_model, cfg.d_ff, **kw)
+    self.down = nnx.Linear(cfg.d_ff, cfg.d_model, **kw)
+    self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.attn_norm(x)
+    q, k = rotary(self.q(h), self.base), rotary(self.k(h), self.base)
+    y = jax.nn.dot_product_attention(q, k, self.v(h), is_causal=True)
+    x = x + self.drop(self.o(y))
+    h = self.mlp_norm(x)
+    return x + self.drop(self.down(jax.nn.silu(self.gate(h)) * self.up(h)))
+
+
+class Llama(nnx.Module):
+  """A Llama-style decoder: ``[batch, seq]`` ids -> ``[batch, seq, vocab]`` logits.
+
+  RMSNorm, rotary attention and a SwiGLU MLP built from stock NNX layers; tied
+  input/output embeddings (``cfg.tied``) and ``nnx.scan``-stacked blocks
+  (``cfg.scan``) by default. Every parameter's per-sample gradient norm is exact
+  under ``method="ghost"`` (the tied embedding gets the norm of the sum of its
+  lookup and head gradients; stacked blocks get per-layer-slice norms).
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    if cfg.scan:
+      @nnx.split_rngs(splits=cfg.n_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def create(rngs):
+        return LlamaBlock(cfg, rngs=rngs)
+
+      self.blocks = create(rngs)
+    else:
+      self.blocks = nnx.List([LlamaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+    if not cfg.tied:
+      self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                             dtype=cfg.dtype, rngs=rngs)
+
+  def hidden_states(self, tokens: jax.Array) -> jax.Array:
+    """The residual stream ``[batch, seq, d_model]`` after the last block."""
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
+    if tokens.shape[1] > self.cfg.max_len:
+      raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}.")
+    x = self.embed(tokens)
+    if self.cfg.scan:
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      def run(block, x):
+        return block(x)
+
+      return run(self.blocks, x)
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    h = self.norm(self.hidden_states(tokens))
+    return self.embed.attend(h) if self.cfg.tied else self.head(h)

@@ -11,8 +11,8 @@ samples (the paper's definition) or microbatches (what the authors ran: the batc
 split into M groups, each scored by the squared norm of its summed gradient; each
 sample then gets its group's weight shared among the group's valid samples).
 
-With ``method="ghost"`` on a model whose every parameter sits in a Linear, Embed or
-LayerNorm layer, the PRESENCE step uses book-keeping: one tapped forward/backward
+With ``method="ghost"`` on a model whose every parameter's every use is captured
+exactly (see :func:`jaxweights.grad_norms.ghost_plan`), the PRESENCE step uses book-keeping: one tapped forward/backward
 pass yields the norms, and the weighted gradient is formed from the same stored
 activations and output gradients, so no second backward pass is needed.
 
@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxweights import grad_norms, normalize
+from jaxweights.train import merge_model
 from jaxweights._reduce import AxisName, as_mask, check_per_sample, gsum
 from jaxweights.weighting import (
     GradientContext,
@@ -111,6 +112,7 @@ def presence(
     layers: grad_norms.LayerSelector = None,
     microbatches: int | None = None,
     bookkeeping: Literal["auto", "never"] = "auto",
+    fallback: Literal["vmap", "error"] = "vmap",
     num_probes: int = 16,
     chunk_size: int | None = None,
 ) -> Weighting:
@@ -124,10 +126,13 @@ def presence(
     microbatches: None scores samples; an int M scores M contiguous microbatches
       (per device under ``shard_map``).
     bookkeeping: ``"auto"`` forms the weighted gradient from the ghost pass when
-      every parameter is in a tappable layer (one backward pass); ``"never"``
-      always takes a second, ordinary backward pass.
+      every parameter's every use is captured (one backward pass); otherwise,
+      and with ``"never"``, the step takes a second, ordinary backward pass.
+    fallback: for ``method="ghost"``, parameters that cannot be tapped exactly
+      get exact ``"vmap"`` norms (default) or raise (``"error"``); see
+      :func:`jaxweights.grad_norms.ghost_plan`.
     num_probes: probes for ``method="jvp"``.
-    chunk_size: chunk for ``method="vmap"``.
+    chunk_size: chunk for ``method="vmap"`` (and the vmap fallback).
 
   Returns:
     A :class:`~jaxweights.Weighting`; its state is an empty tuple.
@@ -138,16 +143,22 @@ def presence(
     raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
   if bookkeeping not in ("auto", "never"):
     raise ValueError(f"bookkeeping must be 'auto' or 'never', got {bookkeeping!r}.")
+  if fallback not in ("vmap", "error"):
+    raise ValueError(f"fallback must be 'vmap' or 'error', got {fallback!r}.")
+  if method not in ("ghost", "vmap", "jvp"):
+    raise ValueError(f"method must be 'ghost', 'vmap' or 'jvp', got {method!r}.")
   tau_at = tau if callable(tau) else (lambda step: jnp.float32(tau))
 
-  def use_bookkeeping(model) -> bool:
+  def use_bookkeeping(loss_fn, model, batch) -> bool:
+    """Decided at trace time: every parameter's every use is captured exactly."""
     if method != "ghost" or bookkeeping != "auto":
       return False
-    owners = grad_norms._layer_params(model)  # pylint: disable=protected-access
-    return all(grad_norms._supported(m) for m, _ in owners.values())  # pylint: disable=protected-access
+    grad_norms._check_independent(model)  # pylint: disable=protected-access
+    plan = grad_norms.ghost_plan(loss_fn, model, batch)
+    return all(v == "ghost" for v in plan.values())
 
   def prepare(ctx: PrepareContext):
-    if use_bookkeeping(ctx.model):
+    if use_bookkeeping(ctx.loss_fn, ctx.model, ctx.batch):
       return ctx.batch  # the gradient override computes everything in one pass
     if not isinstance(ctx.batch, dict):
       raise TypeError(
@@ -157,7 +168,7 @@ def presence(
     norms = grad_norms.per_sample_grad_norms(
         ctx.loss_fn, ctx.model, ctx.batch, method=method, layers=layers,
         microbatches=microbatches, num_probes=num_probes, key=ctx.key,
-        chunk_size=chunk_size, axis_name=ctx.axis_name,
+        chunk_size=chunk_size, axis_name=ctx.axis_name, fallback=fallback,
     )
     scores = norms.total
     if microbatches is not None:  # store per sample: each gets its group's score
@@ -173,26 +184,22 @@ def presence(
     return w, state
 
   def gradient(ctx: GradientContext) -> GradientOutput | None:
-    model = nnx.merge(ctx.graphdef, ctx.params, ctx.rest)
-    if not use_bookkeeping(model):
+    model = merge_model(ctx.graphdef, ctx.params, ctx.rest)
+    if not use_bookkeeping(ctx.loss_fn, model, ctx.batch):
       return None  # decline: the step takes the ordinary weighted backward pass
-    owners = grad_norms._layer_params(model)  # pylint: disable=protected-access
-    capture = grad_norms.ghost_capture(
-        ctx.loss_fn, model, ctx.batch, list(owners), axis_name=ctx.axis_name
-    )
-    selected = {
-        p: c for p, c in capture.layers.items() if grad_norms._selected(p, layers)  # pylint: disable=protected-access
-    }
-    if not selected:
+    capture = grad_norms.ghost_capture(ctx.loss_fn, model, ctx.batch, axis_name=ctx.axis_name)
+    info = grad_norms._analyse(model)  # pylint: disable=protected-access
+    chosen = [p for p, prm in info.params.items()
+              if grad_norms._selected(prm.owner, layers)]  # pylint: disable=protected-access
+    if not chosen:
       raise ValueError(f"layers={layers!r} selects no parameters.")
     norms = grad_norms.ghost_norms_from_capture(
-        capture._replace(layers=selected), microbatches=microbatches
-    )
+        capture, model, microbatches=microbatches, axis_name=ctx.axis_name, params=chosen)
     w = _weights(norms.total, capture.valid, tau_at(ctx.step), microbatches, ctx.axis_name)
-    grads = grad_norms.bookkeeping_grads(model, capture, w)
+    grads = grad_norms.bookkeeping_grads(model, capture, w, axis_name=ctx.axis_name)
     if ctx.axis_name is not None:
       grads = jax.lax.psum(grads, ctx.axis_name)
-    return GradientOutput(grads, capture.losses, capture.valid, w, ctx.state)
+    return GradientOutput(grads, capture.losses, capture.valid, w, ctx.state, capture.rest)
 
   return Weighting(init=tuple, update=update, prepare=prepare, gradient=gradient)
 

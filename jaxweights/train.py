@@ -21,6 +21,7 @@ Two data-parallel modes over a ``jax.sharding.Mesh`` give the same numbers:
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
@@ -152,6 +153,55 @@ def _put(x, sharding: NamedSharding):
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+_MODEL_STREAM = 0x6D6F64  # fold_in tag: the model's random streams (dropout...)
+
+
+def merge_model(graphdef: nnx.GraphDef, *states: PyTree) -> nnx.Module:
+  """``nnx.merge`` with fresh Variables (``copy=True``).
+
+  Variables created at the current trace level may be written by the forward
+  pass (BatchNorm statistics, dropout RNG counters) inside ``jax.grad``/``scan``.
+  """
+  return nnx.merge(graphdef, *states, copy=True)
+
+
+def _rest_of(model: nnx.Module) -> PyTree:
+  """The model's non-parameter state after a forward pass (what it wrote)."""
+  return nnx.split(model, nnx.Param, ...)[2]
+
+
+def _stream_tags(rest: PyTree) -> list[str]:
+  tags = {getattr(v, "tag", None) for _, v in nnx.to_flat_state(rest)
+          if isinstance(v, nnx.RngKey)}
+  return sorted(t for t in tags if t is not None)
+
+
+def reseed_streams(graphdef, params, rest, key: jax.Array, axis_name=None) -> PyTree:
+  """Reseeds every ``nnx.Rngs`` stream of the model from ``key`` (``nnx.reseed``).
+
+  Stream ``s`` gets ``fold_in(key, crc32(s))``; stacked streams (``nnx.vmap`` /
+  ``nnx.scan`` blocks) are split to their shape. A model with no streams is
+  returned unchanged. Under ``shard_map`` the device index is folded in, so
+  devices draw independent masks (they then differ from a single-device run;
+  ``mode="jit"`` draws the same masks for any number of devices).
+  """
+  tags = _stream_tags(rest)
+  if not tags:
+    return rest
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  model = merge_model(graphdef, params, rest)
+  keys = {t: jax.random.fold_in(key, zlib.crc32(t.encode())) for t in tags}
+  nnx.reseed(model, policy="match_shape", **keys)
+  return _rest_of(model)
+
+
+def eval_view(model: nnx.Module) -> nnx.Module:
+  """The model in evaluation mode (``deterministic=True``, ``use_running_average=True``)."""
+  return nnx.view(model, deterministic=True, use_running_average=True,
+                  raise_if_not_found=False)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     loss_fn: LossFn,
@@ -259,8 +309,12 @@ def _unsplit(tree):
 
 def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
                 accumulate: int = 1, weights_over: str = "global"):
+  def reseed_micro(params, rest, model_key, a):
+    """Microbatch ``a`` draws its own masks: the model streams reseeded from (key, a)."""
+    return reseed_streams(graphdef, params, rest, jax.random.fold_in(model_key, a), axis_name)
+
   def per_sample(params, rest, batch):
-    model = nnx.merge(graphdef, params, rest)
+    model = merge_model(graphdef, params, rest)
     out = loss_fn(model, batch)
     if not isinstance(out, LossOutput):
       raise TypeError(
@@ -273,7 +327,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     safe = jnp.where(mask, losses, 0.0)
     return safe, mask, given & ~finite, out.aux, model
 
-  def one_batch(params, rest, batch, wstate, step_, weight_key):
+  def one_batch(params, rest, batch, wstate, step_, weight_key, model_key=None):
     """Weights and gradient for one (micro)batch: (grads, detached, mask, w, wstate, rest, n_nonfinite)."""
     out = None
     if weighting.gradient is not None:
@@ -294,7 +348,8 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
           jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0)
       )
       zero = jnp.zeros((), jnp.float32)
-      return out.grads, detached, out.mask, weights, out.state, rest, zero
+      new_rest = rest if out.rest is None else out.rest
+      return out.grads, detached, out.mask, weights, out.state, new_rest, zero
 
     def objective(params):
       safe, mask, nonfinite, aux, model = per_sample(params, rest, batch)
@@ -306,14 +361,14 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
       weights, new_wstate = weighting.update(inputs, wstate)
       weights = check_weights_shape(weights, safe)
       weights = jax.lax.stop_gradient(jnp.where(mask, weights, 0.0))
-      new_rest = nnx.split(model, nnx.Param, ...)[2]
+      new_rest = _rest_of(model)
       n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
       return jnp.sum(weights * safe), (detached, mask, weights, new_wstate, new_rest, n_nonfinite)
 
     grads, aux = jax.grad(objective, has_aux=True)(params)
     return (grads, *aux)
 
-  def global_weights_accumulated(params, rest, batch, wstate, step_, weight_key):
+  def global_weights_accumulated(params, rest, batch, wstate, step_, weight_key, model_key):
     """Weights over the whole batch, gradient accumulated over microbatches."""
     if weighting.gradient is not None:
       raise ValueError(
@@ -321,12 +376,14 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
           "weights_over='microbatch'."
       )
     micro = _split(batch, accumulate)
+    index = jnp.arange(accumulate)
 
-    def forward(_, b):
-      safe, mask, nonfinite, aux, _m = per_sample(params, rest, b)
+    def forward(_, xs):
+      b, a = xs
+      safe, mask, nonfinite, aux, _m = per_sample(params, reseed_micro(params, rest, model_key, a), b)
       return None, (safe, mask, nonfinite, aux)
 
-    _, stacked = jax.lax.scan(forward, None, micro)
+    _, stacked = jax.lax.scan(forward, None, (micro, index))
     safe, mask, nonfinite, aux = _unsplit(stacked)
     inputs = WeightInputs(
         losses=safe, mask=mask, aux=jax.lax.stop_gradient(aux), batch=batch,
@@ -337,30 +394,38 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
         jnp.where(mask, check_weights_shape(weights, safe), 0.0)
     )
 
-    def backward(acc, xs):
-      b, w = xs
-      g = jax.grad(lambda p: jnp.sum(w * per_sample(p, rest, b)[0]))(params)
-      return jax.tree.map(jnp.add, acc, g), None
+    def backward(carry, xs):
+      acc, r = carry
+      b, w, a = xs
+
+      def weighted(p):
+        out = per_sample(p, reseed_micro(params, r, model_key, a), b)
+        return jnp.sum(w * out[0]), _rest_of(out[4])
+
+      g, r = jax.grad(weighted, has_aux=True)(params)
+      return (jax.tree.map(jnp.add, acc, g), r), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(backward, zeros, (micro, _split(weights, accumulate)))
+    (grads, new_rest), _ = jax.lax.scan(
+        backward, (zeros, rest), (micro, _split(weights, accumulate), index)
+    )
     n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
-    return grads, safe, mask, weights, new_wstate, rest, n_nonfinite
+    return grads, safe, mask, weights, new_wstate, new_rest, n_nonfinite
 
-  def microbatch_weights_accumulated(params, rest, batch, wstate, step_, weight_key):
+  def microbatch_weights_accumulated(params, rest, batch, wstate, step_, weight_key, model_key):
     """Weights within each microbatch; the update averages the microbatch gradients."""
     micro = _split(batch, accumulate)
     keys = jax.random.split(weight_key, accumulate)
 
     def body(carry, xs):
       acc, ws, r = carry
-      b, k = xs
-      g, det, m, w, ws, r, nf = one_batch(params, r, b, ws, step_, k)
+      b, k, a = xs
+      g, det, m, w, ws, r, nf = one_batch(params, reseed_micro(params, r, model_key, a), b, ws, step_, k)
       return (jax.tree.map(jnp.add, acc, g), ws, r), (det, m, w, nf)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grads, new_wstate, new_rest), (det, m, w, nf) = jax.lax.scan(
-        body, (zeros, wstate, rest), (micro, keys)
+        body, (zeros, wstate, rest), (micro, keys, jnp.arange(accumulate))
     )
     grads = jax.tree.map(lambda g: g / accumulate, grads)
     return (grads, _unsplit(det), _unsplit(m), _unsplit(w) / accumulate,
@@ -368,8 +433,13 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
 
   def step(state: TrainState, batch):
     key, prepare_key, weight_key = jax.random.split(state.key, 3)
+    # Random streams of the model (dropout...) are reseeded from the step key, so
+    # a resumed run draws the same masks, and every pass of one step (prepare,
+    # weighted loss, a gradient override) sees the same masks.
+    model_key = jax.random.fold_in(state.key, _MODEL_STREAM)
+    rest_in = reseed_streams(graphdef, state.params, state.rest, model_key, axis_name)
     if weighting.prepare is not None:
-      model = nnx.merge(graphdef, state.params, state.rest)
+      model = merge_model(graphdef, state.params, rest_in)
       batch = weighting.prepare(
           PrepareContext(
               loss_fn=loss_fn,
@@ -388,7 +458,8 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     else:
       compute = microbatch_weights_accumulated
     grads, detached, mask, weights, wstate, rest, n_nonfinite = compute(
-        state.params, state.rest, batch, state.weighting_state, state.step, weight_key
+        state.params, rest_in, batch, state.weighting_state, state.step, weight_key,
+        model_key,
     )
     local_obj = jnp.sum(weights * detached)
 
@@ -435,16 +506,21 @@ def _metrics(losses, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, loss_fn: LossFn
+    graphdef: nnx.GraphDef, loss_fn: LossFn, *, train: bool = False
 ) -> Callable[[TrainState, PyTree], tuple[jax.Array, jax.Array]]:
   """A jitted ``eval(state, batch) -> (sum of valid losses, number valid)``.
 
-  Sum and count (not a mean) so results over many batches combine exactly.
+  Sum and count (not a mean) so results over many batches combine exactly. The
+  model runs in evaluation mode (``Dropout`` off, ``BatchNorm`` on the running
+  statistics carried in ``state.rest``) through :func:`flax.nnx.view`, unless
+  ``train=True``. Nothing the forward pass writes is kept.
   """
 
   @jax.jit
   def evaluate(state: TrainState, batch):
-    model = nnx.merge(graphdef, state.params, state.rest)
+    model = merge_model(graphdef, state.params, state.rest)
+    if not train:
+      model = eval_view(model)
     out = loss_fn(model, batch)
     losses = check_per_sample(out.loss, "loss_fn(...).loss")
     mask = as_mask(out.mask, losses) & jnp.isfinite(losses)

@@ -123,6 +123,8 @@ class GradientOutput(NamedTuple):
     mask: ``[batch]`` valid samples.
     weights: ``[batch]`` the weights used (sum to 1 over the global batch).
     state: the new weighting state.
+    rest: the model's non-parameter state after the pass (what the forward
+      wrote: dropout RNG counters...); None keeps it unchanged.
   """
 
   grads: PyTree
@@ -130,6 +132,7 @@ class GradientOutput(NamedTuple):
   mask: jax.Array
   weights: jax.Array
   state: PyTree
+  rest: PyTree = None
 
 
 class Weighting(NamedTuple):
