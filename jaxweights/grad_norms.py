@@ -392,6 +392,14 @@ def ghost_capture(
   def run(m, b):
     return loss_fn(m, b)
 
+  if not taps:  # nothing to tap (e.g. a linen module behind nnx.bridge): all exact vmap
+    out = loss_fn(nnx.merge(graphdef, state, copy=True), batch)
+    total, valid = _masked_sum(out)
+    del total
+    return GhostCapture([], (), {p: fallback.get(p, "no tappable layer") for p in wanted},
+                        jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0)), valid,
+                        jax.lax.stop_gradient(out.aux), rest)
+
   def shapes_at(b):
     with _tapping("capture"):
       return jax.eval_shape(
