@@ -65,6 +65,8 @@ TAU = -1.0
 NORMS_TIME_TARGET = 1.5
 NORMS_MEMORY_TARGET = 1.2
 PRESENCE_TIME_TARGET = 1.3
+LLAMA_NORMS_TIME_TARGET = 1.3    # a bring-your-own-model decoder: ghost norms vs the plain step
+LLAMA_NORMS_MEMORY_TARGET = 1.2
 
 GHOST = "ghost norms (exact)"
 PRESENCE = "presence (ghost, 1 backward: book-keeping)"
@@ -110,6 +112,28 @@ def _lm(quick: bool):
   name = (
       f"TransformerLM {size} ({cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
       f"{jaxweights.count_params(model) / 1e6:.2f}M params)"
+  )
+  return model, _lm_loss, batch, name, f"{batch_size}x{seq_len} tokens"
+
+
+# The Llama-style decoder (stock NNX layers, nnx.scan-stacked blocks, tied embedding).
+LLAMA = jaxweights.LlamaConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4,
+                               d_ff=688, max_len=256, scan=True, tied=True)
+QUICK_LLAMA = jaxweights.LlamaConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=2,
+                                     d_ff=48, max_len=16, scan=True, tied=True)
+
+
+def _llama(quick: bool):
+  """(model, loss_fn, batch, model name, batch description) for the decoder."""
+  cfg, batch_size, seq_len = (QUICK_LLAMA, 8, 16) if quick else (LLAMA, 32, 256)
+  model = jaxweights.Llama(cfg, rngs=nnx.Rngs(0))
+  tokens = np.random.default_rng(0).integers(
+      0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
+  )
+  batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
+  name = (
+      f"Llama-style decoder ({cfg.n_layers}x{cfg.d_model}, nnx.scan, tied, vocab "
+      f"{cfg.vocab_size}, {jaxweights.count_params(model) / 1e6:.2f}M params)"
   )
   return model, _lm_loss, batch, name, f"{batch_size}x{seq_len} tokens"
 
@@ -170,6 +194,52 @@ def build_norms_lm(quick: bool) -> Setup:
   return _norms_setup(*_lm(quick), chunk=LM_VMAP_CHUNK)
 
 
+def jax_privacy_available() -> bool:
+  try:
+    return importlib.util.find_spec("jax_privacy") is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def jax_privacy_norms_fn(graphdef, loss_fn, microbatch_size: int):
+  """jax-privacy's per-example gradient norms: ``clipped_grad(...,
+  return_grad_norms=True)`` with no clipping (``l2_clip_norm=inf``), per-example
+  gradients by ``vmap`` in chunks of ``microbatch_size``. Returns norms squared,
+  like ours."""
+  from jax_privacy import clipping  # pylint: disable=import-outside-toplevel
+
+  def example_loss(params, example, rest):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    return jnp.sum(loss_fn(model, example).loss)
+
+  grad_fn = clipping.clipped_grad(
+      example_loss, l2_clip_norm=jnp.inf, return_grad_norms=True,
+      microbatch_size=microbatch_size, batch_argnums=1,
+  )
+
+  def norms(state, batch):
+    _, aux = grad_fn(state.params, batch, state.rest)
+    return jnp.square(aux.grad_norms)
+
+  return jax.jit(norms)
+
+
+JAX_PRIVACY = f"jax-privacy per-example norms (clipped_grad, vmap chunk {LM_VMAP_CHUNK})"
+
+
+def build_norms_llama(quick: bool) -> Setup:
+  """Ghost / vmap / jvp norms on the decoder, and the JAX peer when installed."""
+  setup = _norms_setup(*_llama(quick), chunk=LM_VMAP_CHUNK)
+  if jax_privacy_available():
+    model, loss_fn, *_ = _llama(quick)
+    graphdef = nnx.split(model, nnx.Param, ...)[0]
+    setup.weighted_steps[JAX_PRIVACY] = jax_privacy_norms_fn(graphdef, loss_fn, LM_VMAP_CHUNK)
+  else:
+    print("[benchmarks] the jax-privacy row of self_influence/norms_llama is left out: "
+          "jax_privacy is not importable (pip install 'jaxweights[peers]').", file=sys.stderr)
+  return setup
+
+
 def build_norms_mlp(quick: bool) -> Setup:
   return _norms_setup(*_mlp(quick), chunk=MLP_VMAP_CHUNK)
 
@@ -191,6 +261,10 @@ def _presence_setup(model, loss_fn, batch, name, batch_desc) -> Setup:
 
 def build_presence_lm(quick: bool) -> Setup:
   return _presence_setup(*_lm(quick))
+
+
+def build_presence_llama(quick: bool) -> Setup:
+  return _presence_setup(*_llama(quick))
 
 
 def build_presence_mlp(quick: bool) -> Setup:
@@ -373,6 +447,19 @@ def _registry(with_peers: bool) -> list[Case]:
           target_time_ratio=NORMS_TIME_TARGET,
           target_memory_ratio=NORMS_MEMORY_TARGET,
           target_methods=(GHOST,),
+      ),
+      Case(
+          "self_influence/norms_llama",
+          build_norms_llama,
+          target_time_ratio=LLAMA_NORMS_TIME_TARGET,
+          target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
+          target_methods=(GHOST,),
+      ),
+      Case(
+          "self_influence/presence_llama",
+          build_presence_llama,
+          target_time_ratio=PRESENCE_TIME_TARGET,
+          target_methods=(PRESENCE, PRESENCE_MB),
       ),
       Case(
           "self_influence/norms_ffn",

@@ -4,6 +4,7 @@ The public API is this flat namespace; implementations live in submodules.
 """
 
 from jaxweights import (
+    adapters,
     density_ratio,
     diffusion,
     distributed,
@@ -28,7 +29,7 @@ from jaxweights.loss_based import (
 )
 from jaxweights.loop import JsonlLogger, read_jsonl, train_loop
 from jaxweights.losses import cross_entropy, squared_error, token_mean_cross_entropy
-from jaxweights.models import MLP, TransformerConfig, TransformerLM, count_params
+from jaxweights.models import MLP, Llama, LlamaConfig, TransformerConfig, TransformerLM, count_params
 from jaxweights.normalize import effective_sample_size
 from jaxweights.self_influence import presence, presence_weights, tracin_self_influence, two_stage_tau
 from jaxweights.train import (
@@ -56,11 +57,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpointer",
+    "adapters",
     "GradNorms",
     "GradientContext",
     "GradientOutput",
     "JsonlLogger",
     "LossOutput",
+    "Llama",
+    "LlamaConfig",
     "MLP",
     "PrepareContext",
     "STRATEGIES",
