@@ -227,12 +227,19 @@ def jax_privacy_norms_fn(graphdef, loss_fn, microbatch_size: int):
 JAX_PRIVACY = f"jax-privacy per-example norms (clipped_grad, vmap chunk {LM_VMAP_CHUNK})"
 
 
+GHOST_CHUNKED = f"ghost norms (exact, chunk {LM_VMAP_CHUNK})"
+PRESENCE_CHUNKED = f"presence (ghost norms in chunks of {LM_VMAP_CHUNK} + 2nd backward)"
+
+
 def build_norms_llama(quick: bool) -> Setup:
-  """Ghost / vmap / jvp norms on the decoder, and the JAX peer when installed."""
+  """Ghost (whole batch and chunked) / vmap / jvp norms on the decoder, and the
+  JAX peer when installed."""
   setup = _norms_setup(*_llama(quick), chunk=LM_VMAP_CHUNK)
+  model, loss_fn, *_ = _llama(quick)
+  graphdef = nnx.split(model, nnx.Param, ...)[0]
+  setup.weighted_steps[GHOST_CHUNKED] = norms_fn(
+      graphdef, loss_fn, method="ghost", chunk_size=LM_VMAP_CHUNK)
   if jax_privacy_available():
-    model, loss_fn, *_ = _llama(quick)
-    graphdef = nnx.split(model, nnx.Param, ...)[0]
     setup.weighted_steps[JAX_PRIVACY] = jax_privacy_norms_fn(graphdef, loss_fn, LM_VMAP_CHUNK)
   else:
     print("[benchmarks] the jax-privacy row of self_influence/norms_llama is left out: "
@@ -264,7 +271,14 @@ def build_presence_lm(quick: bool) -> Setup:
 
 
 def build_presence_llama(quick: bool) -> Setup:
-  return _presence_setup(*_llama(quick))
+  """The PRESENCE rows, plus the memory-lean variant (chunked ghost norms)."""
+  model, loss_fn, batch, name, desc = _llama(quick)
+  setup = _presence_setup(model, loss_fn, batch, name, desc)
+  tx = optax.adamw(LEARNING_RATE)
+  graphdef, _ = jaxweights.init_train_state(model, tx)
+  setup.weighted_steps[PRESENCE_CHUNKED] = jaxweights.make_train_step(
+      graphdef, loss_fn, tx, weighting=presence(tau=TAU, chunk_size=LM_VMAP_CHUNK))
+  return setup
 
 
 def build_presence_mlp(quick: bool) -> Setup:
@@ -453,13 +467,14 @@ def _registry(with_peers: bool) -> list[Case]:
           build_norms_llama,
           target_time_ratio=LLAMA_NORMS_TIME_TARGET,
           target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
-          target_methods=(GHOST,),
+          target_methods=(GHOST, GHOST_CHUNKED),
       ),
       Case(
           "self_influence/presence_llama",
           build_presence_llama,
           target_time_ratio=PRESENCE_TIME_TARGET,
-          target_methods=(PRESENCE, PRESENCE_MB),
+          target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
+          target_methods=(PRESENCE, PRESENCE_MB, PRESENCE_CHUNKED),
       ),
       Case(
           "self_influence/norms_ffn",

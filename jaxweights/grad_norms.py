@@ -355,50 +355,47 @@ def _untapped_uses(loss_fn, graphdef, params, rest, batch, taps) -> set[str]:
   return {_path_str(k) for (k, _), u in zip(flat, tangent_used) if u}
 
 
-def ghost_capture(
-    loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
-) -> GhostCapture:
-  """Runs ``loss_fn`` once with every tappable leaf layer tapped.
+_PLANS: dict = {}
+_PLAN_CACHE_SIZE = 64
 
-  The backward pass differentiates ``sum_i l_i`` (valid samples only) wrt zero
-  perturbations added to each tapped call's output, so ``out_grad[i]`` is sample
-  ``i``'s own output gradient. No parameter gradient is formed.
 
-  Args:
-    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
-    model: the NNX model (not modified).
-    batch: a pytree whose leaves have the batch as leading axis.
-    paths: canonical parameter paths wanted (default: all).
-    axis_name: the data axis under ``jax.shard_map``.
+def _avals(tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def _plan(loss_fn, model, batch, wanted, info):
+  """What to tap and what falls back, decided by abstract traces (cached per model
+  structure, loss function, shapes and wanted parameters).
+
+  Returns ``(taps, fallback, calls_meta, perturbation shapes)``.
   """
-  _check_independent(model)
-  info = _analyse(model)
-  wanted = set(info.params if paths is None else paths)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  key = (graphdef, loss_fn, wanted, _avals(batch), _avals(params), _avals(rest))
+  try:
+    hit = _PLANS.get(key)
+  except TypeError:  # an unhashable loss function or static attribute: no caching
+    key, hit = None, None
+  if hit is not None:
+    return hit
   state = nnx.merge_state(params, rest)
   taps = {m for m in info.leaves if any(p in wanted for p in info.own[m].values())}
   fallback: dict[str, str] = {}
-
   for mpath, attrs in info.own.items():
     if mpath not in info.leaves:
-      why = ("its layer holds random streams or sub-layers, so it is not tapped"
-             if attrs else "")
       for p in attrs.values():
-        fallback.setdefault(p, why)
-  for p, prm in info.params.items():
+        fallback.setdefault(p, "its layer holds random streams or sub-layers, so it is not tapped")
+  for p in info.params:
     if not any(p in a.values() for a in info.own.values()):
       fallback.setdefault(p, "it is not an attribute of a layer")
+  if not taps:
+    result = (taps, fallback, [], None)
+    if key is not None:
+      _remember(key, result)
+    return result
 
   def run(m, b):
     return loss_fn(m, b)
-
-  if not taps:  # nothing to tap (e.g. a linen module behind nnx.bridge): all exact vmap
-    out = loss_fn(nnx.merge(graphdef, state, copy=True), batch)
-    total, valid = _masked_sum(out)
-    del total
-    return GhostCapture([], (), {p: fallback.get(p, "no tappable layer") for p in wanted},
-                        jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0)), valid,
-                        jax.lax.stop_gradient(out.aux), rest)
 
   def shapes_at(b):
     with _tapping("capture"):
@@ -421,15 +418,15 @@ def ghost_capture(
   # Which (module, call) pairs are per-sample: the leading axis after the stack
   # axes is the batch at B and at 2B, for every argument and the output.
   calls_meta = []
-  for key, shape in out1.items():
-    mpath, name = key.rsplit("/", 1)
+  for out_key, shape in out1.items():
+    mpath, name = out_key.rsplit("/", 1)
     tag = name[len(_OUT):]
     marks = in1[f"{mpath}/{_MARK}{tag}"][0]
     # a mark is [*stack, 0, *inner parameter shape]: the zero-size axis ends the stack
     nstack = next(iter(marks.values())).shape.index(0) if marks else 0
     ok = True
     for arr1, arr2 in zip(jax.tree.leaves((in1[f"{mpath}/{_IN}{tag}"], shape)),
-                          jax.tree.leaves((in2[f"{mpath}/{_IN}{tag}"], out2[key]))):
+                          jax.tree.leaves((in2[f"{mpath}/{_IN}{tag}"], out2[out_key]))):
       if arr1.ndim <= nstack or arr1.shape[nstack] != b or arr2.shape[nstack] != 2 * b:
         ok = False
     for attr, mark in marks.items():
@@ -449,6 +446,51 @@ def ghost_capture(
     for p in info.own[m].values():
       if not any(mp == m for mp, _, _ in calls_meta):
         fallback.setdefault(p, f"layer '{m}' was not called by loss_fn")
+
+  result = (taps, fallback, calls_meta, pert_shapes)
+  if key is not None:
+    _remember(key, result)
+  return result
+
+
+def _remember(key, result):
+  if len(_PLANS) >= _PLAN_CACHE_SIZE:
+    _PLANS.pop(next(iter(_PLANS)))
+  _PLANS[key] = result
+
+
+def ghost_capture(
+    loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
+) -> GhostCapture:
+  """Runs ``loss_fn`` once with every tappable leaf layer tapped.
+
+  The backward pass differentiates ``sum_i l_i`` (valid samples only) wrt zero
+  perturbations added to each tapped call's output, so ``out_grad[i]`` is sample
+  ``i``'s own output gradient. No parameter gradient is formed.
+
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
+    model: the NNX model (not modified).
+    batch: a pytree whose leaves have the batch as leading axis.
+    paths: canonical parameter paths wanted (default: all).
+    axis_name: the data axis under ``jax.shard_map``.
+  """
+  _check_independent(model)
+  info = _analyse(model)
+  wanted = frozenset(info.params if paths is None else paths)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = nnx.merge_state(params, rest)
+  taps, fallback, calls_meta, pert_shapes = _plan(loss_fn, model, batch, wanted, info)
+
+  def run(m, b):
+    return loss_fn(m, b)
+
+  if not taps:  # nothing to tap (e.g. a linen module behind nnx.bridge): all exact vmap
+    out = loss_fn(nnx.merge(graphdef, state, copy=True), batch)
+    valid = _masked_sum(out)[1]
+    return GhostCapture([], (), {p: fallback.get(p, "no tappable layer") for p in wanted},
+                        jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0)), valid,
+                        jax.lax.stop_gradient(out.aux), rest)
 
   zeros = _varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pert_shapes), axis_name)
 
@@ -616,8 +658,9 @@ def _cross(a: _Outer, c: _Outer) -> jax.Array:
 
 
 def _cross_ids(ids, dense):
-  """``[B, T_ids, T_dense]`` with entry ``dense[s, ids[t]]``."""
-  return jnp.take_along_axis(jnp.swapaxes(dense, 1, 2), ids[:, :, None], axis=1)
+  """``[B, T_ids, T_dense]`` with entry ``dense[s, ids[t]]`` (gathered without
+  transposing ``dense``, which may be as large as the logits)."""
+  return jnp.swapaxes(jnp.take_along_axis(dense, ids[:, None, :], axis=2), 1, 2)
 
 
 def _norm_sq(terms: list, rule: str) -> jax.Array:
@@ -743,7 +786,8 @@ def ghost_norms_from_capture(
     by_layer[owner] = by_layer.get(owner, 0.0) + sq
   if microbatches is None:
     by_layer = {k: jnp.where(capture.valid, v, 0.0) for k, v in by_layer.items()}
-    stacked = {k: jnp.where(capture.valid, v, 0.0) for k, v in stacked.items()}
+    stacked = {k: jnp.where(capture.valid.reshape((1,) * (v.ndim - 1) + (-1,)), v, 0.0)
+               for k, v in stacked.items()}
   n = capture.valid.shape[0] if microbatches is None else microbatches
   total = sum(by_layer.values()) if by_layer else jnp.zeros((n,), jnp.float32)
   return GradNorms(total, by_layer, stacked)
@@ -828,7 +872,11 @@ def per_sample_grad_norms(
       ``"jvp"`` (unbiased estimate).
     layers: which layers count (PRESENCE's K): None for all, a list of path
       prefixes such as ``["blocks/0"]``, or a predicate on the layer path.
-    chunk_size: samples per vectorised chunk for ``"vmap"`` (default: all).
+    chunk_size: samples per chunk (default: all): for ``"vmap"`` the chunk
+      vectorised at once; for ``"ghost"`` the samples captured in one tapped
+      pass (``lax.map`` over chunks: peak memory of one chunk's activations and
+      output gradients instead of the batch's; see the README for when to pick
+      which method).
     num_probes: Gaussian probes for ``"jvp"``.
     key: PRNG key for ``"jvp"``.
     fallback: for ``"ghost"``, what to do with parameters that cannot be tapped
@@ -869,10 +917,39 @@ def per_sample_grad_norms(
       raise ValueError(f"num_probes must be >= 1, got {num_probes}.")
     return _jvp_norms(loss_fn, model, batch, chosen, num_probes, key, microbatches)
 
-  capture = ghost_capture(loss_fn, model, batch, chosen, axis_name=axis_name)
-  return norms_from_capture(capture, loss_fn, model, batch, chosen, fallback=fallback,
-                            linear_rule=linear_rule, microbatches=microbatches,
-                            chunk_size=chunk_size, axis_name=axis_name)
+  def ghost(b, groups):
+    capture = ghost_capture(loss_fn, model, b, chosen, axis_name=axis_name)
+    return norms_from_capture(capture, loss_fn, model, b, chosen, fallback=fallback,
+                              linear_rule=linear_rule, microbatches=groups,
+                              chunk_size=chunk_size, axis_name=axis_name)
+
+  n = jax.tree.leaves(batch)[0].shape[0]
+  if chunk_size is None or chunk_size >= n:
+    return ghost(batch, microbatches)
+  return _ghost_chunked(ghost, batch, n, chunk_size, microbatches)
+
+
+def _ghost_chunked(ghost, batch, n, chunk_size, microbatches) -> GradNorms:
+  """Ghost norms of ``chunk_size`` samples at a time (``lax.map``): the captured
+  activations and output gradients of one chunk are live at once, not the batch's."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+  if n % chunk_size:
+    raise ValueError(f"batch size {n} is not divisible into chunks of {chunk_size}.")
+  groups = None
+  if microbatches is not None:
+    if n % microbatches:
+      raise ValueError(f"batch size {n} is not divisible into {microbatches} microbatches.")
+    size = n // microbatches
+    if chunk_size % size:
+      raise ValueError(
+          f"chunk_size ({chunk_size}) must hold whole microbatches of {size} samples.")
+    groups = chunk_size // size
+  chunks = jax.tree.map(lambda x: x.reshape(n // chunk_size, chunk_size, *x.shape[1:]), batch)
+  out = jax.lax.map(lambda b: ghost(b, groups), chunks)
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  stacked = {k: jnp.moveaxis(v, 0, -2).reshape(*v.shape[1:-1], -1) for k, v in out.stacked.items()}
+  return GradNorms(flat(out.total), {k: flat(v) for k, v in out.by_layer.items()}, stacked)
 
 
 def norms_from_capture(capture, loss_fn, model, batch, chosen, *, fallback="vmap",

@@ -1,9 +1,11 @@
-"""Flax NNX models used by the experiments and benchmarks.
+"""Flax NNX models used by the experiments, the benchmarks and users.
 
-Both are built only from ``nnx.Linear``, ``nnx.Embed`` and ``nnx.LayerNorm`` (the
-attention is written out with ``nnx.Linear`` projections rather than
-``nnx.MultiHeadAttention``), so every parameter belongs to a layer type whose
-per-sample gradient norm has an exact ghost form (issue 3).
+``MLP`` and ``TransformerLM`` are built only from ``nnx.Linear``, ``nnx.Embed`` and
+``nnx.LayerNorm`` (the experiments' models). ``Llama`` is a Llama-style decoder
+from stock NNX layers (``RMSNorm``, ``LinearGeneral`` attention projections with
+rotary embeddings, a SwiGLU MLP, a tied embedding, ``nnx.scan``-stacked blocks):
+the shape of model users bring, and the bring-your-own-model benchmark.
+Per-sample gradient norms are exact on all three (see ``grad_norms``).
 """
 
 from __future__ import annotations

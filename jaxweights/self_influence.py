@@ -132,7 +132,9 @@ def presence(
       get exact ``"vmap"`` norms (default) or raise (``"error"``); see
       :func:`jaxweights.grad_norms.ghost_plan`.
     num_probes: probes for ``method="jvp"``.
-    chunk_size: chunk for ``method="vmap"`` (and the vmap fallback).
+    chunk_size: samples per chunk of the norm computation (``vmap``, or
+      ``ghost`` captured chunk by chunk, which bounds memory and then uses the
+      two-pass path instead of book-keeping).
 
   Returns:
     A :class:`~jaxweights.Weighting`; its state is an empty tuple.
@@ -151,8 +153,8 @@ def presence(
 
   def use_bookkeeping(loss_fn, model, batch) -> bool:
     """Decided at trace time: every parameter's every use is captured exactly."""
-    if method != "ghost" or bookkeeping != "auto":
-      return False
+    if method != "ghost" or bookkeeping != "auto" or chunk_size is not None:
+      return False  # chunked ghost norms bound memory: book-keeping would undo that
     grad_norms._check_independent(model)  # pylint: disable=protected-access
     plan = grad_norms.ghost_plan(loss_fn, model, batch)
     return all(v == "ghost" for v in plan.values())

@@ -67,6 +67,16 @@ def test_presence_rows(rows):
     assert by[si.PRESENCE_2BWD]["meets_target"] is None
 
 
+def test_llama_rows_ghost_chunked_and_jax_privacy_peer(rows):
+  by = {r["method"]: r for r in _case_rows(rows, "self_influence/norms_llama")}
+  assert {si.GHOST, si.GHOST_CHUNKED} <= set(by)
+  for m in (si.GHOST, si.GHOST_CHUNKED):
+    assert (by[m]["target_time_ratio"], by[m]["target_memory_ratio"]) == (1.3, 1.2)
+  assert (si.JAX_PRIVACY in by) == si.jax_privacy_available()
+  presence_rows = {r["method"] for r in _case_rows(rows, "self_influence/presence_llama")}
+  assert {si.PRESENCE, si.PRESENCE_CHUNKED} <= presence_rows
+
+
 def test_peer_row_or_clean_skip(rows, capsys):
   peer = _case_rows(rows, si.PEER_CASE)
   if si.peers_available():

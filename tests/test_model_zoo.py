@@ -393,3 +393,16 @@ def test_hf_flax_gpt2_every_family_and_eight_devices():
   _, one, _ = _steps(_hf_gpt2(), seq_loss, None, batch, tx=tx)
   _, eight, _ = _steps(_hf_gpt2(), seq_loss, None, batch, tx=tx, mesh=jw.data_mesh())
   assert_trees_close(one.params, eight.params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights_over", ["global", "microbatch"])
+def test_mutable_state_flows_through_gradient_accumulation(weights_over):
+  batch, tx = digits_batch(), optax.sgd(0.1)
+  weighting = jw.loss_reweighting("linupper", r=1.0)
+  graphdef, state = jw.init_train_state(DigitsCNN(nnx.Rngs(0, dropout=1)), tx, weighting)
+  step = jw.make_train_step(graphdef, cls_loss, tx, weighting, accumulate=2,
+                            weights_over=weights_over)
+  new, metrics = step(state, batch)
+  assert metrics["update_skipped"] == 0
+  before, after = state.rest["bn"]["mean"][...], new.rest["bn"]["mean"][...]
+  assert np.abs(np.asarray(after - before)).max() > 0  # running statistics were updated
