@@ -828,19 +828,14 @@ def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Arr
 def ghost_plan(loss_fn, model: nnx.Module, batch: PyTree) -> dict[str, str]:
   """How ``method="ghost"`` will treat each parameter: ``"ghost"`` or ``"vmap: <why>"``.
 
-  Traces the model abstractly (nothing is computed); useful to see which
-  parameters of a model you did not write fall back to exact ``vmap`` norms.
+  Decided by abstract traces (nothing is computed; cached per model structure,
+  loss function and shapes): useful to see which parameters of a model you did
+  not write fall back to exact ``vmap`` norms.
   """
-  out = {}
-
-  def trace():
-    cap = ghost_capture(loss_fn, model, batch)
-    out.update({p: "ghost" for p in cap.exact})
-    out.update({p: f"vmap: {why}" for p, why in cap.fallback.items()})
-    return cap.losses
-
-  jax.eval_shape(trace)
-  return {p: out[p] for p in _analyse(model).params}
+  _check_independent(model)
+  info = _analyse(model)
+  _, fallback, _, _ = _plan(loss_fn, model, batch, frozenset(info.params), info)
+  return {p: f"vmap: {fallback[p]}" if p in fallback else "ghost" for p in info.params}
 
 
 # --- public API --------------------------------------------------------------------

@@ -217,9 +217,7 @@ def _steps(model, loss, weighting, batch, n=2, mesh=None, tx=None, seed=0):
 def test_cnn_with_batchnorm_and_dropout_trains_in_every_classifier_family():
   batch = digits_batch()
   T = jw.noisy_labels.symmetric_transition(10, 0.2)
-  families = [None, jw.loss_reweighting("linupper", r=1.0),
-              jw.noisy_labels.transition_weighting("rent", T),
-              jw.noisy_labels.transition_weighting("dws", T)]
+  families = [None, jw.noisy_labels.transition_weighting("dws", T)]  # DWS reads aux and draws
   for weighting in families:
     graphdef, state, metrics = _steps(DigitsCNN(nnx.Rngs(0, dropout=1)), cls_loss, weighting, batch)
     assert metrics["update_skipped"] == 0 and np.isfinite(float(metrics["loss_mean"]))
@@ -263,7 +261,7 @@ def test_one_device_equals_eight_devices(name):
   assert_trees_close(numeric(one.rest), numeric(eight.rest), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_scan", "gpt2_style", "shared_param"])
+@pytest.mark.parametrize("name", ["llama", "llama_scan", "shared_param"])
 def test_presence_one_backward_equals_two_pass(name):
   make, loss, batch_fn = ZOO[name]
   batch = batch_fn()
@@ -379,15 +377,13 @@ def test_hf_flax_gpt2_through_the_adapter():
   assert {p for p, v in plan.items() if v != "ghost"} == {"layers/transformer.wte/embedding"}
   assert_norms_close(gn.per_sample_grad_norms(seq_loss, ev, batch),
                      gn.per_sample_grad_norms(seq_loss, ev, batch, method="vmap"))
-  _, state, metrics = _steps(_hf_gpt2(), seq_loss, jw.loss_reweighting("linupper"), batch, n=1)
-  assert metrics["update_skipped"] == 0 and np.isfinite(float(metrics["loss_mean"]))
 
 
 @pytest.mark.slow
 @jax.numpy_rank_promotion("allow")
 def test_hf_flax_gpt2_every_family_and_eight_devices():
   batch, tx = lm_batch(), optax.sgd(0.1)
-  for weighting in (None, jw.presence(tau=-1.0)):
+  for weighting in (None, jw.loss_reweighting("linupper"), jw.presence(tau=-1.0)):
     _, state, metrics = _steps(_hf_gpt2(), seq_loss, weighting, batch, tx=tx)
     assert metrics["update_skipped"] == 0 and np.isfinite(float(metrics["loss_mean"]))
   _, one, _ = _steps(_hf_gpt2(), seq_loss, None, batch, tx=tx)

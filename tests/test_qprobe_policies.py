@@ -156,7 +156,8 @@ def _hf_direct(backend, model, seq, layer):
   return out.hidden_states[layer][0, -1].numpy()
 
 
-@pytest.mark.parametrize("backend", ["flax", "torch"])
+# The flax backend compiles HF's whole sampling loop (~1 min on 2 cores): slow.
+@pytest.mark.parametrize("backend", [pytest.param("flax", marks=pytest.mark.slow), "torch"])
 def test_hf_adapter_tiny_random_gpt2(backend):
   pytest.importorskip("transformers")
   if backend not in _hf_backends():
