@@ -64,6 +64,17 @@ def experiment_dir(out: str | os.PathLike, experiment: str) -> Path:
   return path
 
 
+def shared_path(path: str | os.PathLike) -> Path:
+  """``path`` without the per-process scratch component (``.process<k>``).
+
+  In a multi-process run only process 0 writes results to ``--out``; the others
+  write to ``<out>/.process<k>``. Checkpoints are different: orbax's save is
+  collective, so every process must save to the SAME directory.
+  """
+  parts = [p for p in Path(path).parts if not (p.startswith(".process") and p[8:].isdigit())]
+  return Path(*parts)
+
+
 def run_logger(exp_dir: Path, method: str, seed: int) -> jaxweights.JsonlLogger:
   """A fresh logger at ``runs/<method>_seed<seed>.jsonl`` (an old file is removed)."""
   path = run_log_path(exp_dir, method, seed)
@@ -375,6 +386,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--config", default="quick", choices=CONFIG_NAMES)
   parser.add_argument("--out", default=RESULTS, help="results root (default: results)")
+  parser.add_argument("--checkpoint-every", type=int, default=None,
+                      help="override the config's checkpoint period (experiments that checkpoint)")
   jw_distributed.add_arguments(parser)
   args = parser.parse_args(argv)
   if jw_distributed.initialize_from_args(args) and not jw_distributed.is_main():

@@ -21,13 +21,19 @@ from typing import Hashable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 AxisName = Hashable | tuple[Hashable, ...] | None
 
 
 def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
-  """Returns a boolean ``[batch]`` mask (all True when ``mask`` is None)."""
+  """Returns a boolean ``[batch]`` mask (all True when ``mask`` is None).
+
+  A non-boolean mask must hold 0s and 1s: a concrete one with any other value
+  (0.5, NaN, 2) raises; a traced one counts an entry as valid only where it
+  equals 1 exactly (0.5 and NaN are padding).
+  """
   if mask is None:
     return jnp.ones(like.shape, dtype=bool)
   mask = jnp.asarray(mask)
@@ -36,7 +42,15 @@ def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
         f"mask has shape {mask.shape} but the per-sample values have shape "
         f"{like.shape}; the mask must have one entry per sample."
     )
-  return mask.astype(bool)
+  if mask.dtype == jnp.bool_:
+    return mask
+  binary = (mask == 0) | (mask == 1)
+  if not isinstance(mask, jax.core.Tracer) and not bool(jnp.all(binary)):
+    values = np.asarray(mask)[~np.asarray(binary)]
+    raise ValueError(
+        f"a {mask.dtype} mask must hold only 0 and 1, got {values[:5].tolist()}; "
+        "pass a boolean mask.")
+  return mask == 1
 
 
 def check_per_sample(x: jax.Array, name: str = "losses") -> jax.Array:
@@ -68,3 +82,26 @@ def gmax(x: jax.Array, axis_name: AxisName = None) -> jax.Array:
 def gmin(x: jax.Array, axis_name: AxisName = None) -> jax.Array:
   s = jnp.min(x)
   return s if axis_name is None else lax.pmin(s, axis_name)
+
+
+def concrete_scalar(value, name: str) -> float | None:
+  """``float(value)`` for a Python, numpy or (non-traced) jax scalar; None if traced.
+
+  One validation path for hyper-parameters: callers raise a clear error for a
+  concrete invalid value and apply a documented safe behaviour to a traced one.
+
+  Raises:
+    ValueError: ``value`` is concrete but not a real scalar.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    arr = np.asarray(value)
+  except Exception:  # pylint: disable=broad-except
+    raise ValueError(f"{name} must be a real scalar, got {type(value).__name__}.") from None
+  if arr.shape != () or not (np.issubdtype(arr.dtype, np.floating)
+                             or np.issubdtype(arr.dtype, np.integer)
+                             or arr.dtype == np.bool_):
+    raise ValueError(f"{name} must be a real scalar, got {value!r} "
+                     f"(shape {arr.shape}, dtype {arr.dtype}).")
+  return float(arr)

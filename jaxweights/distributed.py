@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import sys
+import time
 
 import jax
 
@@ -39,16 +42,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="auto: let jax.distributed detect a TPU pod / cluster")
 
 
+DEFAULT_TIMEOUT_S = 120
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool = False) -> bool:
+               process_id: int | None = None, *, auto: bool = False,
+               timeout_s: int | None = None) -> bool:
   """Starts ``jax.distributed`` when more than one process is configured.
 
   Must run before any other JAX call that touches devices. On CPU the
   cross-process collectives use gloo (loopback works: 2 processes x 4 devices).
 
+  Misconfiguration fails within ``timeout_s`` (default: env
+  ``JAXWEIGHTS_INIT_TIMEOUT`` or 120 s) with a message: a worker that cannot
+  reach the coordinator raises a ``RuntimeError`` naming it; a coordinator that
+  waits for processes that never come (more declared than launched) is stopped
+  by jax after the same timeout, after the message printed here.
+
   Returns:
     True if ``jax.distributed`` was initialised.
   """
+  if timeout_s is None:
+    timeout_s = _env_int("JAXWEIGHTS_INIT_TIMEOUT") or DEFAULT_TIMEOUT_S
   if auto:
     jax.distributed.initialize()
     return True
@@ -62,10 +77,35 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     )
   if not 0 <= process_id < num_processes:
     raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}.")
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"coordinator must be HOST:PORT, got {coordinator!r}.")
+  print(f"[jaxweights] process {process_id} of {num_processes}: joining the coordinator "
+        f"at {coordinator} (timeout {timeout_s} s). If this stops with a timeout, check "
+        "that every process was launched with the same --coordinator and "
+        "--num-processes and a distinct --process-id.", file=sys.stderr, flush=True)
+  if process_id != 0:
+    _wait_for(host, int(port), timeout_s, coordinator)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             initialization_timeout=timeout_s)
   return True
+
+
+def _wait_for(host: str, port: int, timeout_s: float, coordinator: str) -> None:
+  """Waits until the coordinator accepts TCP connections, or raises in time."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=1.0):
+        return
+    except OSError:
+      if time.monotonic() >= deadline:
+        raise RuntimeError(
+            f"could not reach the coordinator at {coordinator} within {timeout_s} s: "
+            "is process 0 running, with the same --coordinator?") from None
+      time.sleep(0.2)
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:

@@ -94,11 +94,20 @@ def train_loop(
   Returns:
     ``(final_state, history)``: the logged records of this invocation.
   """
-  if num_steps < 0:
-    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+    raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
+  for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every),
+                      ("eval_every", eval_every)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
   if checkpointer is not None and checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
   start = int(jax.device_get(state.step))
+  if start > num_steps:
+    raise ValueError(
+        f"the run is already at step {start} (restored from "
+        f"{getattr(checkpointer, 'directory', 'the given state')}), past num_steps="
+        f"{num_steps}; pass num_steps >= {start} or use another checkpoint directory.")
   history: list[dict] = []
   t0 = time.perf_counter()
 

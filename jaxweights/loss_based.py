@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxweights import normalize
-from jaxweights._reduce import AxisName, as_mask, check_per_sample
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar
 from jaxweights.weighting import WeightInputs, Weighting
 
 Strategy = Literal["uniform", "linupper", "quadratic", "extremes"]
@@ -58,17 +58,18 @@ def strategy_scores(
   """
   losses, mask = _clean(losses, mask)
   _check_strategy(strategy)
-  _check_delta(delta)
-  h = delta * normalize.minmax(losses, mask, axis_name=axis_name)
+  delta = _check_delta(delta)
+  u = normalize.minmax(losses, mask, axis_name=axis_name)
+  h = delta * u
   if strategy == "uniform":
     f = jnp.zeros_like(h)
   elif strategy == "linupper":
     f = jnp.minimum(h + delta, delta)
   elif strategy == "quadratic":
-    f = 1.0 - h**2 / delta**2
+    f = 1.0 - u**2
   else:  # extremes
     f = jnp.abs(h)
-  return jnp.where(mask, f, 0.0)
+  return jnp.where(mask & (jnp.asarray(delta) > 0), f, 0.0)
 
 
 def loss_weights(
@@ -101,6 +102,7 @@ def loss_weights(
     True
   """
   losses, mask = _clean(losses, mask)
+  delta = _check_delta(delta)
   f = strategy_scores(losses, strategy, delta=delta, mask=mask, axis_name=axis_name)
   return jax.lax.stop_gradient(
       normalize.softmax(f, mask, temperature=r, axis_name=axis_name)
@@ -195,5 +197,12 @@ def _check_strategy(strategy):
 
 
 def _check_delta(delta):
-  if isinstance(delta, (int, float)) and not delta > 0:
-    raise ValueError(f"delta must be > 0, got {delta}.")
+  """``delta > 0`` and finite: a concrete value raises; a traced invalid one gives
+  scores of 0 (uniform weights), never inverted or NaN weights."""
+  value = concrete_scalar(delta, "delta")
+  if value is not None:
+    if not 0 < value < float("inf"):
+      raise ValueError(f"delta must be finite and > 0, got {value}.")
+    return value
+  d = jnp.asarray(delta, jnp.float32)
+  return jnp.where((d > 0) & jnp.isfinite(d), d, 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -44,10 +45,12 @@ def token_mean_cross_entropy(
   )
   if token_mask is None:
     token_mask = jnp.ones(targets.shape, bool)
+  token_mask = jnp.asarray(token_mask)
   if token_mask.shape != targets.shape:
     raise ValueError(
         f"token_mask shape {token_mask.shape} does not match targets {targets.shape}."
     )
+  ce = _nan_out_of_range(ce, targets, logits.shape[-1], "targets", token_mask)
   m = token_mask.astype(jnp.float32)
   count = m.sum(axis=1)
   total = jnp.where(m > 0, ce, 0.0).sum(axis=1)
@@ -64,9 +67,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         f"and {labels.shape}."
     )
   _check_float_int(logits, labels)
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels
-  )
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  return _nan_out_of_range(ce, labels, logits.shape[-1], "labels")
+
+
+def label_in_range(labels: jax.Array, num_classes: int, name: str = "labels",
+                   where: jax.Array | None = None) -> jax.Array:
+  """``[...]`` booleans: ``0 <= label < num_classes``.
+
+  A concrete (non-traced) array with an out-of-range entry where it counts
+  (``where``) raises a ``ValueError``: jax would otherwise wrap -1 to the last
+  class silently. Under ``jit`` the caller gives such entries a NaN loss, which
+  the train step treats as padding (weight 0) and counts in ``n_nonfinite``.
+  """
+  ok = (labels >= 0) & (labels < num_classes)
+  if not isinstance(labels, jax.core.Tracer) and not isinstance(where, jax.core.Tracer):
+    counts = ok if where is None else ok | ~jnp.asarray(where).astype(bool)
+    counts = np.asarray(counts)
+    if not counts.all():
+      bad = np.asarray(labels)[~counts]
+      raise ValueError(
+          f"{name} must be in [0, {num_classes}); got {bad[:5].tolist()} (e.g. -1 or "
+          "-100 padding ids): mask those entries instead of passing them as labels.")
+  return ok
+
+
+def _nan_out_of_range(ce, labels, num_classes, name, where=None):
+  return jnp.where(label_in_range(labels, num_classes, name, where), ce, jnp.nan)
 
 
 def _check_float_int(logits, targets):

@@ -37,7 +37,8 @@ import numpy as np
 from flax import nnx
 
 from jaxweights import normalize
-from jaxweights._reduce import AxisName, as_mask, check_per_sample
+from jaxweights.losses import label_in_range
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar
 from jaxweights.weighting import WeightInputs, Weighting
 
 _EPS = 1e-12
@@ -187,7 +188,8 @@ def importance_weights(probs: jax.Array, noisy_labels: jax.Array, T: jax.Array) 
     raise ValueError(f"T has shape {T.shape}, expected {(probs.shape[1],) * 2}.")
   noisy = probs @ T.T  # [B, C]: P(noisy = j | x) = sum_y T[j, y] f_y
   take = lambda m: jnp.take_along_axis(m, noisy_labels[:, None], axis=1)[:, 0]
-  return take(probs) / (take(noisy) + _EPS)
+  ok = label_in_range(noisy_labels, probs.shape[1], "noisy_labels")
+  return jnp.where(ok, take(probs) / (take(noisy) + _EPS), jnp.nan)  # NaN: weight 0
 
 
 def _check_probs_labels(probs, labels):
@@ -246,8 +248,11 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
   Returns:
     ``[B]`` float32, non-negative, summing to 1 over valid samples.
   """
-  if not alpha > 0:
-    raise ValueError(f"alpha must be > 0, got {alpha}.")
+  value = concrete_scalar(alpha, "alpha")
+  if value is None:
+    raise ValueError("alpha must be a concrete number (it sets the draws' shapes), not traced.")
+  if not 0 < value < float("inf"):
+    raise ValueError(f"alpha must be finite and > 0, got {alpha}.")
   if num_draws < 1:
     raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
   if draw_chunk is not None and draw_chunk < 1:
@@ -318,6 +323,10 @@ def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
   a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), shape)
   key_first, key_loop = jax.random.split(key)
   log_x, done = _gamma_proposal(key_first, a)
+  # A shape that is not a finite positive number has no Gamma law: NaN at once,
+  # never a rejection loop that cannot end.
+  bad = ~((a > 0) & jnp.isfinite(a))
+  log_x, done = jnp.where(bad, jnp.nan, log_x), done | bad
   log_x, done = log_x.reshape(-1), done.reshape(-1)
   n = log_x.shape[0]
   size = max(1, min(n, -(-n // fallback_fraction)))
@@ -334,8 +343,19 @@ def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
     log_x = log_x.at[idx].set(jnp.take_along_axis(new, first[None], axis=0)[0], mode="drop")
     return k, log_x, done.at[idx].set(ok.any(axis=0), mode="drop")
 
-  _, log_x, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, (key_loop, log_x, done))
-  return log_x.reshape(shape)
+  def more(carry):  # acceptance >= 72% per proposal: 10k rounds never happen by chance
+    return ~jnp.all(carry[2]) & (carry[3] < MAX_GAMMA_ROUNDS)
+
+  def counted(carry):
+    return (*body(carry[:3]), carry[3] + 1)
+
+  _, log_x, done, _ = jax.lax.while_loop(more, counted, (key_loop, log_x, done, 0))
+  return jnp.where(done, log_x, jnp.nan).reshape(shape)
+
+
+MAX_GAMMA_ROUNDS = 10_000
+"""A hard cap on :func:`log_gamma`'s fallback rounds (a guard against a hang; an
+element still rejected after it would be NaN, which no valid shape reaches)."""
 
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -457,8 +477,8 @@ def transition_weighting(
   if kind not in ("reweight", "dws", "rent"):
     raise ValueError(f"kind must be 'reweight', 'dws' or 'rent', got {kind!r}.")
   T0 = jnp.asarray(check_transition_matrix(T))
-  if kind == "dws" and not alpha > 0:
-    raise ValueError(f"alpha must be > 0, got {alpha}.")
+  if kind == "dws" and not 0 < concrete_scalar(alpha, "alpha") < float("inf"):
+    raise ValueError(f"alpha must be finite and > 0, got {alpha}.")
   if resample_factor < 1:
     raise ValueError(f"resample_factor must be >= 1, got {resample_factor}.")
 

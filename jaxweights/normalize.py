@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxweights._reduce import AxisName, as_mask, check_per_sample, gmax, gmin, gsum
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar, gmax, gmin, gsum
 
 _MINMAX_EPS = 1e-6
 
@@ -30,6 +30,24 @@ def _prepare(x, mask, name="x"):
   x = check_per_sample(x, name)
   mask = as_mask(mask, x) & jnp.isfinite(x)
   return jnp.where(mask, x.astype(jnp.float32), 0.0), mask
+
+
+_HUGE = 1e15  # |x| above this is rescaled first: squares and ranges would overflow float32
+
+
+def _rescale(x, mask, axis_name, always: bool = False):
+  """``x / s`` with ``s`` the global max ``|x|`` when it is huge (or ``always``).
+
+  Every normaliser here is invariant to a positive scale (up to ``eps``), so
+  this changes nothing for ordinary values and keeps values up to float32's max
+  (3.4e38) from overflowing in ``x_max - x_min``, ``(x - mean)^2`` or a sum.
+  """
+  s = gmax(jnp.where(mask, jnp.abs(x), 0.0), axis_name)
+  use = (s > 0) & jnp.isfinite(s) & (True if always else s > _HUGE)
+  # Two divisions by sqrt(s): XLA turns x / s into x * (1 / s), and 1 / s is a
+  # denormal (flushed to 0) for s above ~8.5e37.
+  root = jnp.sqrt(jnp.where(use, s, 1.0))
+  return x / root / root
 
 
 def masked_count(mask: jax.Array, axis_name: AxisName = None) -> jax.Array:
@@ -58,13 +76,14 @@ def minmax(
     ``[batch]`` float32 values in ``[-1, 1]``; 0 where masked.
   """
   x, mask = _prepare(x, mask)
+  x = _rescale(x, mask, axis_name)
   has_any = masked_count(mask, axis_name) > 0
   hi = gmax(jnp.where(mask, x, -jnp.inf), axis_name)
   lo = gmin(jnp.where(mask, x, jnp.inf), axis_name)
   hi = jnp.where(has_any, hi, 0.0)
   lo = jnp.where(has_any, lo, 0.0)
   h = (2.0 * x - hi - lo) / jnp.maximum(hi - lo, eps)
-  return jnp.where(mask, h, 0.0)
+  return jnp.where(mask, jnp.clip(h, -1.0, 1.0), 0.0)
 
 
 def zscore(
@@ -86,6 +105,7 @@ def zscore(
     ``[batch]`` float32 standardised values; 0 where masked.
   """
   x, mask = _prepare(x, mask)
+  x = _rescale(x, mask, axis_name)
   n = jnp.maximum(masked_count(mask, axis_name), 1.0)
   xm = jnp.where(mask, x, 0.0)
   mean = gsum(xm, axis_name) / n
@@ -128,11 +148,13 @@ def sum_to_one(
 ) -> jax.Array:
   """Scales non-negative ``w`` to sum to 1 over the valid global batch.
 
-  All-zero (or all-masked) input returns zeros.
+  All-zero (or all-masked) input returns zeros. Any finite float32 input works
+  (rescaled by its max first); values below float32's normal range (~1.2e-38)
+  count as 0, because XLA flushes denormals on CPU and GPU.
   """
   w, mask = _prepare(w, mask, "w")
   mask = mask & (w >= 0)
-  w = jnp.where(mask, w, 0.0)
+  w = _rescale(jnp.where(mask, w, 0.0), mask, axis_name, always=True)
   return _safe_div(w, gsum(w, axis_name))
 
 
@@ -166,19 +188,22 @@ def effective_sample_size(
 
 
 def check_temperature(temperature: jax.typing.ArrayLike):
-  """Validates a temperature: raises for a concrete value <= 0 or NaN.
+  """Validates a temperature given as a Python, numpy or jax scalar.
 
-  Traced values cannot be checked at trace time; they are clamped to at least
-  1e-6 so a schedule that reaches 0 degrades to (near) argmax, never NaN.
+  A concrete value ``<= 0`` or NaN raises. A traced value cannot be checked at
+  trace time: ``<= 0`` or NaN becomes ``inf`` (exactly uniform weights, never NaN
+  and never an accidental argmax), and values in ``(0, 1e-6)`` are clamped to
+  ``1e-6`` so a schedule that anneals towards 0 degrades to (near) argmax.
   """
-  if isinstance(temperature, (int, float)):
-    if not temperature > 0:  # also catches NaN
+  value = concrete_scalar(temperature, "temperature")
+  if value is not None:
+    if not value > 0:  # also catches NaN
       raise ValueError(
-          f"temperature must be > 0 (use float('inf') for uniform), got "
-          f"{temperature}."
+          f"temperature must be > 0 (use float('inf') for uniform), got {value}."
       )
-    return float(temperature)
-  return jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-6)
+    return value
+  t = jnp.asarray(temperature, jnp.float32)
+  return jnp.where(t > 0, jnp.maximum(t, 1e-6), jnp.inf)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxweights._reduce import concrete_scalar
 from jaxweights.train import LossOutput, init_train_state, make_train_step
 
 Objective = Literal["mse", "ce", "pg", "bt", "hinge"]
@@ -68,8 +69,13 @@ def _check_groups(q, mask, name="q"):
 
 
 def _check_beta(beta):
-  if isinstance(beta, (int, float)) and not 0 <= beta < float("inf"):
-    raise ValueError(f"beta must be >= 0 (0 = argmax), got {beta}.")
+  """``0 <= beta < inf``: a concrete value raises otherwise (numpy and jax scalars
+  included); a traced negative or NaN beta is treated as 0 (argmax), never as a
+  selection of the worst candidate."""
+  value = concrete_scalar(beta, "beta")
+  if value is not None and not 0 <= value < float("inf"):
+    raise ValueError(f"beta must be >= 0 (0 = argmax), got {value}.")
+  return value
 
 
 def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = None) -> jax.Array:
@@ -86,18 +92,22 @@ def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = 
     treated as masked candidates.
   """
   q, mask = _check_groups(q, mask)
-  _check_beta(beta)
+  value = _check_beta(beta)
   q = jax.lax.stop_gradient(q.astype(jnp.float32))
   mask = mask & jnp.isfinite(q)
-  if isinstance(beta, (int, float)) and beta == 0:
-    idx = jnp.argmax(jnp.where(mask, q, -jnp.inf), axis=1)
-    return jax.nn.one_hot(idx, q.shape[1]) * mask.any(axis=1, keepdims=True)
+  idx = jnp.argmax(jnp.where(mask, q, -jnp.inf), axis=1)
+  argmax = jax.nn.one_hot(idx, q.shape[1]) * mask.any(axis=1, keepdims=True)
+  if value == 0:
+    return argmax
+  b = jnp.asarray(beta, jnp.float32)
+  positive = b > 0  # a traced beta <= 0 or NaN: argmax, as beta = 0
   big = jnp.finfo(jnp.float32).max
-  z = jnp.where(mask, jnp.clip(q / beta, -big, big), -jnp.inf)  # q / beta may overflow
+  z = jnp.where(mask, jnp.clip(q / jnp.where(positive, b, 1.0), -big, big), -jnp.inf)
   top = jnp.max(z, axis=1, keepdims=True)
   e = jnp.where(mask, jnp.exp(z - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
   s = e.sum(axis=1, keepdims=True)
-  return jnp.where(s > 0, e / jnp.where(s > 0, s, 1.0), 0.0)
+  soft = jnp.where(s > 0, e / jnp.where(s > 0, s, 1.0), 0.0)
+  return soft if value is not None else jnp.where(positive, soft, argmax)
 
 
 def select(key: jax.Array, q: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:

@@ -35,7 +35,7 @@ from flax import nnx
 
 from jaxweights import grad_norms, normalize
 from jaxweights.train import merge_model
-from jaxweights._reduce import AxisName, as_mask, check_per_sample, gsum
+from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar, gsum
 from jaxweights.weighting import (
     GradientContext,
     GradientOutput,
@@ -62,7 +62,8 @@ def presence_weights(
     scores: ``[n]`` self-influence scores (squared gradient norms) of samples
       or microbatches.
     tau: inverse temperature; ``+1`` favours high self-influence, ``-1``
-      suppresses it, 0 is uniform. Any real value (may be traced).
+      suppresses it, 0 is uniform. Any finite real: a concrete NaN/inf raises,
+      a traced one gives uniform weights.
     mask: optional ``[n]`` booleans; False = padding (weight 0).
     axis_name: data axis under ``shard_map``/``pmap``.
     eps: added to the variance in the z-score.
@@ -73,10 +74,13 @@ def presence_weights(
   scores = check_per_sample(scores, "scores")
   mask = as_mask(mask, scores) & jnp.isfinite(scores)
   scores = jnp.where(mask, jax.lax.stop_gradient(scores), 0.0)
-  if isinstance(tau, (int, float)) and not np.isfinite(tau):
-    raise ValueError(f"tau must be finite, got {tau}.")
+  value = concrete_scalar(tau, "tau")
+  if value is not None and not np.isfinite(value):
+    raise ValueError(f"tau must be finite, got {value}.")
+  tau = jnp.asarray(tau, jnp.float32)
+  tau = jnp.where(jnp.isfinite(tau), tau, 0.0)  # a traced NaN/inf tau: uniform weights
   z = normalize.zscore(scores, mask, axis_name=axis_name, eps=eps)
-  return normalize.softmax(jnp.asarray(tau, jnp.float32) * z, mask, axis_name=axis_name)
+  return normalize.softmax(tau * z, mask, axis_name=axis_name)
 
 
 def two_stage_tau(switch_step: int, tau: float = 1.0) -> Schedule:

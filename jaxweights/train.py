@@ -243,8 +243,11 @@ def make_train_step(
     (``sum w * loss``), ``weight_min``/``weight_max`` (over valid samples,
     sum-to-1 scale), ``weight_sum``, ``ess`` (Kish effective sample size),
     ``n_valid``, ``n_nonfinite`` (samples dropped for a NaN/inf loss),
-    ``grad_norm`` and ``update_skipped`` (1 when a non-finite gradient was
-    discarded and the state kept).
+    ``grad_norm`` and ``update_skipped`` (1 when the update was discarded and
+    the state kept: a non-finite gradient, no valid sample in the global batch,
+    weights that break the contract (negative, non-finite, or summing to more
+    than 1),
+    or an optimiser that produced a non-finite parameter or state).
   """
   weighting = weighting or uniform_weighting()
   if mode not in ("jit", "shard_map"):
@@ -321,6 +324,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
           f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}."
       )
     losses = check_per_sample(out.loss, "loss_fn(...).loss")
+    _check_batch_size(losses, batch)
     given = as_mask(out.mask, losses)
     finite = jnp.isfinite(losses)
     mask = given & finite
@@ -464,9 +468,14 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     local_obj = jnp.sum(weights * detached)
 
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(grad_norm)
+    # Skip (keep the state, say so) when the gradient is not finite, when no sample
+    # of the global batch is valid (an empty batch must not move momentum or decay
+    # the weights), or when the optimiser itself produced a non-finite value.
+    has_valid = normalize.masked_count(mask, axis_name) > 0
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ok = (jnp.isfinite(grad_norm) & has_valid & _weights_ok(weights, axis_name)
+          & _all_finite(params) & _all_finite(opt_state))
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(ok, n, o), new, old
     )
@@ -484,6 +493,31 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     return new_state, metrics
 
   return step
+
+
+def _check_batch_size(losses, batch) -> None:
+  """The loss must have one entry per sample of the batch (its leaves' leading axis)."""
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch) if getattr(x, "ndim", 0) > 0}
+  if len(sizes) == 1 and losses.shape[0] not in sizes:
+    raise ValueError(
+        f"loss_fn returned {losses.shape[0]} per-sample losses for a batch of "
+        f"{sizes.pop()} samples; it must return one loss per sample.")
+
+
+def _weights_ok(weights, axis_name) -> jax.Array:
+  """The weighting kept its contract: finite, non-negative, summing to at most 1
+  (1 over the valid samples; less only when a microbatch holds none). A weighting
+  that breaks it (weights summing to 1e6, negative or NaN weights) skips the update."""
+  bad = gsum(jnp.sum(~(jnp.isfinite(weights) & (weights >= 0))).astype(jnp.float32), axis_name)
+  total = gsum(jnp.where(jnp.isfinite(weights), weights, 0.0), axis_name)
+  return (bad == 0) & (total <= 1.0 + 1e-3)
+
+
+def _all_finite(tree) -> jax.Array:
+  """True when every floating leaf of ``tree`` is finite (a scalar; True if none)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
 def _metrics(losses, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_name):

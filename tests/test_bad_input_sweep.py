@@ -19,7 +19,7 @@ from jaxweights import noisy_labels as nl
 from jaxweights import normalize
 from jaxweights import q_probe as qp
 
-SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e30, -1e30, 1e-30]
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e30, -1e30, 1e-30, 3.4e38, -3.4e38, 1e-40]
 DTYPES = [np.float32, np.float16, jnp.bfloat16, np.int32, np.float64]
 TRIED = collections.Counter()
 
@@ -108,7 +108,41 @@ def test_classification_and_probe_api(a, b, c, beta):
         allow_inf=True)
 
 
+WRAPS = {
+    "python": float,
+    "numpy": np.float32,
+    "jax": lambda v: jnp.asarray(v, jnp.float32),
+}
+
+
+def _with(kind, fn, value):
+  """``fn(value)`` with the hyper-parameter as a Python/numpy/jax scalar, or traced."""
+  if kind == "traced":
+    return jax.jit(fn)(jnp.asarray(value, jnp.float32))
+  return fn(WRAPS[kind](value))
+
+
+@settings(max_examples=150)
+@given(bad_arrays(), hyper, st.sampled_from(["python", "numpy", "jax", "traced"]),
+       st.sampled_from(jw.STRATEGIES))
+def test_hyperparameters_of_every_type(x, value, kind, strategy):
+  """numpy and jax scalars are checked like Python numbers; a traced invalid value
+  gives the documented safe weights (finite, summing to 1), never NaN."""
+  names = WEIGHT_ARGS + ["beta", "alpha"]
+  check(f"loss_weights/r[{kind}]",
+        lambda: _with(kind, lambda r: jw.loss_weights(x, strategy, r=r), value), names)
+  check(f"loss_weights/delta[{kind}]",
+        lambda: _with(kind, lambda d: jw.loss_weights(x, strategy, delta=d), value), names)
+  check(f"presence_weights/tau[{kind}]",
+        lambda: _with(kind, lambda t: jw.presence_weights(x, tau=t), value), names)
+  check(f"selection_weights/beta[{kind}]",
+        lambda: _with(kind, lambda b: qp.selection_weights(x, b), value), names)
+  if kind != "traced":  # alpha sets the draws' shapes: concrete only (a traced alpha raises)
+    check(f"dirichlet/alpha[{kind}]", lambda: nl.dirichlet_weights(
+        jax.random.key(0), x, alpha=WRAPS[kind](value), num_draws=3), names + ["num_draws"])
+
+
 def test_report_counts():
   # Runs last in this file: the sweep really tried many cases of every function.
-  assert sum(TRIED.values()) >= 1500, TRIED
+  assert sum(TRIED.values()) >= 2000, TRIED
   print(f"\nbad-input sweep: {sum(TRIED.values())} calls over {len(TRIED)} functions: {dict(TRIED)}")

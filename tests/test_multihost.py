@@ -64,3 +64,33 @@ def test_two_processes_match_one_process(tmp_path):
   assert compared > 100
   summary = json.loads((tmp_path / "two" / "loss_lm" / "summary.json").read_text())
   assert summary["config"]["devices"] == 8
+
+
+@pytest.mark.slow
+def test_two_processes_with_checkpoints_save_resume_and_match(tmp_path):
+  """Checkpointing in a 2-process run: every process saves to one directory (orbax
+  saves collectively; a per-process directory deadlocked the first save). The run
+  finishes within the timeout, a second launch resumes from the checkpoints, and
+  the results equal the 1-process run's."""
+  ckpt = ["--checkpoint-every", "5"]
+  single = launch(tmp_path / "one", 8, ckpt)
+  log, _ = single.communicate(timeout=900)
+  assert single.returncode == 0, log[-3000:]
+  for attempt in range(2):  # the second launch restores the finished runs' checkpoints
+    port = free_port()
+    procs = [launch(tmp_path / "two", 4, [*ckpt, "--coordinator", f"127.0.0.1:{port}",
+                                          "--num-processes", "2", "--process-id", str(p)])
+             for p in range(2)]
+    for p in procs:
+      log, _ = p.communicate(timeout=900)
+      assert p.returncode == 0, f"launch {attempt}: " + log[-3000:]
+  ckpt_dirs = sorted((tmp_path / "two" / "loss_lm" / "checkpoints").iterdir())
+  assert ckpt_dirs and not (tmp_path / "two" / ".process1" / "loss_lm" / "checkpoints").exists()
+  assert all(any(p.name.isdigit() for p in d.iterdir()) for d in ckpt_dirs)
+  one, two = records(tmp_path / "one" / "loss_lm"), records(tmp_path / "two" / "loss_lm")
+  assert one.keys() == two.keys()
+  for name in one:
+    if "@bf16" in name:
+      continue
+    a, b = one[name][-1], two[name][-1]
+    np.testing.assert_allclose(b["heldout_loss"], a["heldout_loss"], rtol=1e-5, err_msg=name)

@@ -126,8 +126,11 @@ def run_one(method, seed, config, exp_dir, corpus, model_cfg, optimizer, mesh,
   checkpointer = None
   log_path = common.run_log_path(exp_dir, method, seed)
   if config.checkpoint_every:
+    # One directory for all processes (orbax saves collectively); the run's config
+    # is its fingerprint, so a stale checkpoint of another config is refused.
     checkpointer = jaxweights.Checkpointer(
-        exp_dir / "checkpoints" / f"{method}_seed{seed}", max_to_keep=2
+        common.shared_path(exp_dir) / "checkpoints" / f"{method}_seed{seed}", max_to_keep=2,
+        fingerprint={"config": config.to_json(), "method": method, "seed": seed},
     )
   resuming = checkpointer is not None and checkpointer.latest_step() is not None
   logger = jaxweights.JsonlLogger(log_path) if resuming else common.run_logger(
