@@ -44,13 +44,24 @@ def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
     )
   if mask.dtype == jnp.bool_:
     return mask
-  binary = (mask == 0) | (mask == 1)
-  if not isinstance(mask, jax.core.Tracer) and not bool(jnp.all(binary)):
-    values = np.asarray(mask)[~np.asarray(binary)]
+  binary = concrete_array((mask == 0) | (mask == 1))
+  if binary is not None and not binary.all():
+    values = np.asarray(mask)[~binary]
     raise ValueError(
         f"a {mask.dtype} mask must hold only 0 and 1, got {values[:5].tolist()}; "
         "pass a boolean mask.")
   return mask == 1
+
+
+def concrete_array(x) -> np.ndarray | None:
+  """``x`` as a numpy array when its value is known now; None inside a trace (jit,
+  grad, eval_shape...), where even operations on constants are staged out."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
 
 
 def check_per_sample(x: jax.Array, name: str = "losses") -> jax.Array:

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxweights._reduce import concrete_array
+
 
 def token_mean_cross_entropy(
     logits: jax.Array,
@@ -81,9 +83,8 @@ def label_in_range(labels: jax.Array, num_classes: int, name: str = "labels",
   the train step treats as padding (weight 0) and counts in ``n_nonfinite``.
   """
   ok = (labels >= 0) & (labels < num_classes)
-  if not isinstance(labels, jax.core.Tracer) and not isinstance(where, jax.core.Tracer):
-    counts = ok if where is None else ok | ~jnp.asarray(where).astype(bool)
-    counts = np.asarray(counts)
+  counts = concrete_array(ok if where is None else ok | ~jnp.asarray(where).astype(bool))
+  if counts is not None:
     if not counts.all():
       bad = np.asarray(labels)[~counts]
       raise ValueError(

@@ -191,9 +191,9 @@ def check_temperature(temperature: jax.typing.ArrayLike):
   """Validates a temperature given as a Python, numpy or jax scalar.
 
   A concrete value ``<= 0`` or NaN raises. A traced value cannot be checked at
-  trace time: ``<= 0`` or NaN becomes ``inf`` (exactly uniform weights, never NaN
-  and never an accidental argmax), and values in ``(0, 1e-6)`` are clamped to
-  ``1e-6`` so a schedule that anneals towards 0 degrades to (near) argmax.
+  trace time: values in ``[0, 1e-6)`` are clamped to ``1e-6``, so a schedule that
+  anneals to 0 degrades to (near) argmax; a negative or NaN value becomes ``inf``
+  (exactly uniform weights: never NaN, never inverted weights).
   """
   value = concrete_scalar(temperature, "temperature")
   if value is not None:
@@ -203,7 +203,7 @@ def check_temperature(temperature: jax.typing.ArrayLike):
       )
     return value
   t = jnp.asarray(temperature, jnp.float32)
-  return jnp.where(t > 0, jnp.maximum(t, 1e-6), jnp.inf)
+  return jnp.where(t >= 0, jnp.maximum(t, 1e-6), jnp.inf)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:

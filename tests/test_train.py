@@ -141,9 +141,10 @@ def test_empty_and_padded_sequences_never_nan():
   state, metrics = step(state, all_pad)
   assert metrics["n_valid"] == 0 and metrics["loss_weighted"] == 0
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
-  # No valid sample: exactly zero gradient (Adam's momentum may still move params).
-  assert metrics["grad_norm"] == 0 and metrics["update_skipped"] == 0
-  del before
+  # No valid sample: zero gradient, and the update is skipped (AdamW's momentum and
+  # weight decay must not move the parameters on an empty batch).
+  assert metrics["grad_norm"] == 0 and metrics["update_skipped"] == 1
+  assert jw.train.tree_equal(before, state.params)
 
 
 def test_nonfinite_loss_sample_is_dropped():
