@@ -139,7 +139,7 @@ def eval_model(model):
 # --- norms --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", [n if n != "llama" else pytest.param("llama", marks=pytest.mark.slow) for n in sorted(ZOO)])
 def test_ghost_equals_vmap(name):
   make, loss, batch_fn = ZOO[name]
   model, batch = eval_model(make()), batch_fn()  # dropout off: vmap then sees the same network
@@ -181,7 +181,7 @@ def test_tied_embedding_norm_is_norm_of_summed_gradient():
   np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
-@pytest.mark.parametrize("name", ["llama_scan", "gpt2_style"])
+@pytest.mark.parametrize("name", ["llama_scan", pytest.param("gpt2_style", marks=pytest.mark.slow)])
 def test_microbatch_norms_equal_vmap(name):
   make, loss, batch_fn = ZOO[name]
   model, batch = eval_model(make()), batch_fn()
@@ -246,7 +246,7 @@ def test_dropout_masks_follow_the_train_key():
   assert not jw.train.tree_equal(a.params, c.params)
 
 
-@pytest.mark.parametrize("name", ["llama_scan", "gpt2_style", "cnn"])
+@pytest.mark.parametrize("name", ["llama_scan", pytest.param("gpt2_style", marks=pytest.mark.slow), "cnn"])
 def test_one_device_equals_eight_devices(name):
   if name == "cnn":
     make, loss, batch = lambda: DigitsCNN(nnx.Rngs(0, dropout=1)), cls_loss, digits_batch()
@@ -261,7 +261,7 @@ def test_one_device_equals_eight_devices(name):
   assert_trees_close(numeric(one.rest), numeric(eight.rest), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_scan", "shared_param"])
+@pytest.mark.parametrize("name", [pytest.param("llama", marks=pytest.mark.slow), "llama_scan", pytest.param("shared_param", marks=pytest.mark.slow)])
 def test_presence_one_backward_equals_two_pass(name):
   make, loss, batch_fn = ZOO[name]
   batch = batch_fn()
@@ -391,7 +391,7 @@ def test_hf_flax_gpt2_every_family_and_eight_devices():
   assert_trees_close(one.params, eight.params, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("weights_over", ["global", "microbatch"])
+@pytest.mark.parametrize("weights_over", ["global", pytest.param("microbatch", marks=pytest.mark.slow)])
 def test_mutable_state_flows_through_gradient_accumulation(weights_over):
   batch, tx = digits_batch(), optax.sgd(0.1)
   weighting = jw.loss_reweighting("linupper", r=1.0)
