@@ -37,6 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       help="tiny models and 3 repeats (seconds; for tests)",
   )
   parser.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
+  parser.add_argument("--skip", default=None, help="leave out cases whose name contains SUBSTR")
   parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step")
   return parser.parse_args(argv)
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         repeats=args.repeats, warmup=settings.warmup, min_repeat_s=settings.min_repeat_s
     )
   selected = registry.select(registry.all_cases(), args.only)
+  if args.skip:
+    selected = [c for c in selected if args.skip not in c.name]
   if not selected:
     raise SystemExit(f"no benchmark case name contains {args.only!r}.")
 
