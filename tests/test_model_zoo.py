@@ -166,6 +166,7 @@ def test_scanned_stack_gives_per_slice_norms_equal_to_unrolled():
   assert set(unrolled.by_layer) >= {"blocks/0/q", "blocks/1/q"}
 
 
+@pytest.mark.slow
 def test_tied_embedding_norm_is_norm_of_summed_gradient():
   """The tied embedding's norm is ||g_lookup + g_head||^2, not a sum of norms."""
   model, batch = eval_model(llama(scan=False)), lm_batch()
@@ -194,10 +195,9 @@ def test_batchnorm_in_training_mode_is_refused_clearly():
   for method in ("ghost", "vmap", "jvp"):
     with pytest.raises(ValueError, match="batch statistics"):
       gn.per_sample_grad_norms(cls_loss, model, batch, method=method, key=jax.random.key(0))
-  # In eval mode (running statistics) the CNN's norms are exact.
-  ev = eval_model(model)
-  assert_norms_close(gn.per_sample_grad_norms(cls_loss, ev, batch, fallback="error"),
-                     gn.per_sample_grad_norms(cls_loss, ev, batch, method="vmap"))
+  # In eval mode (running statistics) BatchNorm is row-wise: exact ghost norms
+  # (tests/test_grad_norms_layers.py::test_layer_is_exact[BatchNorm_eval]).
+  assert all(v == "ghost" for v in gn.ghost_plan(cls_loss, eval_model(model), batch).values())
 
 
 # --- the train step -------------------------------------------------------------------
@@ -366,6 +366,7 @@ def _hf_gpt2():
   return jw.adapters.hf_causal_lm(transformers.FlaxGPT2LMHeadModel(cfg, seed=0))
 
 
+@pytest.mark.slow  # compiles HF's model twice (~30 s on 2 cores)
 @jax.numpy_rank_promotion("allow")  # HF's own Flax code relies on rank promotion
 def test_hf_flax_gpt2_through_the_adapter():
   model, batch = _hf_gpt2(), lm_batch()
