@@ -105,12 +105,17 @@ def _lm(quick: bool):
   else:
     cfg, batch_size, seq_len, size = jaxweights.TransformerConfig.small(), 32, 256, "small"
   model = jaxweights.TransformerLM(cfg, rngs=nnx.Rngs(0))
+  return _token_case(model, cfg, batch_size, seq_len, f"TransformerLM {size} (")
+
+
+def _token_case(model, cfg, batch_size, seq_len, prefix):
+  """(model, loss_fn, batch, model name, batch description) on random next-token data."""
   tokens = np.random.default_rng(0).integers(
       0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
   )
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   name = (
-      f"TransformerLM {size} ({cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
+      f"{prefix}{cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
       f"{jaxweights.count_params(model) / 1e6:.2f}M params)"
   )
   return model, _lm_loss, batch, name, f"{batch_size}x{seq_len} tokens"
@@ -127,15 +132,7 @@ def _llama(quick: bool):
   """(model, loss_fn, batch, model name, batch description) for the decoder."""
   cfg, batch_size, seq_len = (QUICK_LLAMA, 8, 16) if quick else (LLAMA, 32, 256)
   model = jaxweights.Llama(cfg, rngs=nnx.Rngs(0))
-  tokens = np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
-  )
-  batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
-  name = (
-      f"Llama-style decoder ({cfg.n_layers}x{cfg.d_model}, nnx.scan, tied, vocab "
-      f"{cfg.vocab_size}, {jaxweights.count_params(model) / 1e6:.2f}M params)"
-  )
-  return model, _lm_loss, batch, name, f"{batch_size}x{seq_len} tokens"
+  return _token_case(model, cfg, batch_size, seq_len, "Llama-style decoder (nnx.scan, tied, ")
 
 
 MLP_SIZES = (784, 512, 10)
