@@ -5,8 +5,13 @@ XLA_FLAGS must be set before jax is imported anywhere, so this runs first.
 
 import os
 
+# The suite compiles hundreds of tiny programs whose run time is negligible: the
+# CPU backend's cheaper optimisation level cuts about a fifth of the suite's time
+# (results are checked to tolerances, never against the optimised program's bits).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8"
+    + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -69,7 +69,7 @@ def check(name, call, arg_names, *, sums_to_one=True, propagates=(), allow_inf=F
 WEIGHT_ARGS = ["losses", "scores", "w", "mask", "temperature", "delta", "strategy", "tau", "floating", "rank-1", "empty", "shape"]
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(bad_arrays(), st.one_of(st.none(), bad_arrays()), hyper, st.sampled_from(jw.STRATEGIES))
 def test_loss_based_and_normalisers(x, mask, r, strategy):
   m = None if mask is None else mask
@@ -86,7 +86,7 @@ def test_loss_based_and_normalisers(x, mask, r, strategy):
         WEIGHT_ARGS + ["alpha"])
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(bad_arrays(), bad_arrays(), bad_arrays(), hyper)
 def test_classification_and_probe_api(a, b, c, beta):
   names = ["probs", "labels", "t ", "t has", "shape", "q", "k >=", "beta", "rewards", "mask", "logits", "targets",
