@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow lint docs bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.run_all --config quick --out results
 
-## The fast test suite (slow end-to-end runs are marked and excluded).
-test: $(STAMP)
+## Lint and format check, then the fast test suite with the library's docstring
+## examples (slow end-to-end runs are marked and excluded).
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+## ruff: lint and format check (`ruff format .` fixes the format).
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## The documentation site, built offline into site/.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
 
 ## Only the slow end-to-end tests (quick experiment configs, multi-process runs).
 test-slow: $(STAMP)
@@ -31,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --json bench_results/bench.json --md bench_results/bench.md
 
 clean:
-	rm -rf $(VENV) results bench_results .pytest_cache
+	rm -rf $(VENV) results bench_results site .pytest_cache

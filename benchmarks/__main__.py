@@ -13,7 +13,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from benchmarks import cases as registry
 from benchmarks.harness import Settings, markdown_table, measure_case
@@ -26,15 +26,15 @@ QUICK_SETTINGS = Settings(repeats=3, warmup=1, min_repeat_s=0.0)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m benchmarks",
-      description="Weighted vs plain train-step time and peak memory.",
+    prog="python -m benchmarks",
+    description="Weighted vs plain train-step time and peak memory.",
   )
   parser.add_argument("--json", default=DEFAULT_JSON, help=f"JSON rows (default {DEFAULT_JSON})")
   parser.add_argument("--md", default=DEFAULT_MD, help=f"markdown table (default {DEFAULT_MD})")
   parser.add_argument(
-      "--quick",
-      action="store_true",
-      help="tiny models and 3 repeats (seconds; for tests)",
+    "--quick",
+    action="store_true",
+    help="tiny models and 3 repeats (seconds; for tests)",
   )
   parser.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
   parser.add_argument("--skip", default=None, help="leave out cases whose name contains SUBSTR")
@@ -47,9 +47,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
   settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
   if args.repeats is not None:
-    settings = Settings(
-        repeats=args.repeats, warmup=settings.warmup, min_repeat_s=settings.min_repeat_s
-    )
+    settings = Settings(repeats=args.repeats, warmup=settings.warmup, min_repeat_s=settings.min_repeat_s)
   selected = registry.select(registry.all_cases(), args.only)
   if args.skip:
     selected = [c for c in selected if args.skip not in c.name]

@@ -12,11 +12,11 @@ import importlib
 from benchmarks.harness import Case
 
 FAMILY_MODULES: tuple[str, ...] = (
-    "benchmarks.loss_based",
-    "benchmarks.self_influence",
-    "benchmarks.noisy_labels",
-    "benchmarks.tiw_dsm",
-    "benchmarks.q_probe",
+  "benchmarks.loss_based",
+  "benchmarks.self_influence",
+  "benchmarks.noisy_labels",
+  "benchmarks.tiw_dsm",
+  "benchmarks.q_probe",
 )
 
 

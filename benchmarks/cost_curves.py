@@ -25,7 +25,7 @@ import math
 import pathlib
 import statistics
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +35,11 @@ from flax import nnx
 
 import jaxweights
 from benchmarks.harness import (
-    QUICK_COMPILER_OPTIONS,
-    _time_loop,
-    compile_step,
-    device_string,
-    peak_memory_bytes,
+  QUICK_COMPILER_OPTIONS,
+  _time_loop,
+  compile_step,
+  device_string,
+  peak_memory_bytes,
 )
 from benchmarks.self_influence import JVP_PROBES, LEARNING_RATE, _lm_loss, norms_fn
 
@@ -73,32 +73,32 @@ class Sweep:
 
 
 DEFAULT = Sweep(
-    config=jaxweights.TransformerConfig.tiny(max_len=256),
-    batch_sizes=(2, 4, 8, 16, 32),
-    seq_at=64,
-    seq_lens=(16, 32, 64, 128, 256),
-    batch_at=8,
+  config=jaxweights.TransformerConfig.tiny(max_len=256),
+  batch_sizes=(2, 4, 8, 16, 32),
+  seq_at=64,
+  seq_lens=(16, 32, 64, 128, 256),
+  batch_at=8,
 )
 QUICK = Sweep(
-    config=jaxweights.TransformerConfig.tiny(
-        vocab_size=128, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16
-    ),
-    batch_sizes=(2, 4),
-    seq_at=8,
-    seq_lens=(8, 16),
-    batch_at=2,
-    repeats=1,
-    min_repeat_s=0.0,
-    compiler_options=QUICK_COMPILER_OPTIONS,
+  config=jaxweights.TransformerConfig.tiny(
+    vocab_size=128, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16
+  ),
+  batch_sizes=(2, 4),
+  seq_at=8,
+  seq_lens=(8, 16),
+  batch_at=2,
+  repeats=1,
+  min_repeat_s=0.0,
+  compiler_options=QUICK_COMPILER_OPTIONS,
 )
 
 
 def _steps(graphdef, tx):
   return {
-      "plain": jaxweights.make_train_step(graphdef, _lm_loss, tx, weighting=None),
-      "ghost": norms_fn(graphdef, _lm_loss, method="ghost"),
-      "vmap": norms_fn(graphdef, _lm_loss, method="vmap", chunk_size=VMAP_CHUNK),
-      "jvp": norms_fn(graphdef, _lm_loss, method="jvp", num_probes=JVP_PROBES),
+    "plain": jaxweights.make_train_step(graphdef, _lm_loss, tx, weighting=None),
+    "ghost": norms_fn(graphdef, _lm_loss, method="ghost"),
+    "vmap": norms_fn(graphdef, _lm_loss, method="vmap", chunk_size=VMAP_CHUNK),
+    "jvp": norms_fn(graphdef, _lm_loss, method="jvp", num_probes=JVP_PROBES),
   }
 
 
@@ -108,13 +108,10 @@ def measure_point(sweep: Sweep, batch_size: int, seq_len: int) -> dict[str, dict
   model = jaxweights.TransformerLM(cfg, rngs=nnx.Rngs(0))
   tx = optax.adamw(LEARNING_RATE)
   graphdef, state = jaxweights.init_train_state(model, tx)
-  tokens = np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
-  )
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   compiled = {
-      m: compile_step(s, state, batch, sweep.compiler_options)
-      for m, s in _steps(graphdef, tx).items()
+    m: compile_step(s, state, batch, sweep.compiler_options) for m, s in _steps(graphdef, tx).items()
   }
   for fn in compiled.values():
     jax.block_until_ready(fn(state, batch))
@@ -126,11 +123,11 @@ def measure_point(sweep: Sweep, batch_size: int, seq_len: int) -> dict[str, dict
     for m in METHODS[k:] + METHODS[:k]:
       times[m].append(_time_loop(compiled[m], state, batch, n))
   return {
-      m: {
-          "time_ms": 1e3 * statistics.median(times[m]),
-          "peak_memory_bytes": peak_memory_bytes(compiled[m]),
-      }
-      for m in METHODS
+    m: {
+      "time_ms": 1e3 * statistics.median(times[m]),
+      "peak_memory_bytes": peak_memory_bytes(compiled[m]),
+    }
+    for m in METHODS
   }
 
 
@@ -139,10 +136,7 @@ def run(sweep: Sweep, log=None) -> list[dict]:
   points = [("batch", b, sweep.seq_at) for b in sweep.batch_sizes]
   points += [("seq", sweep.batch_at, t) for t in sweep.seq_lens]
   cfg = sweep.config
-  model_name = (
-      f"TransformerLM ({cfg.n_layers}x{cfg.d_model}, d_ff {cfg.d_ff}, "
-      f"vocab {cfg.vocab_size})"
-  )
+  model_name = f"TransformerLM ({cfg.n_layers}x{cfg.d_model}, d_ff {cfg.d_ff}, vocab {cfg.vocab_size})"
   device = device_string()
   records = []
   cache: dict[tuple[int, int], dict] = {}  # the sweeps may share a point
@@ -156,7 +150,8 @@ def run(sweep: Sweep, log=None) -> list[dict]:
     for m in METHODS:
       rec = measured[m]
       peak, plain_peak = rec["peak_memory_bytes"], plain["peak_memory_bytes"]
-      records.append({
+      records.append(
+        {
           "sweep": kind,
           "batch": b,
           "seq": t,
@@ -164,15 +159,14 @@ def run(sweep: Sweep, log=None) -> list[dict]:
           "time_ms": rec["time_ms"],
           "peak_memory_bytes": peak,
           "time_ratio_vs_plain": rec["time_ms"] / plain["time_ms"],
-          "peak_memory_ratio_vs_plain": (
-              None if peak is None or not plain_peak else peak / plain_peak
-          ),
+          "peak_memory_ratio_vs_plain": (None if peak is None or not plain_peak else peak / plain_peak),
           "model": model_name,
           "device": device,
           "repeats": sweep.repeats,
           "vmap_chunk": VMAP_CHUNK,
           "jvp_probes": JVP_PROBES,
-      })
+        }
+      )
   return records
 
 
@@ -186,21 +180,21 @@ def plot(records: list[dict], path: pathlib.Path) -> bool:
   except ImportError:
     return False
   labels = {
-      "plain": "plain train step",
-      "ghost": "ghost norms (exact)",
-      "vmap": f"vmap(grad) norms (chunk {VMAP_CHUNK})",
-      "jvp": f"jvp norms ({JVP_PROBES} probes)",
+    "plain": "plain train step",
+    "ghost": "ghost norms (exact)",
+    "vmap": f"vmap(grad) norms (chunk {VMAP_CHUNK})",
+    "jvp": f"jvp norms ({JVP_PROBES} probes)",
   }
   fig, axes = plt.subplots(2, 2, figsize=(10, 8))
   for col, (kind, xkey, xlabel) in enumerate(
-      (("batch", "batch", "batch size"), ("seq", "seq", "sequence length"))
+    (("batch", "batch", "batch size"), ("seq", "seq", "sequence length"))
   ):
     fixed = [r for r in records if r["sweep"] == kind]
     if not fixed:
       continue
-    other = (f"seq {fixed[0]['seq']}" if kind == "batch" else f"batch {fixed[0]['batch']}")
+    other = f"seq {fixed[0]['seq']}" if kind == "batch" else f"batch {fixed[0]['batch']}"
     for row, (ykey, scale, ylabel) in enumerate(
-        (("time_ms", 1.0, "time per call (ms)"), ("peak_memory_bytes", 2.0**-20, "peak memory (MiB)"))
+      (("time_ms", 1.0, "time per call (ms)"), ("peak_memory_bytes", 2.0**-20, "peak memory (MiB)"))
     ):
       ax = axes[row][col]
       for m in METHODS:
@@ -224,8 +218,11 @@ def plot(records: list[dict], path: pathlib.Path) -> bool:
 def markdown(records: list[dict]) -> str:
   """One line per point: each method's time (ms) and peak memory (MiB) and ratios."""
   lines = [
-      "| sweep | batch | seq | " + " | ".join(f"{m} ms (x plain)" for m in METHODS)
-      + " | " + " | ".join(f"{m} MiB (x plain)" for m in METHODS) + " |"
+    "| sweep | batch | seq | "
+    + " | ".join(f"{m} ms (x plain)" for m in METHODS)
+    + " | "
+    + " | ".join(f"{m} MiB (x plain)" for m in METHODS)
+    + " |"
   ]
   lines.append("|" + "---|" * (3 + 2 * len(METHODS)))
   keyed = {}
@@ -234,9 +231,10 @@ def markdown(records: list[dict]) -> str:
   for (kind, b, t), by in keyed.items():
     times = [f"{by[m]['time_ms']:.1f} ({by[m]['time_ratio_vs_plain']:.2f})" for m in METHODS]
     mems = [
-        "n/a" if by[m]["peak_memory_bytes"] is None else
-        f"{by[m]['peak_memory_bytes'] / 2**20:.1f} ({by[m]['peak_memory_ratio_vs_plain']:.2f})"
-        for m in METHODS
+      "n/a"
+      if by[m]["peak_memory_bytes"] is None
+      else f"{by[m]['peak_memory_bytes'] / 2**20:.1f} ({by[m]['peak_memory_ratio_vs_plain']:.2f})"
+      for m in METHODS
     ]
     lines.append(f"| {kind} | {b} | {t} | " + " | ".join(times + mems) + " |")
   return "\n".join(lines) + "\n"
@@ -248,8 +246,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser = argparse.ArgumentParser(
-      prog="python -m benchmarks.cost_curves",
-      description="Time and peak memory of per-sample gradient norms vs batch and length.",
+    prog="python -m benchmarks.cost_curves",
+    description="Time and peak memory of per-sample gradient norms vs batch and length.",
   )
   parser.add_argument("--out", default="bench_results", help="output folder")
   parser.add_argument("--quick", action="store_true", help="a tiny model and sweep (for tests)")
@@ -259,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parser.parse_args(argv)
   sweep = QUICK if args.quick else DEFAULT
   changes = {
-      k: v for k, v in (
-          ("batch_sizes", args.batch_sizes), ("seq_lens", args.seq_lens), ("repeats", args.repeats)
-      ) if v is not None
+    k: v
+    for k, v in (("batch_sizes", args.batch_sizes), ("seq_lens", args.seq_lens), ("repeats", args.repeats))
+    if v is not None
   }
   sweep = dataclasses.replace(sweep, **changes)
   longest = max(sweep.seq_lens + (sweep.seq_at,))

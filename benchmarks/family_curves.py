@@ -22,12 +22,12 @@ the family's model-size knob):
 * ``rent`` / ``dws``: on an MLP classifier (width: hidden width; batch: examples);
 * ``tiw_dsm``: the TIW-DSM step (frozen TimeDiscriminator 64 -> 256 x 2; weights
   and corrected target) vs the plain DSM step (``weighting=None``,
-  :func:`jaxweights.diffusion.dsm_loss_fn`) of the ``tiw_dsm/digits_unet``
+  :func:`jaxweights.substrates.diffusion.dsm_loss_fn`) of the ``tiw_dsm/digits_unet``
   benchmark's ScoreUNet 8x8x1 (built by :func:`benchmarks.tiw_dsm.digits_setup`;
   width: U-Net channels, the discriminator stays fixed; batch: images);
 * ``q_probe``: the Q-probe training step, L_PG (softmax(Q) over each prompt's
   k = 10 candidates weights their rewards: the step
-  :func:`jaxweights.q_probe.train_probe` compiles) vs L_Q on the same linear
+  :func:`jaxweights.families.q_probe.probe.train_probe` compiles) vs L_Q on the same linear
   probe and batch, every candidate weighted alike (built by
   :func:`benchmarks.q_probe.probe_step`; width: embedding dimension d; batch:
   prompts, i.e. groups of k = 10 candidates). Both go through
@@ -50,7 +50,8 @@ import json
 import pathlib
 import statistics
 import sys
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,11 +63,11 @@ import jaxweights as jw
 from benchmarks import q_probe as qb
 from benchmarks import tiw_dsm as tb
 from benchmarks.harness import (
-    QUICK_COMPILER_OPTIONS,
-    _time_loop,
-    compile_step,
-    device_string,
-    peak_memory_bytes,
+  QUICK_COMPILER_OPTIONS,
+  _time_loop,
+  compile_step,
+  device_string,
+  peak_memory_bytes,
 )
 from jaxweights import noisy_labels as nl
 
@@ -87,17 +88,23 @@ def _lm_loss(model, batch):
 
 
 def _lm_point(weighting, batch_size: int, width: int, seq_len: int) -> Point:
-  cfg = jw.TransformerConfig(vocab_size=1024, d_model=width, n_layers=2, n_heads=4,
-                             d_ff=4 * width, max_len=seq_len)
+  cfg = jw.TransformerConfig(
+    vocab_size=1024, d_model=width, n_layers=2, n_heads=4, d_ff=4 * width, max_len=seq_len
+  )
   model = jw.TransformerLM(cfg, rngs=nnx.Rngs(0))
   tx = optax.adamw(3e-4)
   graphdef, state = jw.init_train_state(model, tx)
   _, wstate = jw.init_train_state(model, tx, weighting)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq_len + 1))
   batch = {"tokens": jnp.asarray(tokens, jnp.int32)}
-  return Point(jw.make_train_step(graphdef, _lm_loss, tx),
-               jw.make_train_step(graphdef, _lm_loss, tx, weighting),
-               state, wstate, batch, jw.count_params(model))
+  return Point(
+    jw.make_train_step(graphdef, _lm_loss, tx),
+    jw.make_train_step(graphdef, _lm_loss, tx, weighting),
+    state,
+    wstate,
+    batch,
+    jw.count_params(model),
+  )
 
 
 def _mlp_point(weighting, batch_size: int, width: int) -> Point:
@@ -107,18 +114,30 @@ def _mlp_point(weighting, batch_size: int, width: int) -> Point:
   graphdef, state = jw.init_train_state(model, tx)
   _, wstate = jw.init_train_state(model, tx, weighting)
   rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.normal(size=(batch_size, 64)), jnp.float32),
-           "y": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
-  return Point(jw.make_train_step(graphdef, loss_fn, tx),
-               jw.make_train_step(graphdef, loss_fn, tx, weighting),
-               state, wstate, batch, jw.count_params(model))
+  batch = {
+    "x": jnp.asarray(rng.normal(size=(batch_size, 64)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32),
+  }
+  return Point(
+    jw.make_train_step(graphdef, loss_fn, tx),
+    jw.make_train_step(graphdef, loss_fn, tx, weighting),
+    state,
+    wstate,
+    batch,
+    jw.count_params(model),
+  )
 
 
 def _tiw_point(batch_size: int, channels: int) -> Point:
   setup = tb.digits_setup(channels, hidden=256, batch_size=batch_size, methods=(tb.TIW,))
-  return Point(setup.plain_step, setup.weighted_steps[tb.TIW], setup.state,
-               setup.weighted_states[tb.TIW], setup.batch,
-               sum(x.size for x in jax.tree.leaves(setup.state.params)))
+  return Point(
+    setup.plain_step,
+    setup.weighted_steps[tb.TIW],
+    setup.state,
+    setup.weighted_states[tb.TIW],
+    setup.batch,
+    sum(x.size for x in jax.tree.leaves(setup.state.params)),
+  )
 
 
 def _q_probe_point(groups: int, d: int) -> Point:
@@ -133,39 +152,69 @@ T10 = nl.symmetric_transition(10, 0.3)
 # width sweep at batch_at), what width and batch mean, and the smaller size sets
 # (quick: QUICK unless the family has its own).
 FAMILIES = {
-    "loss_based": dict(
-        build=lambda b, w, seq: _lm_point(jw.loss_reweighting("linupper", r=0.4), b, w, seq),
-        batches=(4, 8, 16, 32), widths=(64, 128, 256), batch_at=8, width_at=128,
-        width_is="d_model", batch_is="sequences",
-        demo=dict(batches=(4, 8, 16), widths=(64, 128), batch_at=8, width_at=64)),
-    "presence": dict(
-        build=lambda b, w, seq: _lm_point(jw.presence(tau=-1.0), b, w, seq),
-        batches=(4, 8, 16, 32), widths=(64, 128, 256), batch_at=8, width_at=128,
-        width_is="d_model", batch_is="sequences",
-        demo=dict(batches=(4, 8, 16), widths=(64, 128), batch_at=8, width_at=64)),
-    "rent": dict(
-        build=lambda b, w, seq: _mlp_point(nl.transition_weighting("rent", T10), b, w),
-        batches=(64, 256, 1024, 4096), widths=(128, 512, 2048), batch_at=256, width_at=512,
-        width_is="MLP hidden width", batch_is="examples",
-        demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512)),
-    "dws": dict(
-        build=lambda b, w, seq: _mlp_point(nl.transition_weighting("dws", T10, alpha=10.0), b, w),
-        # Up to width 4096 (17M params): DWS's M x B sampling is a fixed cost per
-        # batch size, so its ratio only nears 1 once the step is ~20x that cost.
-        batches=(64, 256, 1024, 4096), widths=(128, 512, 2048, 4096), batch_at=256, width_at=512,
-        width_is="MLP hidden width", batch_is="examples",
-        demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512)),
-    "tiw_dsm": dict(
-        build=lambda b, w, seq: _tiw_point(b, w),
-        batches=(64, 128, 256, 512), widths=(16, 32, 64, 128), batch_at=256, width_at=64,
-        width_is="ScoreUNet channels", batch_is="images",
-        demo=dict(batches=(32, 128, 512), widths=(8, 16, 32), batch_at=128, width_at=32),
-        quick=dict(batches=(4, 8), widths=(8, 16), batch_at=4, width_at=8)),
-    "q_probe": dict(
-        build=lambda b, w, seq: _q_probe_point(b, w),
-        batches=(25, 50, 100, 200, 400), widths=(512, 1024, 4096, 8192), batch_at=100,
-        width_at=4096, width_is="embedding dimension d", batch_is="prompts x 10 candidates",
-        demo=dict(batches=(25, 100, 400), widths=(256, 1024, 4096), batch_at=100, width_at=1024)),
+  "loss_based": dict(
+    build=lambda b, w, seq: _lm_point(jw.linupper_weighting(r=0.4), b, w, seq),
+    batches=(4, 8, 16, 32),
+    widths=(64, 128, 256),
+    batch_at=8,
+    width_at=128,
+    width_is="d_model",
+    batch_is="sequences",
+    demo=dict(batches=(4, 8, 16), widths=(64, 128), batch_at=8, width_at=64),
+  ),
+  "presence": dict(
+    build=lambda b, w, seq: _lm_point(jw.presence_weighting(tau=-1.0), b, w, seq),
+    batches=(4, 8, 16, 32),
+    widths=(64, 128, 256),
+    batch_at=8,
+    width_at=128,
+    width_is="d_model",
+    batch_is="sequences",
+    demo=dict(batches=(4, 8, 16), widths=(64, 128), batch_at=8, width_at=64),
+  ),
+  "rent": dict(
+    build=lambda b, w, seq: _mlp_point(nl.rent_weighting(T10), b, w),
+    batches=(64, 256, 1024, 4096),
+    widths=(128, 512, 2048),
+    batch_at=256,
+    width_at=512,
+    width_is="MLP hidden width",
+    batch_is="examples",
+    demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512),
+  ),
+  "dws": dict(
+    build=lambda b, w, seq: _mlp_point(nl.dws_weighting(T10, alpha=10.0), b, w),
+    # Up to width 4096 (17M params): DWS's M x B sampling is a fixed cost per
+    # batch size, so its ratio only nears 1 once the step is ~20x that cost.
+    batches=(64, 256, 1024, 4096),
+    widths=(128, 512, 2048, 4096),
+    batch_at=256,
+    width_at=512,
+    width_is="MLP hidden width",
+    batch_is="examples",
+    demo=dict(batches=(64, 512, 4096), widths=(128, 512, 2048), batch_at=512, width_at=512),
+  ),
+  "tiw_dsm": dict(
+    build=lambda b, w, seq: _tiw_point(b, w),
+    batches=(64, 128, 256, 512),
+    widths=(16, 32, 64, 128),
+    batch_at=256,
+    width_at=64,
+    width_is="ScoreUNet channels",
+    batch_is="images",
+    demo=dict(batches=(32, 128, 512), widths=(8, 16, 32), batch_at=128, width_at=32),
+    quick=dict(batches=(4, 8), widths=(8, 16), batch_at=4, width_at=8),
+  ),
+  "q_probe": dict(
+    build=lambda b, w, seq: _q_probe_point(b, w),
+    batches=(25, 50, 100, 200, 400),
+    widths=(512, 1024, 4096, 8192),
+    batch_at=100,
+    width_at=4096,
+    width_is="embedding dimension d",
+    batch_is="prompts x 10 candidates",
+    demo=dict(batches=(25, 100, 400), widths=(256, 1024, 4096), batch_at=100, width_at=1024),
+  ),
 }
 QUICK = dict(batches=(4, 8), widths=(32, 64), batch_at=4, width_at=32)
 SIZES = ("quick", "demo", "full")
@@ -196,18 +245,25 @@ def measure(point: Point, repeats: int, quick: bool, min_repeat_s: float = 0.0) 
   t_plain, t_weighted = [], []
   for i in range(repeats):  # interleaved, order alternating
     order = [(plain, point.state, t_plain), (weighted, point.weighted_state, t_weighted)]
-    for fn, st, out in (order if i % 2 == 0 else order[::-1]):
+    for fn, st, out in order if i % 2 == 0 else order[::-1]:
       out.append(_time_loop(fn, st, point.batch, n))
   mp, mw = peak_memory_bytes(plain), peak_memory_bytes(weighted)
   tp, tw = statistics.median(t_plain), statistics.median(t_weighted)
-  return {"plain_ms": tp * 1e3, "weighted_ms": tw * 1e3, "time_ratio": tw / tp,
-          "plain_peak_bytes": mp, "weighted_peak_bytes": mw,
-          "memory_ratio": (mw / mp) if mp and mw else None, "params": point.params,
-          "calls_per_repeat": n}
+  return {
+    "plain_ms": tp * 1e3,
+    "weighted_ms": tw * 1e3,
+    "time_ratio": tw / tp,
+    "plain_peak_bytes": mp,
+    "weighted_peak_bytes": mw,
+    "memory_ratio": (mw / mp) if mp and mw else None,
+    "params": point.params,
+    "calls_per_repeat": n,
+  }
 
 
-def run(families: Sequence[str], *, quick: bool = False, sizes: str | None = None,
-        repeats: int = 5, log=print) -> list[dict]:
+def run(
+  families: Sequence[str], *, quick: bool = False, sizes: str | None = None, repeats: int = 5, log=print
+) -> list[dict]:
   """Records of every point of ``families``' sweeps at the size set ``sizes``
   (default: "quick" if ``quick`` else "full")."""
   sizes = sizes or ("quick" if quick else "full")
@@ -224,23 +280,36 @@ def run(families: Sequence[str], *, quick: bool = False, sizes: str | None = Non
         measured[b, w] = measure(point, repeats, quick, 0.0 if quick else MIN_REPEAT_S)
       rec = {"family": name, "sweep": sweep, "batch": b, "width": w, **measured[b, w]}
       records.append(rec)
-      log(f"{name:>10s} {sweep:>5s} batch={b:<5d} width={w:<5d} params={rec['params']:>9d} "
-          f"plain={rec['plain_ms']:.2f}ms x{rec['time_ratio']:.3f} time "
-          f"x{(rec['memory_ratio'] or float('nan')):.3f} memory")
+      log(
+        f"{name:>10s} {sweep:>5s} batch={b:<5d} width={w:<5d} params={rec['params']:>9d} "
+        f"plain={rec['plain_ms']:.2f}ms x{rec['time_ratio']:.3f} time "
+        f"x{(rec['memory_ratio'] or float('nan')):.3f} memory"
+      )
   return records
 
 
 def markdown(records: list[dict]) -> str:
-  lines = ["| family | sweep | batch | width | params | plain ms | time ratio | memory ratio |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| family | sweep | batch | width | params | plain ms | time ratio | memory ratio |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in records:
     mem = f"{r['memory_ratio']:.3f}" if r["memory_ratio"] else "n/a"
-    lines.append(f"| {r['family']} | {r['sweep']} | {r['batch']} | {r['width']} | {r['params']} | "
-                 f"{r['plain_ms']:.2f} | {r['time_ratio']:.3f} | {mem} |")
+    lines.append(
+      f"| {r['family']} | {r['sweep']} | {r['batch']} | {r['width']} | {r['params']} | "
+      f"{r['plain_ms']:.2f} | {r['time_ratio']:.3f} | {mem} |"
+    )
   families = list(dict.fromkeys(r["family"] for r in records))
-  lines += ["", "Width and batch per family: " + "; ".join(
+  lines += [
+    "",
+    "Width and batch per family: "
+    + "; ".join(
       f"{f}: width = {FAMILIES[f]['width_is']}, batch = {FAMILIES[f]['batch_is']}"
-      for f in families if f in FAMILIES) + "."]
+      for f in families
+      if f in FAMILIES
+    )
+    + ".",
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -248,20 +317,23 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
   """Log-log, one row per family: time and peak memory vs batch and vs parameters,
   plain and weighted step, with the ratio to the plain step on a second axis."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.ticker import NullFormatter
 
-  panels = [(sweep, key, xlabel, what, plain, weighted, ratio, unit, scale)
-            for sweep, key, xlabel in (("batch", "batch", "batch size"),
-                                       ("model", "params", "parameters"))
-            for what, plain, weighted, ratio, unit, scale in (
-                ("time", "plain_ms", "weighted_ms", "time_ratio", "ms", 1.0),
-                ("peak memory", "plain_peak_bytes", "weighted_peak_bytes", "memory_ratio",
-                 "MiB", 2.0**-20))]
+  panels = [
+    (sweep, key, xlabel, what, plain, weighted, ratio, unit, scale)
+    for sweep, key, xlabel in (("batch", "batch", "batch size"), ("model", "params", "parameters"))
+    for what, plain, weighted, ratio, unit, scale in (
+      ("time", "plain_ms", "weighted_ms", "time_ratio", "ms", 1.0),
+      ("peak memory", "plain_peak_bytes", "weighted_peak_bytes", "memory_ratio", "MiB", 2.0**-20),
+    )
+  ]
   families = list(dict.fromkeys(r["family"] for r in records))
-  fig, axes = plt.subplots(len(families), len(panels), figsize=(5 * len(panels), 3.2 * len(families)),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    len(families), len(panels), figsize=(5 * len(panels), 3.2 * len(families)), squeeze=False
+  )
   for row, fam in zip(axes, families):
     for ax, (sweep, key, xlabel, what, plain, weighted, ratio, unit, scale) in zip(row, panels):
       pts = sorted((r for r in records if r["family"] == fam and r["sweep"] == sweep), key=lambda r: r[key])
@@ -285,12 +357,17 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="bench_results")
-  parser.add_argument("--sizes", choices=SIZES, default=None,
-                      help="size set: full (default), demo (the report's) or quick (tests)")
+  parser.add_argument(
+    "--sizes",
+    choices=SIZES,
+    default=None,
+    help="size set: full (default), demo (the report's) or quick (tests)",
+  )
   parser.add_argument("--quick", action="store_true", help="tiny sizes (for tests): --sizes quick")
   parser.add_argument("--only", nargs="+", choices=sorted(FAMILIES), default=None)
-  parser.add_argument("--repeats", type=int, default=None,
-                      help="timed repeats per point (default: 2 quick, 3 demo, 5 full)")
+  parser.add_argument(
+    "--repeats", type=int, default=None, help="timed repeats per point (default: 2 quick, 3 demo, 5 full)"
+  )
   args = parser.parse_args(argv)
   if args.quick and args.sizes not in (None, "quick"):
     parser.error("--quick contradicts --sizes " + args.sizes)
@@ -299,13 +376,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   records = run(args.only or list(FAMILIES), sizes=sizes, repeats=repeats)
-  meta = {"device": device_string(), "quick": sizes == "quick", "sizes": sizes,
-          "repeats": repeats}
+  meta = {"device": device_string(), "quick": sizes == "quick", "sizes": sizes, "repeats": repeats}
   (out / "family_curves.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
   (out / "family_curves.md").write_text(
-      f"Per-family cost curves on {meta['device']} (`{sizes}` sizes, median of {repeats} "
-      "interleaved repeats; ratios vs the plain step of the same model and batch, same "
-      "process).\n\n" + markdown(records))
+    f"Per-family cost curves on {meta['device']} (`{sizes}` sizes, median of {repeats} "
+    "interleaved repeats; ratios vs the plain step of the same model and batch, same "
+    "process).\n\n" + markdown(records)
+  )
   plot(records, out / "family_curves.png")
   return records
 

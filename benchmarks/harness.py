@@ -18,7 +18,8 @@ import dataclasses
 import math
 import statistics
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 
@@ -79,7 +80,7 @@ class Case:
   target_time_ratio: float | None = None
   target_memory_ratio: float | None = None
   target_methods: tuple[str, ...] | None = None
-  measure: Callable[["Case", "Settings", bool], list[dict]] | None = None
+  measure: Callable[[Case, Settings, bool], list[dict]] | None = None
 
   def targets_for(self, method: str) -> tuple[float | None, float | None]:
     """``(target_time_ratio, target_memory_ratio)`` of one method's row."""
@@ -119,13 +120,13 @@ def device_string() -> str:
 # Quick runs only check that every case runs and reports sane rows; XLA's CPU
 # compile time dominates them, and these options halve it.
 QUICK_COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
 }
 
 
 def compile_step(
-    step: Step, state: PyTree, batch: PyTree, compiler_options: dict | None = None
+  step: Step, state: PyTree, batch: PyTree, compiler_options: dict | None = None
 ) -> jax.stages.Compiled:
   """Ahead-of-time compiles ``step(state, batch)`` (jitting it if it is not)."""
   jitted = step if hasattr(step, "lower") else jax.jit(step)
@@ -147,10 +148,10 @@ def peak_memory_bytes(compiled: jax.stages.Compiled) -> int | None:
   if stats is None:
     return None
   return int(
-      stats.temp_size_in_bytes
-      + stats.argument_size_in_bytes
-      + stats.output_size_in_bytes
-      - stats.alias_size_in_bytes
+    stats.temp_size_in_bytes
+    + stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    - stats.alias_size_in_bytes
   )
 
 
@@ -226,7 +227,8 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
     time_ratio = _ratio(median_s[m], median_s[PLAIN])
     memory_ratio = _ratio(peak[m], peak[PLAIN])
     target_time, target_memory = case.targets_for(m)
-    rows.append({
+    rows.append(
+      {
         "benchmark": case.name,
         "method": m,
         "time_ratio_vs_plain": time_ratio,
@@ -243,15 +245,16 @@ def measure_case(case: Case, settings: Settings, *, quick: bool = False) -> list
         "target_time_ratio": target_time,
         "target_memory_ratio": target_memory,
         "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
-    })
+      }
+    )
   return rows
 
 
 def meets_target(
-    target_time: float | None,
-    target_memory: float | None,
-    time_ratio: float | None,
-    memory_ratio: float | None,
+  target_time: float | None,
+  target_memory: float | None,
+  time_ratio: float | None,
+  memory_ratio: float | None,
 ) -> bool | None:
   """True/False against the targets; None when there is no target."""
   if target_time is None and target_memory is None:
@@ -275,9 +278,9 @@ def markdown_table(rows: list[dict]) -> str:
   column.
   """
   header = (
-      "| benchmark | method | model | batch | plain ms | step ms | time ratio "
-      "| peak MiB | memory ratio | target (time / memory) | meets target "
-      "| device | repeats | note |"
+    "| benchmark | method | model | batch | plain ms | step ms | time ratio "
+    "| peak MiB | memory ratio | target (time / memory) | meets target "
+    "| device | repeats | note |"
   )
   lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
   for row in rows:
@@ -287,20 +290,20 @@ def markdown_table(rows: list[dict]) -> str:
     meets = row.get("meets_target")
     peak = row.get("peak_memory_bytes")
     cells = [
-        row["benchmark"],
-        row["method"],
-        row["model"],
-        row["batch"],
-        _fmt(row["plain_step_ms"], ".2f"),
-        _fmt(row["step_ms"], ".2f"),
-        _fmt(row["time_ratio_vs_plain"], ".3f") + "x",
-        _fmt(None if peak is None else peak / 2**20, ".1f"),
-        _fmt(row["peak_memory_ratio_vs_plain"], ".4f") + "x",
-        target,
-        "-" if meets is None else ("yes" if meets else "**no**"),
-        row["device"],
-        str(row["repeats"]),
-        str(row.get("note") or "-").replace("|", "/"),
+      row["benchmark"],
+      row["method"],
+      row["model"],
+      row["batch"],
+      _fmt(row["plain_step_ms"], ".2f"),
+      _fmt(row["step_ms"], ".2f"),
+      _fmt(row["time_ratio_vs_plain"], ".3f") + "x",
+      _fmt(None if peak is None else peak / 2**20, ".1f"),
+      _fmt(row["peak_memory_ratio_vs_plain"], ".4f") + "x",
+      target,
+      "-" if meets is None else ("yes" if meets else "**no**"),
+      row["device"],
+      str(row["repeats"]),
+      str(row.get("note") or "-").replace("|", "/"),
     ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"

@@ -31,10 +31,10 @@ LEARNING_RATE = 3e-4
 def _steps(graphdef, loss_fn, tx):
   plain = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=None)
   weighted = {
-      m: jaxweights.make_train_step(
-          graphdef, loss_fn, tx, weighting=jaxweights.loss_reweighting(m, r=TEMPERATURE)
-      )
-      for m in METHODS
+    m: jaxweights.make_train_step(
+      graphdef, loss_fn, tx, weighting=jaxweights.loss_based.WEIGHTINGS[m](r=TEMPERATURE)
+    )
+    for m in METHODS
   }
   return plain, weighted
 
@@ -55,14 +55,12 @@ def build_lm(quick: bool) -> Setup:
   n_params = jaxweights.count_params(model)
   tx = optax.adamw(LEARNING_RATE)
   graphdef, state = jaxweights.init_train_state(model, tx)
-  tokens = np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
-  )
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   plain, weighted = _steps(graphdef, _lm_loss, tx)
   model_name = (
-      f"TransformerLM {size} ({cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
-      f"{n_params / 1e6:.2f}M params)"
+    f"TransformerLM {size} ({cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
+    f"{n_params / 1e6:.2f}M params)"
   )
   return Setup(plain, weighted, state, batch, model_name, f"{batch_size}x{seq_len} tokens")
 
@@ -81,8 +79,8 @@ def build_mlp(quick: bool) -> Setup:
   graphdef, state = jaxweights.init_train_state(model, tx)
   rng = np.random.default_rng(0)
   batch = {
-      "x": jnp.asarray(rng.standard_normal((batch_size, in_features), np.float32)),
-      "y": jnp.asarray(rng.integers(0, classes, (batch_size,), dtype=np.int32)),
+    "x": jnp.asarray(rng.standard_normal((batch_size, in_features), np.float32)),
+    "y": jnp.asarray(rng.integers(0, classes, (batch_size,), dtype=np.int32)),
   }
   plain, weighted = _steps(graphdef, _mlp_loss, tx)
   sizes = "->".join(str(s) for s in (in_features, *hidden, classes))
@@ -91,11 +89,11 @@ def build_mlp(quick: bool) -> Setup:
 
 
 CASES: list[Case] = [
-    Case(
-        "loss_based/lm_step",
-        build_lm,
-        target_time_ratio=1.03,
-        target_memory_ratio=1.01,
-    ),
-    Case("loss_based/mlp_step", build_mlp),
+  Case(
+    "loss_based/lm_step",
+    build_lm,
+    target_time_ratio=1.03,
+    target_memory_ratio=1.01,
+  ),
+  Case("loss_based/mlp_step", build_mlp),
 ]

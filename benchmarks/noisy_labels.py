@@ -1,10 +1,10 @@
 """Benchmark cases for transition-matrix weighting: DWS and RENT (Bae et al., ICLR 2024).
 
 The plain step is :func:`jaxweights.make_train_step` with ``weighting=None`` and
-the SAME loss, :func:`jaxweights.noisy_labels.classification_loss` (whose aux
+the SAME loss, :func:`jaxweights.families.noisy_labels.classification_loss` (whose aux
 carries the softmax the weightings read), on the same MLP, batch and optimiser
 (Adam 1e-3, the authors' optimiser); the weighted steps differ only in their
-:func:`~jaxweights.noisy_labels.transition_weighting`.
+:func:`~jaxweights.dws_weighting` and its siblings.
 
 * ``noisy_labels/step_b256``: MLP 64 -> 256 -> 256 -> 10, batch 256 (digits-sized
   inputs, the experiment's model family at benchmark width).
@@ -22,7 +22,7 @@ its default M = B, against the MLP's O(B x params) step. RENT draws its
 O(N B log B).
 
 DWS's floor on a CPU: an exact Gamma variate needs at least two uniforms per
-accepted proposal (see :func:`jaxweights.noisy_labels.log_gamma`); threefry
+accepted proposal (see :func:`jaxweights.families.noisy_labels.log_gamma`); threefry
 makes them at ~6 ns each on this project's CPU, so 65k variates (M = B = 256)
 cost >= 0.8 ms of random bits alone against a ~1.4 ms plain step. The 1.05x
 target is reachable only where the step is ~20x the sampling cost: see the DWS
@@ -57,8 +57,9 @@ def _forward_loss(T):
   return loss_fn
 
 
-def build(batch_size: int, hidden: tuple[int, ...],
-          methods: tuple[str, ...] = ("rent", "dws", "reweight", "forward")) -> Setup:
+def build(
+  batch_size: int, hidden: tuple[int, ...], methods: tuple[str, ...] = ("rent", "dws", "reweight", "forward")
+) -> Setup:
   """The plain step and the ``methods``' steps on one MLP and batch."""
   model = jaxweights.MLP(IN_FEATURES, hidden, CLASSES, rngs=nnx.Rngs(0))
   n_params = jaxweights.count_params(model)
@@ -68,9 +69,9 @@ def build(batch_size: int, hidden: tuple[int, ...],
   loss_fn = nl.classification_loss()
   plain = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=None)
   weightings = {
-      "rent": nl.transition_weighting("rent", T, resample_factor=1),
-      "dws": nl.transition_weighting("dws", T, alpha=DWS_ALPHA, num_draws=batch_size),
-      "reweight": nl.transition_weighting("reweight", T),
+    "rent": nl.rent_weighting(T, resample_factor=1),
+    "dws": nl.dws_weighting(T, alpha=DWS_ALPHA, num_draws=batch_size),
+    "reweight": nl.importance_weighting(T),
   }
   weighted, states = {}, {}
   for method, weighting in weightings.items():
@@ -82,19 +83,26 @@ def build(batch_size: int, hidden: tuple[int, ...],
   states = {m: states[m] for m in methods if m in states}
   rng = np.random.default_rng(0)
   batch = {
-      "x": jnp.asarray(rng.random((batch_size, IN_FEATURES), np.float32)),
-      "y": jnp.asarray(rng.integers(0, CLASSES, (batch_size,), dtype=np.int32)),
+    "x": jnp.asarray(rng.random((batch_size, IN_FEATURES), np.float32)),
+    "y": jnp.asarray(rng.integers(0, CLASSES, (batch_size,), dtype=np.int32)),
   }
   sizes = "->".join(str(s) for s in (IN_FEATURES, *hidden, CLASSES))
-  return Setup(plain, weighted, state, batch, f"MLP {sizes} ({n_params / 1e3:.1f}k params)",
-               f"{batch_size} samples", weighted_states=states)
+  return Setup(
+    plain,
+    weighted,
+    state,
+    batch,
+    f"MLP {sizes} ({n_params / 1e3:.1f}k params)",
+    f"{batch_size} samples",
+    weighted_states=states,
+  )
 
 
 NOTES = {
-    "rent": "N=1: N·B indices by inverse-CDF lookup",
-    "dws": "alpha 10, M=B draws: M·B log-gamma variates",
-    "reweight": "contrast: deterministic w/Σw",
-    "forward": "contrast: Forward-corrected loss, uniform weights",
+  "rent": "N=1: N·B indices by inverse-CDF lookup",
+  "dws": "alpha 10, M=B draws: M·B log-gamma variates",
+  "reweight": "contrast: deterministic w/Σw",
+  "forward": "contrast: Forward-corrected loss, uniform weights",
 }
 
 
@@ -105,23 +113,29 @@ def _with_notes(case: Case, settings, quick: bool) -> list[dict]:
   return rows
 
 
-def _case(name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...],
-          hidden: tuple[int, ...] = (256, 256)) -> Case:
+def _case(
+  name: str, batch_size: int, quick_batch: int, methods: tuple[str, ...], hidden: tuple[int, ...] = (256, 256)
+) -> Case:
   def build_case(quick: bool) -> Setup:
     # quick: a narrow MLP and a small batch (a unit test checks the rows' schema).
     if quick:
       return build(quick_batch, (64,), methods)
     return build(batch_size, hidden, methods)
 
-  return Case(name, build_case, target_time_ratio=1.05, target_memory_ratio=1.05,
-              target_methods=TARGETED, measure=_with_notes)
+  return Case(
+    name,
+    build_case,
+    target_time_ratio=1.05,
+    target_memory_ratio=1.05,
+    target_methods=TARGETED,
+    measure=_with_notes,
+  )
 
 
 CASES: list[Case] = [
-    _case("noisy_labels/step_b256", 256, 32, ("rent", "dws", "reweight", "forward")),
-    _case("noisy_labels/step_b1024", 1024, 64, ("rent", "dws", "reweight", "forward")),
-    # The same batch on a 4.3M-parameter MLP (hidden 2048 x 2): DWS's M x B
-    # sampling is the same fixed cost, now small against the step.
-    _case("noisy_labels/step_b256_wide", 256, 32, ("rent", "dws", "reweight", "forward"),
-          hidden=(2048, 2048)),
+  _case("noisy_labels/step_b256", 256, 32, ("rent", "dws", "reweight", "forward")),
+  _case("noisy_labels/step_b1024", 1024, 64, ("rent", "dws", "reweight", "forward")),
+  # The same batch on a 4.3M-parameter MLP (hidden 2048 x 2): DWS's M x B
+  # sampling is the same fixed cost, now small against the step.
+  _case("noisy_labels/step_b256_wide", 256, 32, ("rent", "dws", "reweight", "forward"), hidden=(2048, 2048)),
 ]

@@ -6,11 +6,11 @@ rounds (so drift on a shared machine hits both alike). In the rows,
 ``"plain"`` is jaxweights and the other method is torch, so
 ``time_ratio_vs_plain`` = torch / jaxweights (> 1: jaxweights is faster).
 
-* ``q_probe/train_pg``: :func:`jaxweights.q_probe.train_probe` with L_PG (the
+* ``q_probe/train_pg``: :func:`jaxweights.families.q_probe.probe.train_probe` with L_PG (the
   paper's recipe: linear probe, AdamW lr 5e-5, batches of 100 groups of 10
   samples of one prompt, groups re-formed every epoch) on 100k x 4096 float32
   features (500 prompts x 200 samples), 150 epochs, against the same loop in
-  torch (the same :func:`~jaxweights.q_probe.pg_groups` and batch order, the
+  torch (the same :func:`~jaxweights.families.q_probe.probe.pg_groups` and batch order, the
   same initial probe; torch eager forward, softmax-weighted reward, backward,
   ``torch.optim.AdamW``). 150 epochs of that size take minutes per
   implementation on 2 CPU cores, so the row measures ``MEASURED_EPOCHS`` epochs
@@ -23,7 +23,7 @@ rounds (so drift on a shared machine hits both alike). In the rows,
 * ``q_probe/select``: candidates per second of Q-probe selection: the probe's
   ``Q`` on ``[prompts, k = 48, 4096]`` features (2048 prompts, 98,304
   candidates), ``softmax(Q / 0.1)`` over each prompt's candidates and one draw
-  per prompt (:func:`jaxweights.q_probe.select`, jitted) vs the same in torch
+  per prompt (:func:`jaxweights.families.q_probe.probe.select`, jitted) vs the same in torch
   (matmul, softmax, ``torch.multinomial``).
 
 Peak memory: XLA's peak of one compiled call (the train step ``train_probe``
@@ -55,13 +55,13 @@ from flax import nnx
 
 import jaxweights
 from benchmarks.harness import (
-    PLAIN,
-    QUICK_COMPILER_OPTIONS,
-    Case,
-    Settings,
-    compile_step,
-    meets_target,
-    peak_memory_bytes,
+  PLAIN,
+  QUICK_COMPILER_OPTIONS,
+  Case,
+  Settings,
+  compile_step,
+  meets_target,
+  peak_memory_bytes,
 )
 from jaxweights import q_probe
 
@@ -110,8 +110,10 @@ def _import_torch():
 
 
 def _device(torch) -> str:
-  return (f"cpu (jax {jax.__version__} {jax.devices()[0].device_kind}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads)")
+  return (
+    f"cpu (jax {jax.__version__} {jax.devices()[0].device_kind}; torch "
+    f"{torch.__version__}, {torch.get_num_threads()} threads)"
+  )
 
 
 def _interleaved(calls: dict, repeats: int) -> dict[str, float]:
@@ -136,22 +138,22 @@ def _rows(case, settings, rows_data, device, model, batch):
     memory_ratio = vals["peak"] / plain_peak
     target_time, target_memory = case.targets_for(m)
     row = {
-        "benchmark": case.name,
-        "method": m,
-        "time_ratio_vs_plain": time_ratio,
-        "peak_memory_ratio_vs_plain": memory_ratio,
-        "plain_step_ms": 1e3 * plain_s,
-        "step_ms": 1e3 * vals["s"],
-        "plain_peak_memory_bytes": plain_peak,
-        "peak_memory_bytes": vals["peak"],
-        "device": device,
-        "model": model,
-        "batch": batch,
-        "repeats": settings.repeats,
-        "calls_per_repeat": 1,
-        "target_time_ratio": target_time,
-        "target_memory_ratio": target_memory,
-        "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
+      "benchmark": case.name,
+      "method": m,
+      "time_ratio_vs_plain": time_ratio,
+      "peak_memory_ratio_vs_plain": memory_ratio,
+      "plain_step_ms": 1e3 * plain_s,
+      "step_ms": 1e3 * vals["s"],
+      "plain_peak_memory_bytes": plain_peak,
+      "peak_memory_bytes": vals["peak"],
+      "device": device,
+      "model": model,
+      "batch": batch,
+      "repeats": settings.repeats,
+      "calls_per_repeat": 1,
+      "target_time_ratio": target_time,
+      "target_memory_ratio": target_memory,
+      "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
     }
     row.update(vals.get("extra", {}))
     rows.append(row)
@@ -164,7 +166,7 @@ def _rows(case, settings, rows_data, device, model, batch):
 def probe_step(d: int, groups: int, objective: str = "pg"):
   """The probe train step on a batch of ``groups`` prompts x ``GROUP_SIZE`` candidates.
 
-  ``objective="pg"``: the step :func:`~jaxweights.q_probe.train_probe` compiles
+  ``objective="pg"``: the step :func:`~jaxweights.families.q_probe.probe.train_probe` compiles
   for L_PG (softmax(Q) over each prompt's candidates weights its rewards);
   ``"mse"``: L_Q on the same batch, every candidate weighted alike (per group,
   the mean of the candidates' squared errors: with every candidate real, the
@@ -181,15 +183,16 @@ def probe_step(d: int, groups: int, objective: str = "pg"):
   if objective == "pg":
     loss_fn = lambda m, b: jaxweights.LossOutput(q_probe.pg_loss(m(b["x"]), b["r"]), b["mask"])
   elif objective == "mse":
-    loss_fn = lambda m, b: jaxweights.LossOutput(
-        q_probe.mse_loss(m(b["x"]), b["r"]).mean(axis=1), b["mask"])
+    loss_fn = lambda m, b: jaxweights.LossOutput(q_probe.mse_loss(m(b["x"]), b["r"]).mean(axis=1), b["mask"])
   else:
     raise ValueError(f"objective must be 'pg' or 'mse', got {objective!r}.")
   step = jaxweights.make_train_step(graphdef, loss_fn, tx)
   rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.standard_normal((groups, GROUP_SIZE, d), dtype=np.float32)),
-           "r": jnp.asarray((rng.random((groups, GROUP_SIZE)) < 0.3).astype(np.float32)),
-           "mask": jnp.ones(groups, bool)}
+  batch = {
+    "x": jnp.asarray(rng.standard_normal((groups, GROUP_SIZE, d), dtype=np.float32)),
+    "r": jnp.asarray((rng.random((groups, GROUP_SIZE)) < 0.3).astype(np.float32)),
+    "mask": jnp.ones(groups, bool),
+  }
   return step, state, batch, jaxweights.count_params(probe)
 
 
@@ -225,7 +228,7 @@ class TorchPG:
       groups = q_probe.pg_groups(self.prompt_ids, GROUP_SIZE, seed=self.seed, epoch=epoch)
       order = np.random.default_rng((self.seed, epoch, 1)).permutation(len(groups))
       for start in range(0, len(order), per_step):
-        idx = torch.from_numpy(groups[order[start:start + per_step]])
+        idx = torch.from_numpy(groups[order[start : start + per_step]])
         self._step(lin, opt, idx)
     return lin
 
@@ -247,7 +250,7 @@ class TorchPG:
     lin = self.train(0)
     opt = self.torch.optim.AdamW(lin.parameters(), lr=LEARNING_RATE)
     groups = q_probe.pg_groups(self.prompt_ids, GROUP_SIZE, seed=self.seed, epoch=0)
-    idx = self.torch.from_numpy(groups[:BATCH_SIZE // GROUP_SIZE])
+    idx = self.torch.from_numpy(groups[: BATCH_SIZE // GROUP_SIZE])
     x, r = self.features[idx], self.rewards[idx]
     self._update(lin, opt, x, r)  # AdamW state exists before the profiled step
     return _torch_peak_bytes(self.torch, lambda: self._update(lin, opt, x, r))
@@ -260,30 +263,41 @@ def measure_train(case: Case, settings: Settings, quick: bool) -> list[dict]:
   e = size["measured_epochs"]
 
   def ours(epochs):
-    return q_probe.train_probe(features, rewards, prompt_ids, objective="pg", epochs=epochs,
-                               learning_rate=LEARNING_RATE, weight_decay=0.0,
-                               batch_size=BATCH_SIZE, group_size=GROUP_SIZE, seed=0)
+    return q_probe.train_probe(
+      features,
+      rewards,
+      prompt_ids,
+      objective="pg",
+      epochs=epochs,
+      learning_rate=LEARNING_RATE,
+      weight_decay=0.0,
+      batch_size=BATCH_SIZE,
+      group_size=GROUP_SIZE,
+      seed=0,
+    )
 
   peer = TorchPG(torch, features, rewards, prompt_ids)
   # Same numbers? Both loops from the same initial probe over the same batches.
   theirs = peer.train(e)
   mine = ours(e).probe
-  theta = np.r_[np.asarray(mine.layers[0].kernel.get_value())[:, 0],
-                np.asarray(mine.layers[0].bias.get_value())]
+  theta = np.r_[
+    np.asarray(mine.layers[0].kernel.get_value())[:, 0], np.asarray(mine.layers[0].bias.get_value())
+  ]
   theta_t = np.r_[theirs.weight.detach().numpy()[0], theirs.bias.detach().numpy()]
   max_rel_diff = float(np.max(np.abs(theta - theta_t)) / np.max(np.abs(theta)))
 
   calls = {
-      "jax 1": lambda: ours(1), f"jax {1 + e}": lambda: ours(1 + e),
-      "torch 1": lambda: peer.train(1), f"torch {1 + e}": lambda: peer.train(1 + e),
+    "jax 1": lambda: ours(1),
+    f"jax {1 + e}": lambda: ours(1 + e),
+    "torch 1": lambda: peer.train(1),
+    f"torch {1 + e}": lambda: peer.train(1 + e),
   }
   s = _interleaved(calls, settings.repeats)
   # jaxweights compiles inside every train_probe call: the difference removes
   # it (if timing noise makes it non-positive, the plain average is used and
   # the note says so). Torch compiles nothing: its average over 1 + e epochs.
   diff = (s[f"jax {1 + e}"] - s["jax 1"]) / e
-  how = {PLAIN: f"(t({1 + e} epochs) - t(1 epoch)) / {e}",
-         TORCH: f"t({1 + e} epochs) / {1 + e}"}
+  how = {PLAIN: f"(t({1 + e} epochs) - t(1 epoch)) / {e}", TORCH: f"t({1 + e} epochs) / {1 + e}"}
   if diff <= 0:
     diff = s[f"jax {1 + e}"] / (1 + e)
     how[PLAIN] = f"t({1 + e} epochs) / {1 + e} (the difference was not positive: noise)"
@@ -294,21 +308,36 @@ def measure_train(case: Case, settings: Settings, quick: bool) -> list[dict]:
   steps_per_epoch = int(np.ceil(len(prompt_ids) // GROUP_SIZE / (BATCH_SIZE // GROUP_SIZE)))
   data = {}
   for m in (PLAIN, TORCH):
-    note = (f"{EPOCHS} epochs ≈ {est[m]:.1f} s EXTRAPOLATED from {1 + e} measured epochs "
-            f"(per-epoch = {how[m]}; 1 epoch incl. "
-            f"{'compilation' if m == PLAIN else 'setup'} = {first[m]:.2f} s); step ms = one "
-            f"epoch of {steps_per_epoch} steps")
+    note = (
+      f"{EPOCHS} epochs ≈ {est[m]:.1f} s EXTRAPOLATED from {1 + e} measured epochs "
+      f"(per-epoch = {how[m]}; 1 epoch incl. "
+      f"{'compilation' if m == PLAIN else 'setup'} = {first[m]:.2f} s); step ms = one "
+      f"epoch of {steps_per_epoch} steps"
+    )
     if m == TORCH:
-      note += (f"; torch / jaxweights per epoch = {per_epoch[TORCH] / per_epoch[PLAIN]:.2f}x; "
-               f"probes after {e} epochs agree to {max_rel_diff:.1e} rel")
-    data[m] = {"s": per_epoch[m], "peak": peaks[m], "extra": {
-        "epochs": EPOCHS, "measured_epochs": e, "extrapolated": True,
-        "est_total_s": est[m], "first_epoch_s": first[m], "max_rel_diff_theta": max_rel_diff,
-        "note": note}}
+      note += (
+        f"; torch / jaxweights per epoch = {per_epoch[TORCH] / per_epoch[PLAIN]:.2f}x; "
+        f"probes after {e} epochs agree to {max_rel_diff:.1e} rel"
+      )
+    data[m] = {
+      "s": per_epoch[m],
+      "peak": peaks[m],
+      "extra": {
+        "epochs": EPOCHS,
+        "measured_epochs": e,
+        "extrapolated": True,
+        "est_total_s": est[m],
+        "first_epoch_s": first[m],
+        "max_rel_diff_theta": max_rel_diff,
+        "note": note,
+      },
+    }
   n, d = size["n"], size["d"]
   model = f"linear probe {d} -> 1 (L_PG, AdamW lr {LEARNING_RATE})"
-  batch = (f"{n}x{d} f32 ({n // size['per_prompt']} prompts x {size['per_prompt']}), "
-           f"{BATCH_SIZE // GROUP_SIZE} groups of {GROUP_SIZE}/step, per epoch")
+  batch = (
+    f"{n}x{d} f32 ({n // size['per_prompt']} prompts x {size['per_prompt']}), "
+    f"{BATCH_SIZE // GROUP_SIZE} groups of {GROUP_SIZE}/step, per epoch"
+  )
   return _rows(case, settings, data, _device(torch), model, batch)
 
 
@@ -322,7 +351,7 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
   p, d = size["prompts"], size["d"]
   if p * K > len(features):
     raise ValueError(f"{p} prompts x {K} candidates exceed the {len(features)} features.")
-  feats = features[:p * K].reshape(p, K, d)  # a view of the training features
+  feats = features[: p * K].reshape(p, K, d)  # a view of the training features
   probe = q_probe.Probe(d, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(probe)
 
@@ -332,8 +361,7 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
 
   x = jnp.asarray(feats)
   key = jax.random.key(0)
-  compiled = jax.jit(select).lower(params, x, key).compile(
-      QUICK_COMPILER_OPTIONS if quick else None)
+  compiled = jax.jit(select).lower(params, x, key).compile(QUICK_COMPILER_OPTIONS if quick else None)
   ours = lambda: jax.block_until_ready(compiled(params, x, key))
 
   kernel = torch.from_numpy(np.asarray(probe.layers[0].kernel.get_value())[:, 0].copy())
@@ -347,7 +375,7 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
       return torch.multinomial(torch.softmax(q / BETA, dim=1), 1, generator=gen)[:, 0]
 
   # Same distribution? Compare the selection weights, not the (random) draws.
-  w = np.asarray(q_probe.selection_weights(nnx.merge(graphdef, params)(x), BETA))
+  w = np.asarray(q_probe.qprobe_weights(nnx.merge(graphdef, params)(x), BETA))
   with torch.no_grad():
     w_t = torch.softmax((xt @ kernel + bias) / BETA, dim=1).numpy()
   max_abs_diff = float(np.max(np.abs(w - w_t)))
@@ -360,7 +388,7 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
   ours()
   once = time.perf_counter() - once
   n = max(1, int(np.ceil(settings.min_repeat_s / max(once, 1e-9))))
-  loop = lambda fn: (lambda: [fn() for _ in range(n)])
+  loop = lambda fn: lambda: [fn() for _ in range(n)]
   s = _interleaved({PLAIN: loop(ours), TORCH: loop(theirs)}, settings.repeats)
   s = {m: v / n for m, v in s.items()}
 
@@ -372,10 +400,15 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
     rate = p * K / s[m]
     note = f"{rate / 1e6:.2f}M candidates/s"
     if m == TORCH:
-      note += (f"; torch / jaxweights time = {s[TORCH] / s[PLAIN]:.2f}x; selection weights "
-               f"agree to {max_abs_diff:.1e}")
-    data[m] = {"s": s[m], "peak": peaks[m], "extra": {
-        "candidates_per_s": rate, "max_abs_diff_weights": max_abs_diff, "note": note}}
+      note += (
+        f"; torch / jaxweights time = {s[TORCH] / s[PLAIN]:.2f}x; selection weights "
+        f"agree to {max_abs_diff:.1e}"
+      )
+    data[m] = {
+      "s": s[m],
+      "peak": peaks[m],
+      "extra": {"candidates_per_s": rate, "max_abs_diff_weights": max_abs_diff, "note": note},
+    }
   model = f"linear probe {d} -> 1, softmax(Q / {BETA}) + one draw per prompt"
   batch = f"{p} prompts x k={K} x {d} f32 ({p * K} candidates)"
   rows = _rows(case, settings, data, _device(torch), model, batch)
@@ -389,12 +422,15 @@ def measure_select(case: Case, settings: Settings, quick: bool) -> list[dict]:
 
 def _registry(with_torch: bool) -> list[Case]:
   if not with_torch:
-    print(f"[benchmarks] {TRAIN_CASE} and {SELECT_CASE} left out: torch is not importable "
-          "(pip install 'jaxweights[peers]').", file=sys.stderr)
+    print(
+      f"[benchmarks] {TRAIN_CASE} and {SELECT_CASE} left out: torch is not importable "
+      "(pip install 'jaxweights[peers]').",
+      file=sys.stderr,
+    )
     return []
   return [
-      Case(TRAIN_CASE, build=lambda quick: None, measure=measure_train),
-      Case(SELECT_CASE, build=lambda quick: None, measure=measure_select),
+    Case(TRAIN_CASE, build=lambda quick: None, measure=measure_train),
+    Case(SELECT_CASE, build=lambda quick: None, measure=measure_select),
   ]
 
 

@@ -17,7 +17,7 @@ for the batch at the current parameters, against the plain train step
   Gaussian probes) are shown beside them for contrast, with no target.
 
 PRESENCE rows time the whole weighted step (norms, weights and the weighted
-update; ``make_train_step(..., weighting=presence(tau=-1.0))``):
+update; ``make_train_step(..., weighting=presence_weighting(tau=-1.0))``):
 
 * ``self_influence/presence_lm`` and ``self_influence/presence_ffn``: the
   per-sample and the microbatch (``microbatches=8``) modes, both using the
@@ -52,8 +52,8 @@ from flax import nnx
 
 import jaxweights
 from benchmarks.harness import PLAIN, Case, Settings, Setup, meets_target
-from jaxweights.grad_norms import per_sample_grad_norms
-from jaxweights.self_influence import presence
+from jaxweights.families.self_influence.grad_norms import per_sample_grad_norms
+from jaxweights.families.self_influence.presence import presence_weighting
 
 LEARNING_RATE = 3e-4
 JVP_PROBES = 8
@@ -65,7 +65,7 @@ TAU = -1.0
 NORMS_TIME_TARGET = 1.5
 NORMS_MEMORY_TARGET = 1.2
 PRESENCE_TIME_TARGET = 1.3
-LLAMA_NORMS_TIME_TARGET = 1.3    # a bring-your-own-model decoder: ghost norms vs the plain step
+LLAMA_NORMS_TIME_TARGET = 1.3  # a bring-your-own-model decoder: ghost norms vs the plain step
 LLAMA_NORMS_MEMORY_TARGET = 1.2
 
 GHOST = "ghost norms (exact)"
@@ -74,8 +74,7 @@ PRESENCE_MB = f"presence microbatches={MICROBATCHES} (ghost, book-keeping)"
 PRESENCE_2BWD = "presence (ghost norms + 2nd backward)"
 PEER_CASE = "self_influence/opacus_ffn"
 OPACUS_GHOST = (
-    "opacus ghost norms (GradSampleModuleFastGradientClipping, "
-    "use_ghost_clipping=True: fwd + 1 bwd)"
+  "opacus ghost norms (GradSampleModuleFastGradientClipping, use_ghost_clipping=True: fwd + 1 bwd)"
 )
 
 
@@ -94,7 +93,7 @@ def _mlp_loss(model, batch):
 
 # Quick mode (tests): compile time, not run time, dominates, so one small layer.
 QUICK_LM = jaxweights.TransformerConfig.tiny(
-    vocab_size=128, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16
+  vocab_size=128, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16
 )
 
 
@@ -110,22 +109,22 @@ def _lm(quick: bool):
 
 def _token_case(model, cfg, batch_size, seq_len, prefix):
   """(model, loss_fn, batch, model name, batch description) on random next-token data."""
-  tokens = np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32
-  )
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   name = (
-      f"{prefix}{cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
-      f"{jaxweights.count_params(model) / 1e6:.2f}M params)"
+    f"{prefix}{cfg.n_layers}x{cfg.d_model}, vocab {cfg.vocab_size}, "
+    f"{jaxweights.count_params(model) / 1e6:.2f}M params)"
   )
   return model, _lm_loss, batch, name, f"{batch_size}x{seq_len} tokens"
 
 
 # The Llama-style decoder (stock NNX layers, nnx.scan-stacked blocks, tied embedding).
-LLAMA = jaxweights.LlamaConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4,
-                               d_ff=688, max_len=256, scan=True, tied=True)
-QUICK_LLAMA = jaxweights.LlamaConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=2,
-                                     d_ff=48, max_len=16, scan=True, tied=True)
+LLAMA = jaxweights.LlamaConfig(
+  vocab_size=4096, d_model=256, n_layers=4, n_heads=4, d_ff=688, max_len=256, scan=True, tied=True
+)
+QUICK_LLAMA = jaxweights.LlamaConfig(
+  vocab_size=128, d_model=32, n_layers=2, n_heads=2, d_ff=48, max_len=16, scan=True, tied=True
+)
 
 
 def _llama(quick: bool):
@@ -146,8 +145,8 @@ def _mlp(quick: bool):
   model = jaxweights.MLP(in_features, hidden, classes, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   batch = {
-      "x": jnp.asarray(rng.standard_normal((batch_size, in_features), np.float32)),
-      "y": jnp.asarray(rng.integers(0, classes, (batch_size,), dtype=np.int32)),
+    "x": jnp.asarray(rng.standard_normal((batch_size, in_features), np.float32)),
+    "y": jnp.asarray(rng.integers(0, classes, (batch_size,), dtype=np.int32)),
   }
   sizes = "->".join(str(s) for s in sizes)
   name = f"MLP {sizes} ({jaxweights.count_params(model) / 1e3:.1f}k params)"
@@ -161,7 +160,7 @@ def norms_fn(graphdef, loss_fn, **norm_kwargs):
   """
 
   def norms(state, batch):
-    model = nnx.merge(graphdef, state.params, state.rest)
+    model = nnx.merge(graphdef, state.params, state.model_vars)
     key = jax.random.fold_in(state.key, 1)
     return per_sample_grad_norms(loss_fn, model, batch, key=key, **norm_kwargs).total
 
@@ -176,13 +175,11 @@ def _norms_setup(model, loss_fn, batch, name, batch_desc, chunk) -> Setup:
   graphdef, state = jaxweights.init_train_state(model, tx)
   plain = jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=None)
   methods = {
-      GHOST: norms_fn(graphdef, loss_fn, method="ghost"),
-      f"vmap(grad) norms (exact, chunk {chunk})": norms_fn(
-          graphdef, loss_fn, method="vmap", chunk_size=chunk
-      ),
-      f"jvp norms ({JVP_PROBES} probes, estimate)": norms_fn(
-          graphdef, loss_fn, method="jvp", num_probes=JVP_PROBES
-      ),
+    GHOST: norms_fn(graphdef, loss_fn, method="ghost"),
+    f"vmap(grad) norms (exact, chunk {chunk})": norms_fn(graphdef, loss_fn, method="vmap", chunk_size=chunk),
+    f"jvp norms ({JVP_PROBES} probes, estimate)": norms_fn(
+      graphdef, loss_fn, method="jvp", num_probes=JVP_PROBES
+    ),
   }
   return Setup(plain, methods, state, batch, name, batch_desc)
 
@@ -210,12 +207,15 @@ def jax_privacy_norms_fn(graphdef, loss_fn, microbatch_size: int):
     return jnp.sum(loss_fn(model, example).loss)
 
   grad_fn = clipping.clipped_grad(
-      example_loss, l2_clip_norm=jnp.inf, return_grad_norms=True,
-      microbatch_size=microbatch_size, batch_argnums=1,
+    example_loss,
+    l2_clip_norm=jnp.inf,
+    return_grad_norms=True,
+    microbatch_size=microbatch_size,
+    batch_argnums=1,
   )
 
   def norms(state, batch):
-    _, aux = grad_fn(state.params, batch, state.rest)
+    _, aux = grad_fn(state.params, batch, state.model_vars)
     return jnp.square(aux.grad_norms)
 
   return jax.jit(norms)
@@ -234,13 +234,15 @@ def build_norms_llama(quick: bool) -> Setup:
   setup = _norms_setup(*_llama(quick), chunk=LM_VMAP_CHUNK)
   model, loss_fn, *_ = _llama(quick)
   graphdef = nnx.split(model, nnx.Param, ...)[0]
-  setup.weighted_steps[GHOST_CHUNKED] = norms_fn(
-      graphdef, loss_fn, method="ghost", chunk_size=LM_VMAP_CHUNK)
+  setup.weighted_steps[GHOST_CHUNKED] = norms_fn(graphdef, loss_fn, method="ghost", chunk_size=LM_VMAP_CHUNK)
   if jax_privacy_available():
     setup.weighted_steps[JAX_PRIVACY] = jax_privacy_norms_fn(graphdef, loss_fn, LM_VMAP_CHUNK)
   else:
-    print("[benchmarks] the jax-privacy row of self_influence/norms_llama is left out: "
-          "jax_privacy is not importable (pip install 'jaxweights[peers]').", file=sys.stderr)
+    print(
+      "[benchmarks] the jax-privacy row of self_influence/norms_llama is left out: "
+      "jax_privacy is not importable (pip install 'jaxweights[peers]').",
+      file=sys.stderr,
+    )
   return setup
 
 
@@ -256,9 +258,9 @@ def _presence_setup(model, loss_fn, batch, name, batch_desc) -> Setup:
   graphdef, state = jaxweights.init_train_state(model, tx)
   step = lambda w: jaxweights.make_train_step(graphdef, loss_fn, tx, weighting=w)
   methods = {
-      PRESENCE: step(presence(tau=TAU)),
-      PRESENCE_MB: step(presence(tau=TAU, microbatches=MICROBATCHES)),
-      PRESENCE_2BWD: step(presence(tau=TAU, bookkeeping="never")),
+    PRESENCE: step(presence_weighting(tau=TAU)),
+    PRESENCE_MB: step(presence_weighting(tau=TAU, microbatches=MICROBATCHES)),
+    PRESENCE_2BWD: step(presence_weighting(tau=TAU, bookkeeping="never")),
   }
   return Setup(step(None), methods, state, batch, name, batch_desc)
 
@@ -274,7 +276,8 @@ def build_presence_llama(quick: bool) -> Setup:
   tx = optax.adamw(LEARNING_RATE)
   graphdef, _ = jaxweights.init_train_state(model, tx)
   setup.weighted_steps[PRESENCE_CHUNKED] = jaxweights.make_train_step(
-      graphdef, loss_fn, tx, weighting=presence(tau=TAU, chunk_size=LM_VMAP_CHUNK))
+    graphdef, loss_fn, tx, weighting=presence_weighting(tau=TAU, chunk_size=LM_VMAP_CHUNK)
+  )
   return setup
 
 
@@ -304,8 +307,10 @@ def _torch_peak_bytes(torch, fn) -> int:
   from torch.profiler._memory_profiler import Action
 
   with profile(
-      activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-      with_stack=True,
+    activities=[ProfilerActivity.CPU],
+    profile_memory=True,
+    record_shapes=True,
+    with_stack=True,
   ) as prof:
     fn()
   live = peak = 0
@@ -348,7 +353,7 @@ def measure_opacus_mlp(case: Case, settings: Settings, quick: bool) -> list[dict
   net = torch.nn.Sequential(*layers[:-1])
   ghost_net = copy.deepcopy(net)  # the hooks go on this copy only
   gsm = GradSampleModuleFastGradientClipping(
-      ghost_net, loss_reduction="sum", use_ghost_clipping=True, max_grad_norm=1.0
+    ghost_net, loss_reduction="sum", use_ghost_clipping=True, max_grad_norm=1.0
   )
   opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE)
   x = torch.from_numpy(np.asarray(batch["x"]).copy())
@@ -372,10 +377,10 @@ def measure_opacus_mlp(case: Case, settings: Settings, quick: bool) -> list[dict
   max_rel_diff = float(np.max(np.abs(theirs - ours) / np.maximum(ours, 1e-12)))
 
   calls = {
-      PLAIN: torch_plain,
-      OPACUS_GHOST: opacus_ghost,
-      "jax plain": lambda: jax.block_until_ready(jax_plain(state, batch)),
-      "jax ghost": lambda: jax.block_until_ready(jax_ghost(state, batch)),
+    PLAIN: torch_plain,
+    OPACUS_GHOST: opacus_ghost,
+    "jax plain": lambda: jax.block_until_ready(jax_plain(state, batch)),
+    "jax ghost": lambda: jax.block_until_ready(jax_ghost(state, batch)),
   }
   for fn in calls.values():
     for _ in range(settings.warmup + 1):
@@ -399,8 +404,7 @@ def measure_opacus_mlp(case: Case, settings: Settings, quick: bool) -> list[dict
   peak = {m: _torch_peak_bytes(torch, calls[m]) for m in (PLAIN, OPACUS_GHOST)}
 
   device = (
-      f"cpu (torch {torch.__version__}, {threads} threads, "
-      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"
+    f"cpu (torch {torch.__version__}, {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"
   )
   torch_name = f"torch {name}"
   rows = []
@@ -409,37 +413,39 @@ def measure_opacus_mlp(case: Case, settings: Settings, quick: bool) -> list[dict
     memory_ratio = peak[m] / peak[PLAIN]
     target_time, target_memory = case.targets_for(m)
     row = {
-        "benchmark": case.name,
-        "method": m,
-        "time_ratio_vs_plain": time_ratio,
-        "peak_memory_ratio_vs_plain": memory_ratio,
-        "plain_step_ms": ms[PLAIN],
-        "step_ms": ms[m],
-        "plain_peak_memory_bytes": peak[PLAIN],
-        "peak_memory_bytes": peak[m],
-        "device": device,
-        "model": torch_name,
-        "batch": batch_desc,
-        "repeats": settings.repeats,
-        "calls_per_repeat": n,
-        "target_time_ratio": target_time,
-        "target_memory_ratio": target_memory,
-        "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
+      "benchmark": case.name,
+      "method": m,
+      "time_ratio_vs_plain": time_ratio,
+      "peak_memory_ratio_vs_plain": memory_ratio,
+      "plain_step_ms": ms[PLAIN],
+      "step_ms": ms[m],
+      "plain_peak_memory_bytes": peak[PLAIN],
+      "peak_memory_bytes": peak[m],
+      "device": device,
+      "model": torch_name,
+      "batch": batch_desc,
+      "repeats": settings.repeats,
+      "calls_per_repeat": n,
+      "target_time_ratio": target_time,
+      "target_memory_ratio": target_memory,
+      "meets_target": meets_target(target_time, target_memory, time_ratio, memory_ratio),
     }
     if m == OPACUS_GHOST:
       ratio = ms[OPACUS_GHOST] / ms["jax ghost"]
-      row.update({
+      row.update(
+        {
           "jaxweights_ghost_ms": ms["jax ghost"],
           "jaxweights_plain_step_ms": ms["jax plain"],
           "opacus_ghost_vs_jaxweights_ghost_time": ratio,
           "max_rel_diff_vs_jaxweights_sq_norms": max_rel_diff,
           "note": (
-              f"opacus ghost / jaxweights ghost time = {ratio:.2f}x "
-              f"(jaxweights ghost {ms['jax ghost']:.2f} ms, jax plain step "
-              f"{ms['jax plain']:.2f} ms, same rounds); squared norms agree to "
-              f"{max_rel_diff:.1e} rel."
+            f"opacus ghost / jaxweights ghost time = {ratio:.2f}x "
+            f"(jaxweights ghost {ms['jax ghost']:.2f} ms, jax plain step "
+            f"{ms['jax plain']:.2f} ms, same rounds); squared norms agree to "
+            f"{max_rel_diff:.1e} rel."
           ),
-      })
+        }
+      )
     else:
       row["note"] = "fwd, mean CE, bwd, AdamW (torch eager)"
     rows.append(row)
@@ -452,54 +458,54 @@ def measure_opacus_mlp(case: Case, settings: Settings, quick: bool) -> list[dict
 def _registry(with_peers: bool) -> list[Case]:
   """The cases; the peer case only ``with_peers`` (else a note on stderr)."""
   cases = [
-      Case(
-          "self_influence/norms_lm",
-          build_norms_lm,
-          target_time_ratio=NORMS_TIME_TARGET,
-          target_memory_ratio=NORMS_MEMORY_TARGET,
-          target_methods=(GHOST,),
-      ),
-      Case(
-          "self_influence/norms_llama",
-          build_norms_llama,
-          target_time_ratio=LLAMA_NORMS_TIME_TARGET,
-          target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
-          target_methods=(GHOST, GHOST_CHUNKED),
-      ),
-      Case(
-          "self_influence/presence_llama",
-          build_presence_llama,
-          target_time_ratio=PRESENCE_TIME_TARGET,
-          target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
-          target_methods=(PRESENCE, PRESENCE_MB, PRESENCE_CHUNKED),
-      ),
-      Case(
-          "self_influence/norms_ffn",
-          build_norms_mlp,
-          target_time_ratio=NORMS_TIME_TARGET,
-          target_memory_ratio=NORMS_MEMORY_TARGET,
-          target_methods=(GHOST,),
-      ),
-      Case(
-          "self_influence/presence_lm",
-          build_presence_lm,
-          target_time_ratio=PRESENCE_TIME_TARGET,
-          target_methods=(PRESENCE, PRESENCE_MB),
-      ),
-      Case(
-          "self_influence/presence_ffn",
-          build_presence_mlp,
-          target_time_ratio=PRESENCE_TIME_TARGET,
-          target_methods=(PRESENCE, PRESENCE_MB),
-      ),
+    Case(
+      "self_influence/norms_lm",
+      build_norms_lm,
+      target_time_ratio=NORMS_TIME_TARGET,
+      target_memory_ratio=NORMS_MEMORY_TARGET,
+      target_methods=(GHOST,),
+    ),
+    Case(
+      "self_influence/norms_llama",
+      build_norms_llama,
+      target_time_ratio=LLAMA_NORMS_TIME_TARGET,
+      target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
+      target_methods=(GHOST, GHOST_CHUNKED),
+    ),
+    Case(
+      "self_influence/presence_llama",
+      build_presence_llama,
+      target_time_ratio=PRESENCE_TIME_TARGET,
+      target_memory_ratio=LLAMA_NORMS_MEMORY_TARGET,
+      target_methods=(PRESENCE, PRESENCE_MB, PRESENCE_CHUNKED),
+    ),
+    Case(
+      "self_influence/norms_ffn",
+      build_norms_mlp,
+      target_time_ratio=NORMS_TIME_TARGET,
+      target_memory_ratio=NORMS_MEMORY_TARGET,
+      target_methods=(GHOST,),
+    ),
+    Case(
+      "self_influence/presence_lm",
+      build_presence_lm,
+      target_time_ratio=PRESENCE_TIME_TARGET,
+      target_methods=(PRESENCE, PRESENCE_MB),
+    ),
+    Case(
+      "self_influence/presence_ffn",
+      build_presence_mlp,
+      target_time_ratio=PRESENCE_TIME_TARGET,
+      target_methods=(PRESENCE, PRESENCE_MB),
+    ),
   ]
   if with_peers:
     cases.append(Case(PEER_CASE, build=lambda quick: None, measure=measure_opacus_mlp))
   else:
     print(
-        f"[benchmarks] {PEER_CASE} left out: torch and opacus are not importable "
-        "(pip install 'jaxweights[peers]').",
-        file=sys.stderr,
+      f"[benchmarks] {PEER_CASE} left out: torch and opacus are not importable "
+      "(pip install 'jaxweights[peers]').",
+      file=sys.stderr,
     )
   return cases
 

@@ -2,21 +2,21 @@
 
 Each row times a whole train step of the *same* score network, optimiser (Adam)
 and batch against the plain DSM step (``make_train_step(..., weighting=None)``
-with :func:`jaxweights.diffusion.dsm_loss_fn`). The batch carries the noise draw
+with :func:`jaxweights.substrates.diffusion.dsm_loss_fn`). The batch carries the noise draw
 (``t``, ``sigma``, ``noise``, drawn on the host), so every step perturbs the
 same samples and the weighted steps' ``prepare`` only evaluates the frozen
 discriminator: the rows measure what TIW-DSM adds, i.e. one discriminator
 forward and one backward wrt its *input* for ``grad_x log w_t``, the weights,
 and the corrected target.
 
-* ``tiw_dsm/digits_unet``: :class:`~jaxweights.diffusion.ScoreUNet` (8x8x1, 64
+* ``tiw_dsm/digits_unet``: :class:`~jaxweights.substrates.diffusion.ScoreUNet` (8x8x1, 64
   channels) with EDM preconditioning, batch 256; discriminator
-  :class:`~jaxweights.density_ratio.TimeDiscriminator` 64 -> 256 x 2 (larger
+  :class:`~jaxweights.families.density_ratio.TimeDiscriminator` 64 -> 256 x 2 (larger
   than the ``tiw_digits`` experiment's 64 x 2, so a conservative case). Target (from the
   issue): TIW-DSM <= 1.6x the plain step's time and <= 1.3x its peak memory.
   ``weight-only`` (no input gradient) and ``iw_dsm`` (time-independent weight on
   ``x_0``) are shown for contrast, with no target (and left out in quick mode).
-* ``tiw_dsm/gmm_mlp``: :class:`~jaxweights.diffusion.ScoreMLP` 2 -> 128 x 3 and a
+* ``tiw_dsm/gmm_mlp``: :class:`~jaxweights.substrates.diffusion.ScoreMLP` 2 -> 128 x 3 and a
   TimeDiscriminator 2 -> 128 x 2 of the same depth, batch 512 (the ``tiw_gmm``
   experiment). A step this small shows the fixed cost of a discriminator that
   is as large as the score network; no target.
@@ -49,10 +49,10 @@ def _batch(features_shape, batch_size, edm: df.EDMDiffusion):
   sigma = np.exp(edm.p_mean + edm.p_std * rng.standard_normal(batch_size)).astype(np.float32)
   t = np.clip(np.asarray(edm.sde.t_from_edm_sigma(sigma)), edm.sde.t_min, edm.sde.t_max)
   return {
-      "x": jnp.asarray(x),
-      "t": jnp.asarray(t, jnp.float32),
-      "sigma": jnp.asarray(sigma),
-      "noise": jnp.asarray(rng.standard_normal(x.shape).astype(np.float32)),
+    "x": jnp.asarray(x),
+    "t": jnp.asarray(t, jnp.float32),
+    "sigma": jnp.asarray(sigma),
+    "noise": jnp.asarray(rng.standard_normal(x.shape).astype(np.float32)),
   }
 
 
@@ -62,9 +62,9 @@ def _setup(model, disc, batch, model_name, batch_desc, methods) -> Setup:
   loss_fn = df.dsm_loss_fn(edm)
   ratio_model = dr.RatioModel.from_module(disc)
   weightings = {
-      TIW: dr.tiw_dsm(ratio_model, edm, ref_fraction=REF_FRACTION),
-      WEIGHT_ONLY: dr.tiw_dsm(ratio_model, edm, ref_fraction=REF_FRACTION, correction=False),
-      IW: dr.iw_dsm(ratio_model, edm, ref_fraction=REF_FRACTION),
+    TIW: dr.tiw_dsm_weighting(ratio_model, edm, ref_fraction=REF_FRACTION),
+    WEIGHT_ONLY: dr.tiw_dsm_weighting(ratio_model, edm, ref_fraction=REF_FRACTION, correction=False),
+    IW: dr.iw_dsm_weighting(ratio_model, edm, ref_fraction=REF_FRACTION),
   }
   weightings = {m: weightings[m] for m in methods}
   graphdef, state = jaxweights.init_train_state(model, tx)
@@ -81,8 +81,7 @@ def _methods(quick: bool) -> tuple[str, ...]:
   return (TIW,) if quick else (TIW, WEIGHT_ONLY, IW)
 
 
-def digits_setup(channels: int, hidden: int, batch_size: int,
-                 methods: tuple[str, ...] = (TIW,)) -> Setup:
+def digits_setup(channels: int, hidden: int, batch_size: int, methods: tuple[str, ...] = (TIW,)) -> Setup:
   """The ``digits_unet`` case at any size: ScoreUNet 8x8x1 with ``channels``, a
   TimeDiscriminator 64 -> ``hidden`` x 2, ``batch_size`` images (also used by
   :mod:`benchmarks.family_curves`)."""
@@ -108,7 +107,12 @@ def build_gmm(quick: bool) -> Setup:
 
 
 CASES: list[Case] = [
-    Case("tiw_dsm/digits_unet", build_digits, target_time_ratio=TIME_TARGET,
-         target_memory_ratio=MEMORY_TARGET, target_methods=(TIW,)),
-    Case("tiw_dsm/gmm_mlp", build_gmm),
+  Case(
+    "tiw_dsm/digits_unet",
+    build_digits,
+    target_time_ratio=TIME_TARGET,
+    target_memory_ratio=MEMORY_TARGET,
+    target_methods=(TIW,),
+  ),
+  Case("tiw_dsm/gmm_mlp", build_gmm),
 ]

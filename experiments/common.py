@@ -20,8 +20,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -45,7 +46,7 @@ class Config(dict):
   def __setattr__(self, name: str, value: Any) -> None:
     self[name] = value
 
-  def replace(self, **updates: Any) -> "Config":
+  def replace(self, **updates: Any) -> Config:
     """A copy with ``updates`` applied; unknown fields raise."""
     unknown = set(updates) - set(self)
     if unknown:
@@ -87,11 +88,11 @@ def run_log_path(exp_dir: Path, method: str, seed: int) -> Path:
 
 
 def seeds_loop(
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    run_one: Callable[[str, int], dict[str, float]],
-    *,
-    log: Callable[[str], None] = print,
+  methods: Sequence[str],
+  seeds: Sequence[int],
+  run_one: Callable[[str, int], dict[str, float]],
+  *,
+  log: Callable[[str], None] = print,
 ) -> dict[str, list[dict[str, float]]]:
   """Runs ``run_one(method, seed)`` for every pair, methods outermost.
 
@@ -134,9 +135,9 @@ def aggregate(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str
 
 
 def add_paired_deltas(
-    per_seed: dict[str, list[dict[str, float]]],
-    metric: str,
-    baseline: str = "uniform",
+  per_seed: dict[str, list[dict[str, float]]],
+  metric: str,
+  baseline: str = "uniform",
 ) -> None:
   """Adds ``delta_<metric>`` = method - baseline, per seed (paired by seed).
 
@@ -153,10 +154,10 @@ def add_paired_deltas(
 
 
 def write_summary(
-    exp_dir: str | os.PathLike,
-    experiment: str,
-    config: Mapping[str, Any],
-    metrics: Mapping[str, Mapping[str, float]],
+  exp_dir: str | os.PathLike,
+  experiment: str,
+  config: Mapping[str, Any],
+  metrics: Mapping[str, Mapping[str, float]],
 ) -> Path:
   """Writes ``summary.json`` = ``{"experiment", "config", "metrics"}``."""
   for method, values in metrics.items():
@@ -164,9 +165,9 @@ def write_summary(
       if not isinstance(value, (int, float)):
         raise TypeError(f"metric {method}/{key} is {type(value).__name__}, not a number.")
   payload = {
-      "experiment": experiment,
-      "config": json.loads(json.dumps(dict(config), default=_json_default)),
-      "metrics": {m: {k: float(v) for k, v in vals.items()} for m, vals in metrics.items()},
+    "experiment": experiment,
+    "config": json.loads(json.dumps(dict(config), default=_json_default)),
+    "metrics": {m: {k: float(v) for k, v in vals.items()} for m, vals in metrics.items()},
   }
   path = Path(exp_dir) / "summary.json"
   path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
@@ -188,15 +189,15 @@ def fmt(mean: float, std: float | None = None, digits: int = 4) -> str:
 
 
 def markdown_table(
-    metrics: Mapping[str, Mapping[str, float]],
-    columns: Sequence[tuple[str, str]],
-    *,
-    digits: int = 4,
+  metrics: Mapping[str, Mapping[str, float]],
+  columns: Sequence[tuple[str, str]],
+  *,
+  digits: int = 4,
 ) -> str:
   """A markdown table: one row per method, ``columns = [(metric, header)]``."""
   lines = [
-      "| method | " + " | ".join(h for _, h in columns) + " |",
-      "|---|" + "---|" * len(columns),
+    "| method | " + " | ".join(h for _, h in columns) + " |",
+    "|---|" + "---|" * len(columns),
   ]
   for method, values in metrics.items():
     cells = []
@@ -210,15 +211,15 @@ def markdown_table(
 
 
 def write_table(
-    exp_dir: str | os.PathLike,
-    title: str,
-    metrics: Mapping[str, Mapping[str, float]] | None = None,
-    columns: Sequence[tuple[str, str]] = (),
-    *,
-    intro: str = "",
-    blocks: Sequence[str] = (),
-    notes: Sequence[str] = (),
-    digits: int = 4,
+  exp_dir: str | os.PathLike,
+  title: str,
+  metrics: Mapping[str, Mapping[str, float]] | None = None,
+  columns: Sequence[tuple[str, str]] = (),
+  *,
+  intro: str = "",
+  blocks: Sequence[str] = (),
+  notes: Sequence[str] = (),
+  digits: int = 4,
 ) -> Path:
   """Writes ``table.md``: title, intro, the metrics table, extra blocks, notes.
 
@@ -269,24 +270,21 @@ def curve(records: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray,
 
 
 def read_curves(
-    exp_dir: Path, methods: Sequence[str], seeds: Sequence[int], key: str
+  exp_dir: Path, methods: Sequence[str], seeds: Sequence[int], key: str
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
   """``{method: [(steps, values) per seed]}`` from the runs' JSON-lines logs."""
-  return {
-      m: [curve(jaxweights.read_jsonl(run_log_path(exp_dir, m, s)), key) for s in seeds]
-      for m in methods
-  }
+  return {m: [curve(jaxweights.read_jsonl(run_log_path(exp_dir, m, s)), key) for s in seeds] for m in methods}
 
 
 def plot_curves(
-    path: str | os.PathLike,
-    curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-    *,
-    ylabel: str,
-    title: str,
-    xlabel: str = "step",
-    logy: bool = False,
-    hline: tuple[float, str] | None = None,
+  path: str | os.PathLike,
+  curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+  *,
+  ylabel: str,
+  title: str,
+  xlabel: str = "step",
+  logy: bool = False,
+  hline: tuple[float, str] | None = None,
 ) -> Path:
   """Mean line and a +-std band per method over seeds; saved as a PNG.
 
@@ -328,8 +326,7 @@ def plot_curves(
   return path
 
 
-def finish(exp_dir, experiment: str, config, metrics, runtime: float, log=print,
-           **facts) -> dict:
+def finish(exp_dir, experiment: str, config, metrics, runtime: float, log=print, **facts) -> dict:
   """Writes ``summary.json`` (config + ``facts``), logs, and returns the summary read back."""
   summary_config = config.to_json()
   summary_config.update(facts)
@@ -338,8 +335,16 @@ def finish(exp_dir, experiment: str, config, metrics, runtime: float, log=print,
   return read_summary(Path(exp_dir) / "summary.json")
 
 
-def paired_verdicts(metrics, metric: str, n: int, *, baseline: str = "uniform",
-                    words=("better", "worse"), spec: str = "+.4g", std_spec: str = ".2g") -> list[str]:
+def paired_verdicts(
+  metrics,
+  metric: str,
+  n: int,
+  *,
+  baseline: str = "uniform",
+  words=("better", "worse"),
+  spec: str = "+.4g",
+  std_spec: str = ".2g",
+) -> list[str]:
   """``"method delta ± std (word)"`` per method for the paired ``delta_<metric>``.
 
   The rule every experiment uses: a difference counts only when
@@ -361,10 +366,10 @@ def paired_verdicts(metrics, metric: str, n: int, *, baseline: str = "uniform",
   return parts
 
 
-def config_getter(configs: Mapping[str, Callable[[], "Config"]]) -> Callable[[str], "Config"]:
+def config_getter(configs: Mapping[str, Callable[[], Config]]) -> Callable[[str], Config]:
   """``get_config(name)`` over an experiment's ``{name: config function}``."""
 
-  def get_config(name: str = "quick") -> "Config":
+  def get_config(name: str = "quick") -> Config:
     """The named configuration (``smoke``, ``quick`` or ``full``)."""
     try:
       return configs[name]()
@@ -378,7 +383,7 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
   """The shared CLI: ``--config {smoke,quick,full}``, ``--out DIR`` and multi-process flags.
 
   When the flags (or ``JAXWEIGHTS_*`` environment variables, see
-  :mod:`jaxweights.distributed`) describe several processes, this starts
+  :mod:`jaxweights.runtime.distributed`) describe several processes, this starts
   ``jax.distributed`` before anything touches a device. Every process runs the
   same program on its share of the devices; only process 0 writes to ``--out``
   (the others write to a per-process scratch folder under it).
@@ -386,8 +391,12 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--config", default="quick", choices=CONFIG_NAMES)
   parser.add_argument("--out", default=RESULTS, help="results root (default: results)")
-  parser.add_argument("--checkpoint-every", type=int, default=None,
-                      help="override the config's checkpoint period (experiments that checkpoint)")
+  parser.add_argument(
+    "--checkpoint-every",
+    type=int,
+    default=None,
+    help="override the config's checkpoint period (experiments that checkpoint)",
+  )
   jw_distributed.add_arguments(parser)
   args = parser.parse_args(argv)
   if jw_distributed.initialize_from_args(args) and not jw_distributed.is_main():

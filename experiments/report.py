@@ -26,8 +26,11 @@ CURVES_DIR = "cost_curves"  # <results>/cost_curves/family_curves.{json,md,png}
 def _git_commit() -> str | None:
   try:
     out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        timeout=5, cwd=Path(__file__).resolve().parent,
+      ["git", "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=5,
+      cwd=Path(__file__).resolve().parent,
     )
   except (OSError, subprocess.SubprocessError):
     return None
@@ -44,16 +47,14 @@ def _order(names: list[str]) -> list[str]:
 def build_report(results: str | Path, *, now: datetime.datetime | None = None) -> str:
   """The markdown text of the report over ``results`` (no files are written)."""
   results = Path(results)
-  summaries = {
-      p.parent.name: common.read_summary(p) for p in sorted(results.glob("*/summary.json"))
-  }
+  summaries = {p.parent.name: common.read_summary(p) for p in sorted(results.glob("*/summary.json"))}
   now = now or datetime.datetime.now()
   configs = sorted({str(s.get("config", {}).get("name", "?")) for s in summaries.values()})
   lines = [
-      "# jaxweights experiment report",
-      "",
-      f"- Date: {now:%Y-%m-%d %H:%M}",
-      f"- Config(s): {', '.join(f'`{c}`' for c in configs) or 'none'}",
+    "# jaxweights experiment report",
+    "",
+    f"- Date: {now:%Y-%m-%d %H:%M}",
+    f"- Config(s): {', '.join(f'`{c}`' for c in configs) or 'none'}",
   ]
   commit = _git_commit()
   if commit:
@@ -68,10 +69,10 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
     lines += [f"# {summary.get('experiment', name)}", ""]
     runtime = config.get("runtime_s")
     lines += [
-        f"Config `{config.get('name', '?')}`"
-        + (f", runtime {runtime:.0f}s" if isinstance(runtime, (int, float)) else "")
-        + f"; files in `{name}/`.",
-        "",
+      f"Config `{config.get('name', '?')}`"
+      + (f", runtime {runtime:.0f}s" if isinstance(runtime, (int, float)) else "")
+      + f"; files in `{name}/`.",
+      "",
     ]
     table = exp_dir / "table.md"
     if table.exists():
@@ -83,14 +84,14 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
     for png in sorted(exp_dir.glob("*.png")):
       lines += [f"![{name}: {png.stem}]({name}/{png.name})", ""]
     lines += [
-        "<details><summary>config</summary>",
-        "",
-        "```json",
-        json.dumps(config, indent=1, sort_keys=True),
-        "```",
-        "",
-        "</details>",
-        "",
+      "<details><summary>config</summary>",
+      "",
+      "```json",
+      json.dumps(config, indent=1, sort_keys=True),
+      "```",
+      "",
+      "</details>",
+      "",
     ]
   lines += cost_curves_section(results)
   return "\n".join(lines)
@@ -110,33 +111,32 @@ def cost_curves_section(results: str | Path) -> list[str]:
     except (json.JSONDecodeError, AttributeError):
       pass
   lines = [
-      "# Cost curves",
-      "",
-      "Per family, the compiled weighted step against the plain step of the same model "
-      "and batch: step time and XLA peak memory vs batch size (fixed model) and vs model "
-      "size (fixed batch), with the ratio to the plain step at each point "
-      f"(`{sizes}` sizes; files in `{CURVES_DIR}/`).",
-      "",
-      _demote(table.read_text().rstrip()),
-      "",
+    "# Cost curves",
+    "",
+    "Per family, the compiled weighted step against the plain step of the same model "
+    "and batch: step time and XLA peak memory vs batch size (fixed model) and vs model "
+    "size (fixed batch), with the ratio to the plain step at each point "
+    f"(`{sizes}` sizes; files in `{CURVES_DIR}/`).",
+    "",
+    _demote(table.read_text().rstrip()),
+    "",
   ]
   png = curves / "family_curves.png"
   if png.exists():
     lines += [f"![cost curves (log-log)]({CURVES_DIR}/{png.name})", ""]
   out = Path(results).as_posix()
   lines += [
-      f"Regenerate: `python -m benchmarks.family_curves --sizes {sizes} --out "
-      f"{out}/{CURVES_DIR}` then `python -m experiments.report --results {out}`; or "
-      "with the experiments, `python -m experiments.run_all` (`make demo`: `demo` sizes; "
-      "`--curves full` for the full sweep, `--no-curves` to skip them).",
-      "",
+    f"Regenerate: `python -m benchmarks.family_curves --sizes {sizes} --out "
+    f"{out}/{CURVES_DIR}` then `python -m experiments.report --results {out}`; or "
+    "with the experiments, `python -m experiments.run_all` (`make demo`: `demo` sizes; "
+    "`--curves full` for the full sweep, `--no-curves` to skip them).",
+    "",
   ]
   return lines
 
 
 def _demote(markdown: str) -> str:
-  return "\n".join("#" + line if line.startswith("#") else line
-                   for line in markdown.splitlines())
+  return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
 def _columns(metrics: dict) -> list[tuple[str, str]]:

@@ -38,13 +38,22 @@ def main(argv=None) -> dict[str, float]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="quick", choices=common.CONFIG_NAMES)
   parser.add_argument("--out", default=common.RESULTS)
-  parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=None,
-                      help="run only these experiments (default: all; skips the cost "
-                           "curves unless --curves is given)")
+  parser.add_argument(
+    "--only",
+    nargs="+",
+    choices=EXPERIMENTS,
+    default=None,
+    help="run only these experiments (default: all; skips the cost curves unless --curves is given)",
+  )
   curves = parser.add_mutually_exclusive_group()
-  curves.add_argument("--curves", choices=sorted(set(CURVE_SIZES.values())), default=None,
-                      help="size set of the cost curves (default: from the config: "
-                           + ", ".join(f"{c} -> {s}" for c, s in CURVE_SIZES.items()) + ")")
+  curves.add_argument(
+    "--curves",
+    choices=sorted(set(CURVE_SIZES.values())),
+    default=None,
+    help="size set of the cost curves (default: from the config: "
+    + ", ".join(f"{c} -> {s}" for c, s in CURVE_SIZES.items())
+    + ")",
+  )
   curves.add_argument("--no-curves", action="store_true", help="skip the cost curves")
   args = parser.parse_args(argv)
   runtimes: dict[str, float] = {}

@@ -1,113 +1,212 @@
 """jaxweights: per-sample training weights for JAX and Flax NNX.
 
-The public API is this flat namespace; implementations live in submodules.
+The public API is this flat namespace. The tree draws the architecture:
+
+* :mod:`jaxweights.core`: the :class:`Weighting` contract and the composition
+  layer (compiled, sharded train steps), normalisers, reductions, losses;
+* :mod:`jaxweights.families`: one package or module per weighting family;
+* :mod:`jaxweights.substrates`: models, adapters, diffusion, decoding, data;
+* :mod:`jaxweights.runtime`: the loop, checkpoints, multi-process set-up.
+
+Naming rule: ``<method>_weights(...)`` maps arrays to a ``[batch]`` weight
+vector (pure, jit-able, under ``stop_gradient``); ``<method>_weighting(...)``
+builds the :class:`Weighting` that :func:`make_train_step` composes.
 """
 
-from jaxweights import (
-    adapters,
-    density_ratio,
-    diffusion,
-    distributed,
-    grad_norms,
-    loss_based,
-    noisy_labels,
-    normalize,
-    q_probe,
-    self_influence,
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+# Public modules, reachable as ``jw.<name>`` (implementations live in the tree).
+from jaxweights.core import losses, normalize
+
+# Core: the contract and the composition layer.
+from jaxweights.core.contract import (
+  GradientContext,
+  GradientOutput,
+  PrepareContext,
+  Weighting,
+  WeightInputs,
+  stateless,
+  uniform_weighting,
 )
-from jaxweights.checkpoint import Checkpointer
-from jaxweights.grad_norms import GradNorms, per_sample_grad_norms
-from jaxweights.loss_based import (
-    STRATEGIES,
-    extremes,
-    linupper,
-    loss_reweighting,
-    loss_weights,
-    quadratic,
-    strategy_scores,
-    warmup_temperature,
+from jaxweights.core.losses import cross_entropy, squared_error, token_mean_cross_entropy
+from jaxweights.core.normalize import effective_sample_size
+from jaxweights.core.step import (
+  LossOutput,
+  TrainState,
+  data_mesh,
+  host_metrics,
+  init_train_state,
+  make_eval_step,
+  make_train_step,
+  replicate,
+  shard_batch,
 )
-from jaxweights.loop import JsonlLogger, read_jsonl, train_loop
-from jaxweights.losses import cross_entropy, squared_error, token_mean_cross_entropy
-from jaxweights.models import MLP, Llama, LlamaConfig, TransformerConfig, TransformerLM, count_params
-from jaxweights.normalize import effective_sample_size
-from jaxweights.self_influence import presence, presence_weights, tracin_self_influence, two_stage_tau
-from jaxweights.train import (
-    LossOutput,
-    TrainState,
-    data_mesh,
-    host_metrics,
-    init_train_state,
-    make_eval_step,
-    make_train_step,
-    replicate,
-    shard_batch,
+from jaxweights.families import density_ratio, loss_based, noisy_labels, q_probe, self_influence
+
+# Families.
+from jaxweights.families.density_ratio import (
+  RatioModel,
+  TimeDiscriminator,
+  iw_dsm_weighting,
+  ratio_from_prob,
+  tiw_dsm_weighting,
+  train_discriminator,
 )
-from jaxweights.weighting import (
-    GradientContext,
-    GradientOutput,
-    PrepareContext,
-    WeightInputs,
-    Weighting,
-    stateless,
-    uniform_weighting,
+from jaxweights.families.loss_based import (
+  extremes_weighting,
+  extremes_weights,
+  linupper_weighting,
+  linupper_weights,
+  quadratic_weighting,
+  quadratic_weights,
+  warmup_temperature,
+)
+from jaxweights.families.noisy_labels import (
+  TransitionState,
+  asymmetric_transition,
+  classification_loss,
+  corrupt_labels,
+  dirichlet_weights,
+  dws_weighting,
+  estimate_transition_anchor,
+  importance_weighting,
+  importance_weights,
+  rent_weighting,
+  resampling_weights,
+  symmetric_transition,
+)
+from jaxweights.families.q_probe import (
+  HFCausalLMPolicy,
+  PrecomputedEmbeddings,
+  Probe,
+  TransformerPolicy,
+  qprobe_weights,
+  train_probe,
+)
+from jaxweights.families.self_influence import (
+  GradNorms,
+  ghost_plan,
+  grad_norms,
+  per_sample_grad_norms,
+  presence_weighting,
+  presence_weights,
+  self_influence_scores,
+  tracin_self_influence,
+  two_stage_tau,
+)
+from jaxweights.runtime import distributed
+
+# Substrates and runtime.
+from jaxweights.runtime.checkpoint import Checkpointer
+from jaxweights.runtime.loop import JsonlLogger, read_jsonl, train_loop
+from jaxweights.substrates import adapters, data, decoding, diffusion
+from jaxweights.substrates.adapters import LinenModel, hf_causal_lm
+from jaxweights.substrates.models import (
+  MLP,
+  Llama,
+  LlamaConfig,
+  TransformerConfig,
+  TransformerLM,
+  count_params,
 )
 
-__version__ = "0.1.0"
+try:
+  __version__ = _version("jaxweights")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+  __version__ = "0+unknown"
 
 __all__ = [
-    "Checkpointer",
-    "adapters",
-    "GradNorms",
-    "GradientContext",
-    "GradientOutput",
-    "JsonlLogger",
-    "LossOutput",
-    "Llama",
-    "LlamaConfig",
-    "MLP",
-    "PrepareContext",
-    "STRATEGIES",
-    "TrainState",
-    "TransformerConfig",
-    "TransformerLM",
-    "WeightInputs",
-    "Weighting",
-    "count_params",
-    "cross_entropy",
-    "data_mesh",
-    "density_ratio",
-    "diffusion",
-    "distributed",
-    "effective_sample_size",
-    "extremes",
-    "grad_norms",
-    "host_metrics",
-    "init_train_state",
-    "linupper",
-    "loss_based",
-    "loss_reweighting",
-    "loss_weights",
-    "make_eval_step",
-    "make_train_step",
-    "noisy_labels",
-    "normalize",
-    "per_sample_grad_norms",
-    "q_probe",
-    "presence",
-    "presence_weights",
-    "quadratic",
-    "read_jsonl",
-    "replicate",
-    "self_influence",
-    "shard_batch",
-    "squared_error",
-    "stateless",
-    "strategy_scores",
-    "token_mean_cross_entropy",
-    "tracin_self_influence",
-    "train_loop",
-    "two_stage_tau",
-    "uniform_weighting",
-    "warmup_temperature",
+  # modules
+  "adapters",
+  "data",
+  "decoding",
+  "density_ratio",
+  "diffusion",
+  "distributed",
+  "grad_norms",
+  "loss_based",
+  "losses",
+  "noisy_labels",
+  "normalize",
+  "q_probe",
+  "self_influence",
+  # core
+  "GradientContext",
+  "GradientOutput",
+  "LossOutput",
+  "PrepareContext",
+  "TrainState",
+  "WeightInputs",
+  "Weighting",
+  "cross_entropy",
+  "data_mesh",
+  "effective_sample_size",
+  "host_metrics",
+  "init_train_state",
+  "make_eval_step",
+  "make_train_step",
+  "replicate",
+  "shard_batch",
+  "squared_error",
+  "stateless",
+  "token_mean_cross_entropy",
+  "uniform_weighting",
+  # loss-based
+  "extremes_weighting",
+  "extremes_weights",
+  "linupper_weighting",
+  "linupper_weights",
+  "quadratic_weighting",
+  "quadratic_weights",
+  "warmup_temperature",
+  # self-influence
+  "GradNorms",
+  "ghost_plan",
+  "per_sample_grad_norms",
+  "presence_weighting",
+  "presence_weights",
+  "self_influence_scores",
+  "tracin_self_influence",
+  "two_stage_tau",
+  # density ratio
+  "RatioModel",
+  "TimeDiscriminator",
+  "iw_dsm_weighting",
+  "ratio_from_prob",
+  "tiw_dsm_weighting",
+  "train_discriminator",
+  # noisy labels
+  "TransitionState",
+  "asymmetric_transition",
+  "classification_loss",
+  "corrupt_labels",
+  "dirichlet_weights",
+  "dws_weighting",
+  "estimate_transition_anchor",
+  "importance_weighting",
+  "importance_weights",
+  "rent_weighting",
+  "resampling_weights",
+  "symmetric_transition",
+  # q-probe
+  "HFCausalLMPolicy",
+  "PrecomputedEmbeddings",
+  "Probe",
+  "TransformerPolicy",
+  "qprobe_weights",
+  "train_probe",
+  # substrates and runtime
+  "Checkpointer",
+  "JsonlLogger",
+  "LinenModel",
+  "Llama",
+  "LlamaConfig",
+  "MLP",
+  "TransformerConfig",
+  "TransformerLM",
+  "count_params",
+  "hf_causal_lm",
+  "read_jsonl",
+  "train_loop",
 ]

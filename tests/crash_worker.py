@@ -11,13 +11,13 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_checkpoint as tc  # noqa: E402
+import test_checkpoint as tc
 
-import jaxweights as jw  # noqa: E402
+import jaxweights as jw
 
 STEPS = 40
 

@@ -12,16 +12,16 @@ from benchmarks.__main__ import main
 from benchmarks.harness import PLAIN, Case, Settings, markdown_table
 
 REQUIRED = {
-    "benchmark": str,
-    "method": str,
-    "time_ratio_vs_plain": float,
-    "peak_memory_ratio_vs_plain": float,
-    "plain_step_ms": float,
-    "step_ms": float,
-    "device": str,
-    "model": str,
-    "batch": str,
-    "repeats": int,
+  "benchmark": str,
+  "method": str,
+  "time_ratio_vs_plain": float,
+  "peak_memory_ratio_vs_plain": float,
+  "plain_step_ms": float,
+  "step_ms": float,
+  "device": str,
+  "model": str,
+  "batch": str,
+  "repeats": int,
 }
 
 

@@ -18,9 +18,7 @@ RATIOS = ("time_ratio_vs_plain", "peak_memory_ratio_vs_plain", "plain_step_ms", 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench_noisy")
-  returned = main(
-      ["--quick", "--only", "noisy", "--json", str(out / "b.json"), "--md", str(out / "b.md")]
-  )
+  returned = main(["--quick", "--only", "noisy", "--json", str(out / "b.json"), "--md", str(out / "b.md")])
   assert json.loads((out / "b.json").read_text()) == json.loads(json.dumps(returned))
   md = (out / "b.md").read_text().strip().splitlines()
   assert len(md) == 2 + len(returned)
@@ -31,8 +29,7 @@ def test_registered():
   assert "benchmarks.noisy_labels" in registry.FAMILY_MODULES
   names = [c.name for c in registry.all_cases()]
   assert all(c.name in names for c in nb.CASES)
-  assert [c.name for c in registry.select(registry.all_cases(), "noisy")] == [
-      c.name for c in nb.CASES]
+  assert [c.name for c in registry.select(registry.all_cases(), "noisy")] == [c.name for c in nb.CASES]
 
 
 def test_schema_and_finiteness(rows):

@@ -16,8 +16,9 @@ RATIOS = ("time_ratio_vs_plain", "peak_memory_ratio_vs_plain", "plain_step_ms", 
 
 
 def _run(out, *extra):
-  returned = main(["--quick", "--only", "self_influence", *extra,
-                   "--json", str(out / "b.json"), "--md", str(out / "b.md")])
+  returned = main(
+    ["--quick", "--only", "self_influence", *extra, "--json", str(out / "b.json"), "--md", str(out / "b.md")]
+  )
   assert json.loads((out / "b.json").read_text()) == json.loads(json.dumps(returned))
   return returned
 

@@ -12,13 +12,14 @@ import jaxweights as jw
 
 def batch_fn(step, n=16):
   rng = np.random.default_rng((7, step))
-  return {"x": jnp.asarray(rng.normal(size=(n, 8)), jnp.float32),
-          "y": jnp.asarray(rng.integers(0, 4, n), jnp.int32)}
+  return {
+    "x": jnp.asarray(rng.normal(size=(n, 8)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 4, n), jnp.int32),
+  }
 
 
 def loss_fn(model, batch):
   return jw.LossOutput(jw.cross_entropy(model(batch["x"]), batch["y"]))
-
 
 
 def stateful_weighting():
@@ -26,6 +27,7 @@ def stateful_weighting():
     noise = jax.random.uniform(inputs.key, inputs.losses.shape)
     w = jw.normalize.softmax(inputs.losses + noise + state, inputs.mask)
     return w, state + 0.5
+
   return jw.Weighting(init=lambda: jnp.zeros((), jnp.float32), update=update)
 
 

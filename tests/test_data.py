@@ -1,4 +1,4 @@
-"""Tests for jaxweights.data: purity in (seed, step), splits, caching, padding."""
+"""Tests for jaxweights.substrates.data: purity in (seed, step), splits, caching, padding."""
 
 from __future__ import annotations
 
@@ -40,25 +40,24 @@ def test_batch_indices_pure_and_typed():
 def test_batch_indices_epochs_visit_every_index_once(n, batch_size):
   n_epochs = 4
   steps = -(-n_epochs * n // batch_size)
-  stream = np.concatenate(
-      [data.batch_indices(n, batch_size, seed=0, step=s) for s in range(steps)]
-  )
+  stream = np.concatenate([data.batch_indices(n, batch_size, seed=0, step=s) for s in range(steps)])
   for e in range(n_epochs):
-    epoch = stream[e * n:(e + 1) * n]
+    epoch = stream[e * n : (e + 1) * n]
     np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
-    np.testing.assert_array_equal(
-        epoch, np.random.default_rng((0, e)).permutation(n)
-    )
+    np.testing.assert_array_equal(epoch, np.random.default_rng((0, e)).permutation(n))
 
 
-@pytest.mark.parametrize("kwargs", [
+@pytest.mark.parametrize(
+  "kwargs",
+  [
     dict(n=0, batch_size=2, seed=0, step=0),
     dict(n=5, batch_size=0, seed=0, step=0),
     dict(n=5, batch_size=-1, seed=0, step=0),
     dict(n=5, batch_size=2, seed=-1, step=0),
     dict(n=5, batch_size=2, seed=0, step=-3),
     dict(n=5, batch_size=2.5, seed=0, step=0),
-])
+  ],
+)
 def test_batch_indices_bad_inputs(kwargs):
   n, bs = kwargs.pop("n"), kwargs.pop("batch_size")
   with pytest.raises(ValueError):
@@ -134,7 +133,7 @@ def test_tokenizer_round_trip_on_held_out_code(corpus):
   weird = "déjà vu ✓ \t\n  x = '\\u00e9'  # 日本語\r\n"
   assert tok.decode(tok.encode(weird).ids) == weird
   # The stream of the first held-out file is exactly its encoding.
-  np.testing.assert_array_equal(corpus.test_tokens[:len(ids)], ids)
+  np.testing.assert_array_equal(corpus.test_tokens[: len(ids)], ids)
 
 
 def test_corpus_cache_hit_identical_and_no_retraining(corpus, cache_dir, monkeypatch):
@@ -151,12 +150,10 @@ def test_corpus_cache_hit_identical_and_no_retraining(corpus, cache_dir, monkeyp
 
 
 def test_corpus_deterministic_and_seeded(corpus, tmp_path):
-  fresh = data.stdlib_corpus(vocab_size=512, max_bytes=SMALL, seed=3,
-                             cache_dir=str(tmp_path / "a"))
+  fresh = data.stdlib_corpus(vocab_size=512, max_bytes=SMALL, seed=3, cache_dir=str(tmp_path / "a"))
   np.testing.assert_array_equal(fresh.train_tokens, corpus.train_tokens)
   assert fresh.tokenizer.to_str() == corpus.tokenizer.to_str()
-  other = data.stdlib_corpus(vocab_size=512, max_bytes=SMALL, seed=4,
-                             cache_dir=str(tmp_path / "b"))
+  other = data.stdlib_corpus(vocab_size=512, max_bytes=SMALL, seed=4, cache_dir=str(tmp_path / "b"))
   assert other.train_files + other.test_files != corpus.train_files + corpus.test_files
 
 
@@ -171,8 +168,7 @@ def test_corpus_save(corpus, tmp_path):
   import tokenizers
 
   tok = tokenizers.Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
-  assert tok.encode("def f(x):\n  return x").ids == corpus.tokenizer.encode(
-      "def f(x):\n  return x").ids
+  assert tok.encode("def f(x):\n  return x").ids == corpus.tokenizer.encode("def f(x):\n  return x").ids
 
 
 def test_prose_corpus(tmp_path):
@@ -183,10 +179,18 @@ def test_prose_corpus(tmp_path):
   assert c.vocab_size == 300
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(test_fraction=0.0), dict(test_fraction=1.0), dict(test_fraction=-0.5),
-    dict(vocab_size=100), dict(max_bytes=0), dict(max_bytes=30), dict(seed=-1),
-])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(test_fraction=0.0),
+    dict(test_fraction=1.0),
+    dict(test_fraction=-0.5),
+    dict(vocab_size=100),
+    dict(max_bytes=0),
+    dict(max_bytes=30),
+    dict(seed=-1),
+  ],
+)
 def test_corpus_bad_inputs(kwargs, tmp_path):
   with pytest.raises(ValueError):
     data.stdlib_corpus(cache_dir=str(tmp_path), **kwargs)
@@ -217,10 +221,16 @@ def test_lm_batch_on_corpus(corpus):
   assert b["tokens"].max() < corpus.vocab_size
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(seq_len=100), dict(seq_len=0), dict(batch_size=0), dict(seed=-1),
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(seq_len=100),
+    dict(seq_len=0),
+    dict(batch_size=0),
+    dict(seed=-1),
     dict(step=-1),
-])
+  ],
+)
 def test_lm_batch_bad_inputs(kwargs):
   args = dict(seed=0, step=0, batch_size=2, seq_len=8) | kwargs
   with pytest.raises(ValueError):
@@ -229,8 +239,7 @@ def test_lm_batch_bad_inputs(kwargs):
     data.lm_batch(np.zeros((10, 10), np.int32), seed=0, step=0, batch_size=2, seq_len=4)
 
 
-@pytest.mark.parametrize("n,seq_len,batch_size", [(101, 10, 4), (100, 10, 3), (11, 10, 5),
-                                                  (57, 7, 8)])
+@pytest.mark.parametrize("n,seq_len,batch_size", [(101, 10, 4), (100, 10, 3), (11, 10, 5), (57, 7, 8)])
 def test_lm_eval_batches_cover_every_window_once(n, seq_len, batch_size):
   tokens = np.arange(n, dtype=np.int32) + 1  # no real token is 0
   batches = list(data.lm_eval_batches(tokens, batch_size=batch_size, seq_len=seq_len))
@@ -247,9 +256,9 @@ def test_lm_eval_batches_cover_every_window_once(n, seq_len, batch_size):
   assert len(rows) == n_windows
   targets = np.concatenate([r[1:] for r in rows])
   # Every target position 1 .. n_windows * seq_len exactly once, in order.
-  np.testing.assert_array_equal(targets, tokens[1:n_windows * seq_len + 1])
+  np.testing.assert_array_equal(targets, tokens[1 : n_windows * seq_len + 1])
   for k, r in enumerate(rows):
-    np.testing.assert_array_equal(r, tokens[k * seq_len:k * seq_len + seq_len + 1])
+    np.testing.assert_array_equal(r, tokens[k * seq_len : k * seq_len + seq_len + 1])
   # Only the final batch is padded.
   for b in batches[:-1]:
     assert b["mask"].all()
@@ -292,10 +301,18 @@ def test_linear_regression_data():
     np.testing.assert_array_equal(d[k], again[k])
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(n_train=0), dict(dim=0), dict(easy_fraction=-0.1), dict(noisy_fraction=1.2),
-    dict(easy_fraction=0.7, noisy_fraction=0.5), dict(noise_std=-1.0), dict(seed=-2),
-])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(n_train=0),
+    dict(dim=0),
+    dict(easy_fraction=-0.1),
+    dict(noisy_fraction=1.2),
+    dict(easy_fraction=0.7, noisy_fraction=0.5),
+    dict(noise_std=-1.0),
+    dict(seed=-2),
+  ],
+)
 def test_linear_regression_bad_inputs(kwargs):
   with pytest.raises(ValueError):
     data.linear_regression_data(**({"seed": 0} | kwargs))
@@ -319,8 +336,7 @@ def test_tfds_source_with_mock_data():
     assert set(lb) == {"label"}
     np.testing.assert_array_equal(lb["label"], b["label"])
     with pytest.raises(ValueError):
-      data.TfdsSource("mnist", split="train", keys=["nope"]).batch(
-          seed=0, step=0, batch_size=2)
+      data.TfdsSource("mnist", split="train", keys=["nope"]).batch(seed=0, step=0, batch_size=2)
 
 
 def test_tfds_source_import_error(monkeypatch):
@@ -341,10 +357,15 @@ def test_tfds_source_real_array_record_without_tensorflow(tmp_path):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "x": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-          "label": tfds.features.ClassLabel(num_classes=4),
-      }))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "x": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+            "label": tfds.features.ClassLabel(num_classes=4),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples(10)}

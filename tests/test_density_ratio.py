@@ -8,6 +8,7 @@ discriminator error.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,7 @@ from flax import nnx
 import jaxweights as jw
 from jaxweights import density_ratio as dr
 from jaxweights import diffusion as df
-from jaxweights.train import tree_equal
-from jaxweights.weighting import PrepareContext, WeightInputs
+from jaxweights.core.contract import PrepareContext, WeightInputs
 
 SDE = df.VPSDE()
 PI = 0.05  # reference share of the score model's training mixture
@@ -47,14 +47,16 @@ def test_mixture_fraction_formula():
   d = jnp.array([0.01, 0.2, 0.5, 0.7, 0.99])
   r = d / (1 - d)
   for pi in (0.0, 0.05, 0.5, 0.9, 1.0):
-    np.testing.assert_allclose(dr.density_ratio(d, ref_fraction=pi),
-                               r / (pi * r + 1 - pi), rtol=1e-5)
+    np.testing.assert_allclose(dr.ratio_from_prob(d, ref_fraction=pi), r / (pi * r + 1 - pi), rtol=1e-5)
   # The authors' w = 2d is the pi = 1/2 case.
-  np.testing.assert_allclose(dr.density_ratio(d, ref_fraction=0.5), 2 * d, rtol=1e-5)
+  np.testing.assert_allclose(dr.ratio_from_prob(d, ref_fraction=0.5), 2 * d, rtol=1e-5)
   # Logits and probabilities agree; the mixture ratio is p_data / (pi p_data + (1-pi) p_bias).
   logits = jnp.log(d) - jnp.log1p(-d)
-  np.testing.assert_allclose(jnp.exp(dr.log_ratio_from_logits(logits, ref_fraction=0.3)),
-                             dr.density_ratio(d, ref_fraction=0.3), rtol=1e-5)
+  np.testing.assert_allclose(
+    jnp.exp(dr.log_ratio_from_logits(logits, ref_fraction=0.3)),
+    dr.ratio_from_prob(d, ref_fraction=0.3),
+    rtol=1e-5,
+  )
   x = jnp.linspace(-3, 3, 13)[:, None]
   true = jnp.exp(DATA.log_prob(x) - OBS.log_prob(x))
   est = jnp.exp(dr.log_ratio_from_logits(DATA.log_prob(x) - BIAS.log_prob(x), ref_fraction=PI))
@@ -62,7 +64,7 @@ def test_mixture_fraction_formula():
 
 
 def test_discriminator_at_exactly_0_or_1_is_finite():
-  w = dr.density_ratio(jnp.array([0.0, 1.0]))
+  w = dr.ratio_from_prob(jnp.array([0.0, 1.0]))
   # float32: 1 - 1e-5 rounds to within 0.2% of itself.
   np.testing.assert_allclose(w, [1e-5 / (1 - 1e-5), (1 - 1e-5) / 1e-5], rtol=2e-3)
   lw = dr.log_ratio_from_logits(jnp.array([-jnp.inf, jnp.inf, 0.0]), ref_fraction=0.2)
@@ -75,28 +77,37 @@ def test_discriminator_at_exactly_0_or_1_is_finite():
   np.testing.assert_array_equal(g[np.array([0, 2])], 0.0)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: dr.density_ratio(jnp.array([1.5])), r"\[0, 1\]"),
-    (lambda: dr.density_ratio(jnp.array([jnp.nan])), r"\[0, 1\]"),
-    (lambda: dr.density_ratio(jnp.array([0.5]), ref_fraction=1.5), "ref_fraction"),
-    (lambda: dr.density_ratio(jnp.array([0.5]), eps=0.0), "eps"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 2.0)),
-     "t must be in"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.0)),
-     "t must be in"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((3,), 0.1)),
-     r"t \[B\]"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4,)), jnp.full((4,), 0.1)),
-     r"x \[B, ...\]"),
-    (lambda: dr.ratio_and_correction(dr.RatioModel(lambda p, x, t: x, ()), (),
-                                     jnp.ones((4, 2)), jnp.full((4,), 0.1)), "logits of shape"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.1),
-                                     t_range=(0.5, 0.2)), "t_range"),
-    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.1),
-                                     coordinate="ve"), "coordinate"),
-    (lambda: dr.tiw_dsm(oracle(), weight=False, correction=False), "plain DSM"),
-    (lambda: dr.tiw_dsm(oracle(), t_range=(0.0, 0.5)), "t_range"),
-])
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda: dr.ratio_from_prob(jnp.array([1.5])), r"\[0, 1\]"),
+    (lambda: dr.ratio_from_prob(jnp.array([jnp.nan])), r"\[0, 1\]"),
+    (lambda: dr.ratio_from_prob(jnp.array([0.5]), ref_fraction=1.5), "ref_fraction"),
+    (lambda: dr.ratio_from_prob(jnp.array([0.5]), eps=0.0), "eps"),
+    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 2.0)), "t must be in"),
+    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.0)), "t must be in"),
+    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((3,), 0.1)), r"t \[B\]"),
+    (lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4,)), jnp.full((4,), 0.1)), r"x \[B, ...\]"),
+    (
+      lambda: dr.ratio_and_correction(
+        dr.RatioModel(lambda p, x, t: x, ()), (), jnp.ones((4, 2)), jnp.full((4,), 0.1)
+      ),
+      "logits of shape",
+    ),
+    (
+      lambda: dr.ratio_and_correction(
+        oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.1), t_range=(0.5, 0.2)
+      ),
+      "t_range",
+    ),
+    (
+      lambda: dr.ratio_and_correction(oracle(), (), jnp.ones((4, 1)), jnp.full((4,), 0.1), coordinate="ve"),
+      "coordinate",
+    ),
+    (lambda: dr.tiw_dsm_weighting(oracle(), weight=False, correction=False), "plain DSM"),
+    (lambda: dr.tiw_dsm_weighting(oracle(), t_range=(0.0, 0.5)), "t_range"),
+  ],
+)
 def test_bad_inputs_raise(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -123,8 +134,7 @@ def test_correction_sign_not_negative_grad_d(coordinate):
   @jax.jit
   def quantities(t):
     a, s, b = SDE.alpha(t), SDE.edm_sigma(t), SDE.sigma(t)
-    w, corr = dr.ratio_and_correction(oracle(), (), x, t, ref_fraction=PI,
-                                      coordinate=coordinate)
+    w, corr = dr.ratio_and_correction(oracle(), (), x, t, ref_fraction=PI, coordinate=coordinate)
     # EDM coordinate x = x0 + s z: densities with (a, b) = (1, s); VP: (alpha, sigma).
     pa, pb = (1.0, s) if coordinate == "edm" else (a, b)
     true_w = jnp.exp(DATA.log_prob(x, pa, pb) - OBS.log_prob(x, pa, pb))
@@ -186,8 +196,12 @@ def _minimise(weighting, diffusion, model_range, n=40000, sigma=1.0, seed=0):
   rng = np.random.default_rng(seed)
   x0, _ = OBS.sample(rng, n)
   t = float(SDE.t_from_edm_sigma(sigma))
-  batch = {"x": jnp.asarray(x0), "t": jnp.full((n,), t), "sigma": jnp.full((n,), sigma),
-           "noise": jnp.asarray(rng.standard_normal((n, 1)), jnp.float32)}
+  batch = {
+    "x": jnp.asarray(x0),
+    "t": jnp.full((n,), t),
+    "sigma": jnp.full((n,), sigma),
+    "noise": jnp.asarray(rng.standard_normal((n, 1)), jnp.float32),
+  }
   model = Basis(*model_range)
   loss_fn = df.dsm_loss_fn(diffusion)
   key = jax.random.PRNGKey(0)
@@ -197,7 +211,8 @@ def _minimise(weighting, diffusion, model_range, n=40000, sigma=1.0, seed=0):
   def prepare_and_weigh(batch):
     prepared = weighting.prepare(PrepareContext(loss_fn, model, batch, state, 0, key))
     weights, _ = weighting.update(
-        WeightInputs(jnp.zeros((n,)), jnp.ones((n,), bool), None, prepared, 0, key), state)
+      WeightInputs(jnp.zeros((n,)), jnp.ones((n,), bool), None, prepared, 0, key), state
+    )
     return prepared, weights
 
   prepared, weights = prepare_and_weigh(batch)
@@ -223,7 +238,7 @@ def test_tiw_dsm_optimum_is_the_unbiased_score(param):
     a = float(SDE.alpha(SDE.t_from_edm_sigma(sigma)))
     model_range = (-6.0 * a, 6.0 * a)  # the VP sample alpha x
   truth_of = lambda g, mix: mix.score(g, 1.0, jnp.full((g.shape[0],), sigma))
-  tiw = dr.tiw_dsm(oracle(), diffusion, ref_fraction=PI)
+  tiw = dr.tiw_dsm_weighting(oracle(), diffusion, ref_fraction=PI)
   grid, implied, weights, prepared = _minimise(tiw, diffusion, model_range)
   data_score, obs_score = truth_of(grid, DATA), truth_of(grid, OBS)
   scale = float(jnp.max(jnp.abs(data_score - obs_score)))
@@ -242,7 +257,7 @@ def test_tiw_dsm_optimum_is_the_unbiased_score(param):
 
   # Weight-only: w_t depends on x_t only, so it cancels in the per-x minimiser:
   # the optimum stays the biased grad log p_obs^t.
-  weight_only = dr.tiw_dsm(oracle(), diffusion, ref_fraction=PI, correction=False)
+  weight_only = dr.tiw_dsm_weighting(oracle(), diffusion, ref_fraction=PI, correction=False)
   _, implied_w, _, _ = _minimise(weight_only, diffusion, model_range)
   assert float(jnp.max(jnp.abs(implied_w - obs_score))) < 0.1 * scale
   assert float(jnp.max(jnp.abs(implied_w - data_score))) > 0.5 * scale
@@ -258,8 +273,7 @@ def _edm_batch(n, seed=0, with_draw=True):
   batch = {"x": jnp.asarray(x0)}
   if with_draw:
     t = jnp.asarray(rng.uniform(0.05, 0.8, n), jnp.float32)
-    batch.update(t=t, sigma=SDE.edm_sigma(t),
-                 noise=jnp.asarray(rng.standard_normal((n, 1)), jnp.float32))
+    batch.update(t=t, sigma=SDE.edm_sigma(t), noise=jnp.asarray(rng.standard_normal((n, 1)), jnp.float32))
   return batch
 
 
@@ -270,7 +284,7 @@ def test_per_sample_weights_not_collapsed_to_batch_mean():
   per-sample w_i, and differs from the batch-mean (= uniform) version.
   """
   edm = df.EDMDiffusion()
-  weighting = dr.tiw_dsm(oracle(), edm, ref_fraction=PI)
+  weighting = dr.tiw_dsm_weighting(oracle(), edm, ref_fraction=PI)
   model = df.ScoreMLP(1, hidden=16, depth=1, rngs=nnx.Rngs(0))
   tx = optax.sgd(0.1)
   graphdef, state = jw.init_train_state(model, tx, weighting)
@@ -278,8 +292,11 @@ def test_per_sample_weights_not_collapsed_to_batch_mean():
   batch = _edm_batch(32)
   new, metrics = jw.make_train_step(graphdef, loss_fn, tx, weighting)(state, batch)
 
-  prepared = jax.jit(lambda b: weighting.prepare(PrepareContext(
-      loss_fn, None, b, state.weighting_state, 0, jax.random.PRNGKey(0))))(batch)
+  prepared = jax.jit(
+    lambda b: weighting.prepare(
+      PrepareContext(loss_fn, None, b, state.weighting_state, 0, jax.random.PRNGKey(0))
+    )
+  )(batch)
   w = prepared["ratio"] / jnp.sum(prepared["ratio"])
   assert w.shape == (32,)
   assert float(jnp.max(w) / jnp.min(w)) > 2.0  # genuinely different weights
@@ -305,16 +322,19 @@ def test_one_device_equals_eight_devices():
   edm = df.EDMDiffusion()
   disc = dr.TimeDiscriminator(1, hidden=16, depth=1, rngs=nnx.Rngs(1))
   ratio_model = dr.RatioModel.from_module(disc)
-  weighting = dr.tiw_dsm(ratio_model, edm, ref_fraction=PI, t_range=(1e-3, 1.0))
+  weighting = dr.tiw_dsm_weighting(ratio_model, edm, ref_fraction=PI, t_range=(1e-3, 1.0))
   tx = optax.adam(1e-2)
   graphdef, state0 = jw.init_train_state(
-      df.ScoreMLP(1, hidden=16, depth=1, rngs=nnx.Rngs(0)), tx, weighting, seed=3)
+    df.ScoreMLP(1, hidden=16, depth=1, rngs=nnx.Rngs(0)), tx, weighting, seed=3
+  )
   loss_fn = df.dsm_loss_fn(edm)
   batch = _edm_batch(32, with_draw=False)
   results = {}
-  for name, mesh, mode in [("1dev", jw.data_mesh(jax.devices()[:1]), "jit"),
-                           ("jit8", jw.data_mesh(), "jit"),
-                           ("shmap8", jw.data_mesh(), "shard_map")]:
+  for name, mesh, mode in [
+    ("1dev", jw.data_mesh(jax.devices()[:1]), "jit"),
+    ("jit8", jw.data_mesh(), "jit"),
+    ("shmap8", jw.data_mesh(), "shard_map"),
+  ]:
     step = jw.make_train_step(graphdef, loss_fn, tx, weighting, mesh=mesh, mode=mode)
     state = jw.replicate(state0, mesh)
     b = jw.shard_batch(batch, mesh)
@@ -325,36 +345,35 @@ def test_one_device_equals_eight_devices():
   assert ref_metrics["weight_max"] > ref_metrics["weight_min"]
   for name in ("jit8", "shmap8"):
     state, metrics = results[name]
-    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                        state.params, ref_state.params)
+    diff = jax.tree.map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), state.params, ref_state.params
+    )
     assert max(jax.tree.leaves(diff)) < 2e-5, name
     for k, v in ref_metrics.items():
       np.testing.assert_allclose(metrics[k], v, rtol=2e-4, atol=1e-6, err_msg=f"{name} {k}")
   # The frozen discriminator is the weighting state: unchanged, and saved with the run.
-  assert tree_equal(results["shmap8"][0].weighting_state, ratio_model.params)
+  chex.assert_trees_all_equal(results["shmap8"][0].weighting_state, ratio_model.params)
 
 
 def test_discriminator_params_checkpoint_with_the_run(tmp_path):
   disc = dr.TimeDiscriminator(1, hidden=8, depth=1, rngs=nnx.Rngs(1))
   ratio_model = dr.RatioModel.from_module(disc)
-  weighting = dr.tiw_dsm(ratio_model, df.EDMDiffusion())
+  weighting = dr.tiw_dsm_weighting(ratio_model, df.EDMDiffusion())
   tx = optax.sgd(0.1)
-  _, state = jw.init_train_state(df.ScoreMLP(1, hidden=8, depth=1, rngs=nnx.Rngs(0)),
-                                 tx, weighting)
+  _, state = jw.init_train_state(df.ScoreMLP(1, hidden=8, depth=1, rngs=nnx.Rngs(0)), tx, weighting)
   with jw.Checkpointer(tmp_path / "ckpt") as ckpt:
     ckpt.save(0, state, force=True)
     blank = state._replace(weighting_state=jax.tree.map(jnp.zeros_like, state.weighting_state))
     restored = ckpt.restore(blank)
-  assert tree_equal(restored.weighting_state, ratio_model.params)
+  chex.assert_trees_all_equal(restored.weighting_state, ratio_model.params)
 
 
 def test_t_range_zeroes_the_correction_only():
   edm = df.EDMDiffusion()
   batch = _edm_batch(64)
-  ctx = lambda w: PrepareContext(df.dsm_loss_fn(edm), None, batch, w.init(), 0,
-                                 jax.random.PRNGKey(0))
-  full = dr.tiw_dsm(oracle(), edm, ref_fraction=PI)
-  cut = dr.tiw_dsm(oracle(), edm, ref_fraction=PI, t_range=(0.3, 1.0))
+  ctx = lambda w: PrepareContext(df.dsm_loss_fn(edm), None, batch, w.init(), 0, jax.random.PRNGKey(0))
+  full = dr.tiw_dsm_weighting(oracle(), edm, ref_fraction=PI)
+  cut = dr.tiw_dsm_weighting(oracle(), edm, ref_fraction=PI, t_range=(0.3, 1.0))
   a, b = jax.jit(lambda: (full.prepare(ctx(full)), cut.prepare(ctx(cut))))()
   inside = np.asarray(batch["t"] >= 0.3)
   np.testing.assert_array_equal(b["ratio"], a["ratio"])
@@ -362,26 +381,29 @@ def test_t_range_zeroes_the_correction_only():
   np.testing.assert_array_equal(b["score_correction"][~inside], 0.0)
   assert float(jnp.max(jnp.abs(a["score_correction"][~inside]))) > 0
   # Ablations: weight-only adds no correction; correction-only weighs uniformly.
-  wo = dr.tiw_dsm(oracle(), edm, ref_fraction=PI, correction=False)
+  wo = dr.tiw_dsm_weighting(oracle(), edm, ref_fraction=PI, correction=False)
   assert "score_correction" not in jax.eval_shape(lambda: wo.prepare(ctx(wo)))
-  co = dr.tiw_dsm(oracle(), edm, ref_fraction=PI, weight=False)
+  co = dr.tiw_dsm_weighting(oracle(), edm, ref_fraction=PI, weight=False)
   prepared = jax.jit(lambda: co.prepare(ctx(co)))()
-  w, _ = co.update(WeightInputs(jnp.zeros(64), jnp.ones(64, bool), None, prepared, 0,
-                                jax.random.PRNGKey(0)), co.init())
+  w, _ = co.update(
+    WeightInputs(jnp.zeros(64), jnp.ones(64, bool), None, prepared, 0, jax.random.PRNGKey(0)), co.init()
+  )
   np.testing.assert_allclose(w, 1 / 64, rtol=1e-6)
 
 
 def test_iw_dsm_uses_the_clean_sample_ratio():
   edm = df.EDMDiffusion()
   batch = _edm_batch(16)
-  iw = dr.iw_dsm(oracle(), edm, ref_fraction=PI)
-  prepared = jax.jit(lambda b: iw.prepare(
-      PrepareContext(None, None, b, iw.init(), 0, jax.random.PRNGKey(0))))(batch)
+  iw = dr.iw_dsm_weighting(oracle(), edm, ref_fraction=PI)
+  prepared = jax.jit(
+    lambda b: iw.prepare(PrepareContext(None, None, b, iw.init(), 0, jax.random.PRNGKey(0)))
+  )(batch)
   true = jnp.exp(DATA.log_prob(batch["x"]) - OBS.log_prob(batch["x"]))
   np.testing.assert_allclose(prepared["ratio"], true, rtol=1e-3)
   assert "score_correction" not in prepared
-  w, _ = iw.update(WeightInputs(jnp.zeros(16), jnp.ones(16, bool), None, prepared, 0,
-                                jax.random.PRNGKey(0)), iw.init())
+  w, _ = iw.update(
+    WeightInputs(jnp.zeros(16), jnp.ones(16, bool), None, prepared, 0, jax.random.PRNGKey(0)), iw.init()
+  )
   np.testing.assert_allclose(w, true / jnp.sum(true), rtol=1e-3)
 
 
@@ -392,7 +414,8 @@ def test_trained_discriminator_learns_the_time_dependent_ratio():
   x_bias, _ = BIAS.sample(rng, 4000)
   disc = dr.TimeDiscriminator(1, hidden=32, depth=2, rngs=nnx.Rngs(0))
   ratio_model, history = dr.train_discriminator(
-      disc, x_ref, x_bias, num_steps=400, batch_size=256, learning_rate=3e-3, log_every=100)
+    disc, x_ref, x_bias, num_steps=400, batch_size=256, learning_rate=3e-3, log_every=100
+  )
   assert history[-1]["bce"] < history[0]["bce"]
   t = jnp.asarray(SDE.sample_t(jax.random.PRNGKey(5), (2000,)))
   x0, _ = BIAS.sample(rng, 2000)
@@ -428,9 +451,7 @@ def test_frozen_discriminator_keeps_non_parameter_variables():
       return self.disc(x @ self.proj[...], c)
 
   x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
-  ratio_model, _ = dr.train_discriminator(Projected(), x[:16], x[16:], num_steps=2,
-                                          batch_size=8)
-  w, g = dr.ratio_and_correction(ratio_model, ratio_model.params, jnp.asarray(x[:4]),
-                                 jnp.full((4,), 0.1))
+  ratio_model, _ = dr.train_discriminator(Projected(), x[:16], x[16:], num_steps=2, batch_size=8)
+  w, g = dr.ratio_and_correction(ratio_model, ratio_model.params, jnp.asarray(x[:4]), jnp.full((4,), 0.1))
   assert w.shape == (4,) and g.shape == (4, 2)
   np.testing.assert_array_equal(g[:, 1], 0.0)  # the projection ignores the 2nd coordinate

@@ -11,7 +11,7 @@ from flax import nnx
 
 import jaxweights as jw
 from jaxweights import diffusion as df
-from jaxweights.data import batch_indices
+from jaxweights.substrates.data import batch_indices
 
 SDE = df.VPSDE()
 GMM2 = df.GaussianMixture((0.7, 0.3), ((-2.0, 0.0), (2.0, 0.0)), (0.5, 0.5))
@@ -37,8 +37,9 @@ def test_importance_sampling_matches_beta_over_sigma2():
   np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)
   draws = np.sort(np.asarray(SDE.sample_t(jax.random.PRNGKey(0), (50000,))))
   assert draws.min() >= SDE.t_min and draws.max() <= SDE.t_max
-  cdf = np.concatenate([[0.0], np.cumsum(np.diff(np.asarray(grid)) * 0.5
-                                         * (np.asarray(pdf)[1:] + np.asarray(pdf)[:-1]))])
+  cdf = np.concatenate(
+    [[0.0], np.cumsum(np.diff(np.asarray(grid)) * 0.5 * (np.asarray(pdf)[1:] + np.asarray(pdf)[:-1]))]
+  )
   model_cdf = np.interp(draws, np.asarray(grid), cdf)
   ks = np.max(np.abs(model_cdf - np.arange(1, len(draws) + 1) / len(draws)))
   assert ks < 0.01
@@ -132,15 +133,26 @@ def test_draw_is_keyed_by_global_index_and_same_on_8_devices():
   np.testing.assert_array_equal(sub["noise"], one["noise"][:4])
   mesh = jw.data_mesh()
   from jax.sharding import PartitionSpec as P
-  fn = jax.jit(jax.shard_map(
+
+  fn = jax.jit(
+    jax.shard_map(
       lambda k, xx: df.draw_perturbation(vp, k, xx, axis_name="data"),
-      mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")))
+      mesh=mesh,
+      in_specs=(P(), P("data")),
+      out_specs=P("data"),
+    )
+  )
   eight = fn(key, jw.shard_batch(x, mesh))
   for k in ("t", "sigma", "noise"):
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-6, err_msg=k)
-  paired = jax.jit(jax.shard_map(
+  paired = jax.jit(
+    jax.shard_map(
       lambda k, xx: df.draw_perturbation(vp, k, xx, axis_name="data", pair_halves=True),
-      mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")))(key, jw.shard_batch(x, mesh))
+      mesh=mesh,
+      in_specs=(P(), P("data")),
+      out_specs=P("data"),
+    )
+  )(key, jw.shard_batch(x, mesh))
   np.testing.assert_array_equal(paired["t"][:8], paired["t"][8:])
   assert len(np.unique(np.asarray(paired["t"]))) == 8
   edm_draw = df.draw_perturbation(df.EDMDiffusion(), key, x)
@@ -191,8 +203,7 @@ def test_heun_and_euler_maruyama_sample_the_mixture():
   assert abs(float(jnp.std(xs[xs[:, 0] < 0][:, 1])) - 0.5) < 0.06  # 18 Heun steps: slight inflation
   score = df.vp_score_fn(_exact_edm_denoiser, SDE)
   x_t, t = jnp.array([[0.3, 0.1], [1.0, 2.0]]), jnp.array([0.1, 0.3])
-  np.testing.assert_allclose(score(x_t, t), GMM2.score(x_t, SDE.alpha(t), SDE.sigma(t)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(score(x_t, t), GMM2.score(x_t, SDE.alpha(t), SDE.sigma(t)), rtol=1e-4, atol=1e-4)
   em = jax.jit(lambda k: df.euler_maruyama_sampler(score, SDE, k, (3000, 2), num_steps=100))
   xs = em(jax.random.PRNGKey(1))
   assert abs(float(jnp.mean(xs[:, 0] < 0)) - 0.7) < 0.03
@@ -214,8 +225,7 @@ def test_dsm_step_trains_through_composition_layer():
   batch = {"x": jnp.asarray(data[:64])}
   results = {}
   one = jax.devices()[:1]
-  for name, mesh, mode in [("1dev", jw.data_mesh(one), "jit"),
-                           ("shmap8", jw.data_mesh(), "shard_map")]:
+  for name, mesh, mode in [("1dev", jw.data_mesh(one), "jit"), ("shmap8", jw.data_mesh(), "shard_map")]:
     step = jw.make_train_step(graphdef, loss_fn, tx, weighting, mesh=mesh, mode=mode)
     state = jw.replicate(state0, mesh)
     b = jw.shard_batch(batch, mesh)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +75,8 @@ def check_summary(summary: dict, name: str, config) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
+  "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS]
+)
 def test_smoke_outputs(smoke_results, name):
   out, summaries = smoke_results
   config = _smoke_config(name, out)
@@ -160,8 +160,7 @@ def test_report_assembles_every_experiment(smoke_results):
 def test_report_without_table_and_empty(tmp_path):
   assert "No `*/summary.json`" in report.build_report(tmp_path)
   exp = common.experiment_dir(tmp_path, "other")
-  common.write_summary(exp, "other", {"name": "quick"},
-                       {"a": {"x": 1.0, "x_std": 0.5}})
+  common.write_summary(exp, "other", {"name": "quick"}, {"a": {"x": 1.0, "x_std": 0.5}})
   text = report.build_report(tmp_path, now=datetime.datetime(2025, 1, 2, 3, 4))
   assert "2025-01-02 03:04" in text
   assert "| a | 1 ± 0.5 |" in text
@@ -172,7 +171,8 @@ def _fake_curves(results):
   curves.mkdir(parents=True, exist_ok=True)
   (curves / "family_curves.json").write_text(json.dumps({"meta": {"sizes": "demo"}, "records": []}))
   (curves / "family_curves.md").write_text(
-      "Per-family cost curves on cpu.\n\n| family | sweep |\n|---|---|\n| tiw_dsm | batch |\n")
+    "Per-family cost curves on cpu.\n\n| family | sweep |\n|---|---|\n| tiw_dsm | batch |\n"
+  )
   (curves / "family_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
   return curves
 
@@ -180,10 +180,11 @@ def _fake_curves(results):
 def test_report_cost_curves_section(tmp_path):
   assert "# Cost curves" not in report.build_report(tmp_path)
   _fake_curves(tmp_path)
-  common.write_summary(common.experiment_dir(tmp_path, "other"), "other", {"name": "quick"},
-                       {"a": {"x": 1.0, "x_std": 0.5}})
+  common.write_summary(
+    common.experiment_dir(tmp_path, "other"), "other", {"name": "quick"}, {"a": {"x": 1.0, "x_std": 0.5}}
+  )
   text = report.build_report(tmp_path)
-  section = text[text.index("# Cost curves"):]
+  section = text[text.index("# Cost curves") :]
   assert text.index("# other") < text.index("# Cost curves")
   assert "| tiw_dsm | batch |" in section
   assert "](cost_curves/family_curves.png)" in section  # relative link
@@ -232,9 +233,9 @@ def test_write_summary_schema(tmp_path):
   config = common.Config(name="x", seeds=(0, 1), nested={"a": (1, 2)})
   path = common.write_summary(tmp_path, "exp", config, {"u": {"m": 1, "m_std": 0.0}})
   assert json.loads(path.read_text()) == {
-      "experiment": "exp",
-      "config": {"name": "x", "seeds": [0, 1], "nested": {"a": [1, 2]}},
-      "metrics": {"u": {"m": 1.0, "m_std": 0.0}},
+    "experiment": "exp",
+    "config": {"name": "x", "seeds": [0, 1], "nested": {"a": [1, 2]}},
+    "metrics": {"u": {"m": 1.0, "m_std": 0.0}},
   }
   with pytest.raises(TypeError):
     common.write_summary(tmp_path, "exp", config, {"u": {"m": "bad"}})
@@ -278,7 +279,8 @@ def test_lm_resumes_from_checkpoint(tmp_path):
   from experiments import loss_lm
 
   config = _smoke_config("loss_lm", tmp_path).replace(
-      methods=("uniform", "linupper"), seeds=(0,), checkpoint_every=6)
+    methods=("uniform", "linupper"), seeds=(0,), checkpoint_every=6
+  )
   first = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
   ckpt = tmp_path / "a" / "loss_lm" / "checkpoints" / "linupper_seed0"
   steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
@@ -288,10 +290,8 @@ def test_lm_resumes_from_checkpoint(tmp_path):
 
   shutil.rmtree(ckpt / "12")
   again = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
-  log = jaxweights.read_jsonl(
-      common.run_log_path(tmp_path / "a" / "loss_lm", "linupper", 0))
+  log = jaxweights.read_jsonl(common.run_log_path(tmp_path / "a" / "loss_lm", "linupper", 0))
   trained = [r["step"] for r in log if "loss_mean" in r]
   assert trained.count(2) == 1 and trained.count(8) == 2  # resumed after step 6
   for key in ("heldout_loss", "train_loss_last10pct"):
-    assert again["metrics"]["linupper"][key] == pytest.approx(
-        first["metrics"]["linupper"][key], rel=1e-6)
+    assert again["metrics"]["linupper"][key] == pytest.approx(first["metrics"]["linupper"][key], rel=1e-6)

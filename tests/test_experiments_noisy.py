@@ -11,8 +11,7 @@ import optax
 import pytest
 
 import jaxweights
-from experiments import EXPERIMENTS, common, load
-from experiments import noisy_digits
+from experiments import EXPERIMENTS, common, load, noisy_digits
 from experiments.noisy_digits import configs
 from experiments.noisy_digits import train as nd
 from jaxweights import noisy_labels as nl
@@ -35,8 +34,7 @@ def test_registered():
     assert config.num_steps % config.eval_every == 0
   assert len(noisy_digits.get_config("quick").seeds) >= 3
   assert len(noisy_digits.get_config("full").seeds) == 5
-  assert [s[0] for s in noisy_digits.get_config("quick").settings] == [
-      "sym20", "sym50", "asym20", "asym40"]
+  assert [s[0] for s in noisy_digits.get_config("quick").settings] == ["sym20", "sym50", "asym20", "asym40"]
   with pytest.raises(ValueError):
     noisy_digits.get_config("nope")
 
@@ -100,8 +98,7 @@ def test_outputs_on_disk(smoke):
       records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))
       assert records[0]["step"] == 0
       assert max(r["step"] for r in records) == config.num_steps
-      assert {r["setting"] for r in records} == ({"sym50", "clean"} if method == "ce"
-                                                 else {"sym50"})
+      assert {r["setting"] for r in records} == ({"sym50", "clean"} if method == "ce" else {"sym50"})
 
 
 def test_parse_method():
@@ -146,8 +143,13 @@ def test_T_is_swapped_without_rebuilding():
 @pytest.mark.slow  # a second full smoke run
 def test_ablation_table_is_appended(tmp_path):
   config = noisy_digits.get_config("smoke").replace(
-      methods=("ce", "forward_true"), seeds=(0,), num_steps=24, warmup_steps=12,
-      clean_reference=False, ablations={"short": {"num_steps": 12}})
+    methods=("ce", "forward_true"),
+    seeds=(0,),
+    num_steps=24,
+    warmup_steps=12,
+    clean_reference=False,
+    ablations={"short": {"num_steps": 12}},
+  )
   summary = noisy_digits.run(config, str(tmp_path), log=lambda *_: None)
   assert set(summary["metrics"]) == {"ce", "forward_true", "volmin"}
   exp_dir = tmp_path / nd.EXPERIMENT

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import jaxweights
-from experiments import EXPERIMENTS, common
-from experiments import presence_lm
+from experiments import EXPERIMENTS, common, presence_lm
 from experiments.presence_lm import inject, mass, tracin
 
 NAME = "presence_lm"
@@ -45,8 +44,14 @@ def test_smoke_summary_schema_and_outputs(smoke):
   metrics = summary["metrics"]
   assert set(metrics) == set(config.methods)
   for method, values in metrics.items():
-    for key in ("heldout_loss", "delta_heldout_loss", "best_heldout_loss", "step_ms",
-                "ess_fraction_s0", "ess_fraction_s1"):
+    for key in (
+      "heldout_loss",
+      "delta_heldout_loss",
+      "best_heldout_loss",
+      "step_ms",
+      "ess_fraction_s0",
+      "ess_fraction_s1",
+    ):
       assert key in values, (method, key)
     for k in inject.KINDS:
       for key in (f"mass_{k}", f"rel_mass_{k}_s0", f"rel_mass_{k}_s1", f"pool_loss_{k}"):
@@ -80,8 +85,7 @@ def test_smoke_summary_schema_and_outputs(smoke):
 def test_uniform_mass_equals_batch_shares(smoke):
   """The logging's correctness check: uniform weights give each kind its share."""
   _, config, summary = smoke
-  counts = inject.kind_counts(config.batch_size, config.noise_fraction,
-                              config.duplicate_fraction)
+  counts = inject.kind_counts(config.batch_size, config.noise_fraction, config.duplicate_fraction)
   uni = summary["metrics"]["uniform"]
   for k in inject.KINDS:
     assert uni[f"mass_{k}"] == pytest.approx(counts[k] / config.batch_size, abs=1e-5)
@@ -94,8 +98,15 @@ def test_uniform_mass_equals_batch_shares(smoke):
 
 def test_injection_is_pure_and_recorded():
   tokens = np.arange(5000, dtype=np.int32) % 200 + 50
-  kw = dict(seed=3, batch_size=16, seq_len=12, vocab_size=300, noise_fraction=0.125,
-            duplicate_fraction=0.25, duplicate_pool=5)
+  kw = dict(
+    seed=3,
+    batch_size=16,
+    seq_len=12,
+    vocab_size=300,
+    noise_fraction=0.125,
+    duplicate_fraction=0.25,
+    duplicate_pool=5,
+  )
   a, b = inject.Injector(tokens, **kw), inject.Injector(tokens, **kw)
   for step in (0, 7):
     x, y = a.batch(step), b.batch(step)
@@ -104,7 +115,7 @@ def test_injection_is_pure_and_recorded():
   batch = a.batch(7)
   counts = np.bincount(batch["kind"], minlength=4)
   assert counts.tolist() == [10, 1, 1, 4]
-  clean = jaxweights.data.lm_batch(tokens, seed=3, step=7, batch_size=16, seq_len=12)["tokens"]
+  clean = jaxweights.substrates.data.lm_batch(tokens, seed=3, step=7, batch_size=16, seq_len=12)["tokens"]
   for i, kind in enumerate(batch["kind"]):
     row = batch["tokens"][i]
     if kind == inject.CLEAN:
@@ -138,11 +149,13 @@ def test_track_kinds_accounts_both_paths():
   inner = jaxweights.Weighting(init=tuple, update=inner_update, gradient=inner_gradient)
   w = mass.track_kinds(inner, switch_step=2)
   state = w.init()
-  inputs = jaxweights.WeightInputs(jnp.zeros(6), mask, None, {"kind": kind},
-                                   jnp.int32(1), jax.random.PRNGKey(0))
+  inputs = jaxweights.WeightInputs(
+    jnp.zeros(6), mask, None, {"kind": kind}, jnp.int32(1), jax.random.PRNGKey(0)
+  )
   _, state = w.update(inputs, state)
-  ctx = jaxweights.GradientContext(None, None, None, None, {"kind": kind}, state,
-                                   jnp.int32(5), jax.random.PRNGKey(0))
+  ctx = jaxweights.GradientContext(
+    None, None, None, None, {"kind": kind}, state, jnp.int32(5), jax.random.PRNGKey(0)
+  )
   out = w.gradient(ctx)
   state = out.state
   np.testing.assert_allclose(state["mass"][0], [0.1, 0.2, 0.3, 0.4], atol=1e-7)

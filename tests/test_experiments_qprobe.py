@@ -12,7 +12,7 @@ import jaxweights
 from experiments import EXPERIMENTS, common
 from experiments.qprobe_arith import experiment, get_config, run, task
 from jaxweights import q_probe
-from jaxweights.qprobe_policies import Tokens
+from jaxweights.families.q_probe.policies import Tokens
 
 
 def test_tokenizer_and_reward():
@@ -27,16 +27,15 @@ def test_tokenizer_and_reward():
   assert task.reward("4Y", 46) == 0.0
   ids = task.encode("46;Y")
   assert task.completion_text(ids, 3) == "46"  # up to the end token
-  comps = Tokens(np.array([[task.encode("46;") + [0, 0], task.encode("4;") + [0, 0, 0]]]),
-                 np.array([[3, 2]]))
+  comps = Tokens(np.array([[task.encode("46;") + [0, 0], task.encode("4;") + [0, 0, 0]]]), np.array([[3, 2]]))
   np.testing.assert_array_equal(task.rewards([task.Problem("12+34=", 46)], comps), [[1, 0]])
 
 
 def test_split_is_disjoint_and_wrong_answers_are_wrong():
-  split = task.make_split(add_max=20, mul_max=4, mul_fraction=0.5, n_probe_train=30,
-                          n_probe_test=20, lm_train_size=None, seed=0)
-  train, test, lm = ({p.prompt for p in s} for s in (split.probe_train, split.probe_test,
-                                                      split.lm_train))
+  split = task.make_split(
+    add_max=20, mul_max=4, mul_fraction=0.5, n_probe_train=30, n_probe_test=20, lm_train_size=None, seed=0
+  )
+  train, test, lm = ({p.prompt for p in s} for s in (split.probe_train, split.probe_test, split.lm_train))
   assert len(train) == 30 and len(test) == 20
   assert not (train & test) and not (train & lm) and not (test & lm)
   assert sum("*" in p for p in train) == 15
@@ -54,8 +53,7 @@ def test_split_is_disjoint_and_wrong_answers_are_wrong():
     answer = eval(prompt)  # pylint: disable=eval-used  # the problem's own arithmetic
     assert (int(rest.split(";")[0]) == answer) == (mark == "Y")
   assert 10 < marks.count("N") < 54
-  np.testing.assert_array_equal(text.batch(seed=0, step=0, batch_size=64)["tokens"],
-                                batch["tokens"])
+  np.testing.assert_array_equal(text.batch(seed=0, step=0, batch_size=64)["tokens"], batch["tokens"])
   # The loss mask starts right after "=".
   row, mask = batch["tokens"][0], batch["mask"][0]
   assert task.decode(row[mask]) == lines[0].split("=")[1]
@@ -118,8 +116,11 @@ def test_smoke_end_to_end(tmp_path):
   assert "ordering" in table
   # The API mode's features went through the disk.
   api = q_probe.PrecomputedEmbeddings.load(exp_dir / "api_embeddings_test.npz")
-  assert api.features.shape == (config.task["n_probe_test"], config.n_samples,
-                                config.api_lm["model"]["d_model"])
+  assert api.features.shape == (
+    config.task["n_probe_test"],
+    config.n_samples,
+    config.api_lm["model"]["d_model"],
+  )
   for method in config.methods:
     for seed in config.seeds:
       records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))

@@ -38,8 +38,9 @@ def test_gmm_data_oracle_and_mode_metrics():
   x = jnp.asarray(data["x_bias"][:50])
   t = jnp.full((50,), 0.3)
   a, b = sde.alpha(t), sde.sigma(t)
-  np.testing.assert_allclose(oracle.apply(oracle.params, x, t),
-                             data_mix.log_prob(x, a, b) - bias_mix.log_prob(x, a, b), rtol=1e-5)
+  np.testing.assert_allclose(
+    oracle.apply(oracle.params, x, t), data_mix.log_prob(x, a, b) - bias_mix.log_prob(x, a, b), rtol=1e-5
+  )
   # Exact unbiased samples: mode TV ~ 0; exact biased samples: the biased proportions.
   rng = np.random.default_rng(1)
   m = gmm.sample_metrics(data_mix.sample(rng, 4000)[0], data, config)
@@ -66,8 +67,7 @@ def test_digits_data_is_long_tailed_with_a_balanced_disjoint_reference():
   y_bias = real["y_train"][data["i_bias"]]
   np.testing.assert_array_equal(np.bincount(y_bias, minlength=10)[data["order"]], counts)
   assert data["x_obs"].min() >= -1.0 and data["x_obs"].max() <= 1.0
-  np.testing.assert_allclose(digits.to_pixels(digits.to_model(real["x_test"])), real["x_test"],
-                             atol=1e-6)
+  np.testing.assert_allclose(digits.to_pixels(digits.to_model(real["x_test"])), real["x_test"], atol=1e-6)
 
 
 def test_digits_judge_on_real_balanced_digits():
@@ -83,15 +83,24 @@ def test_every_method_builds_its_weighting():
   edm = df.EDMDiffusion()
   ratio = dr.RatioModel(lambda p, x, t: jnp.zeros(x.shape[:1]), ())
   for method in M.DESCRIPTIONS:
-    w = M.make_weighting(method, edm, time_dependent=ratio, time_independent=ratio,
-                         oracle=ratio, ref_fraction=0.05, t_range=None)
+    w = M.make_weighting(
+      method, edm, time_dependent=ratio, time_independent=ratio, oracle=ratio, ref_fraction=0.05, t_range=None
+    )
     assert w.prepare is not None  # every method draws its noise in prepare
   with pytest.raises(ValueError, match="unknown method"):
-    M.make_weighting("nope", edm, time_dependent=ratio, time_independent=ratio, oracle=None,
-                     ref_fraction=0.05, t_range=None)
+    M.make_weighting(
+      "nope", edm, time_dependent=ratio, time_independent=ratio, oracle=None, ref_fraction=0.05, t_range=None
+    )
   with pytest.raises(ValueError, match="oracle"):
-    M.make_weighting("tiw_oracle", edm, time_dependent=ratio, time_independent=ratio,
-                     oracle=None, ref_fraction=0.05, t_range=None)
+    M.make_weighting(
+      "tiw_oracle",
+      edm,
+      time_dependent=ratio,
+      time_independent=ratio,
+      oracle=None,
+      ref_fraction=0.05,
+      t_range=None,
+    )
   assert M.uses_reference_only("dsm_ref") and not M.uses_reference_only("dsm_obs")
 
 

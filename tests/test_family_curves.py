@@ -7,15 +7,30 @@ import pytest
 
 from benchmarks import family_curves
 
-RECORD_KEYS = {"family", "sweep", "batch", "width", "plain_ms", "weighted_ms", "time_ratio",
-               "plain_peak_bytes", "weighted_peak_bytes", "memory_ratio", "params",
-               "calls_per_repeat"}
+RECORD_KEYS = {
+  "family",
+  "sweep",
+  "batch",
+  "width",
+  "plain_ms",
+  "weighted_ms",
+  "time_ratio",
+  "plain_peak_bytes",
+  "weighted_peak_bytes",
+  "memory_ratio",
+  "params",
+  "calls_per_repeat",
+}
 
 
 def check_records(records, families, sizes):
   assert [r["family"] for r in records] == [
-      f for f in families for _ in range(len(family_curves.family_spec(f, sizes)["batches"])
-                                         + len(family_curves.family_spec(f, sizes)["widths"]))]
+    f
+    for f in families
+    for _ in range(
+      len(family_curves.family_spec(f, sizes)["batches"]) + len(family_curves.family_spec(f, sizes)["widths"])
+    )
+  ]
   for fam in families:
     spec = family_curves.family_spec(fam, sizes)
     mine = [r for r in records if r["family"] == fam]

@@ -1,7 +1,5 @@
 """Per-sample gradient norms: every exact method equals vmap(grad)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import jaxweights as jw
-from jaxweights.grad_norms import per_sample_grad_norms
+from jaxweights.families.self_influence.grad_norms import per_sample_grad_norms
 
 RTOL = 1e-4
 
@@ -47,8 +45,11 @@ def seq_batch(b=6, t=9, seed=0):
   mask = np.ones((b, t), bool)
   mask[1, 3:] = False
   mask[4] = False  # empty sequence: norm 0
-  return {"ids": jnp.asarray(rng.integers(0, 5, (b, t))),
-          "y": jnp.asarray(rng.integers(0, 3, (b, t))), "mask": jnp.asarray(mask)}
+  return {
+    "ids": jnp.asarray(rng.integers(0, 5, (b, t))),
+    "y": jnp.asarray(rng.integers(0, 3, (b, t))),
+    "mask": jnp.asarray(mask),
+  }
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"use_bias": False}, {"ln_scale": False}, {"ln_bias": False}])
@@ -69,9 +70,9 @@ def test_vmap_oracle_against_explicit_per_sample_grads():
   want = []
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   for i in range(6):
-    one = jax.tree.map(lambda x: x[i:i + 1], batch)
+    one = jax.tree.map(lambda x: x[i : i + 1], batch)
     g = jax.grad(lambda p: jnp.sum(seq_loss(nnx.merge(graphdef, p, rest), one).loss))(params)
-    want.append(sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(g)))
+    want.append(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
   got = per_sample_grad_norms(seq_loss, model, batch, method="vmap", chunk_size=4)
   np.testing.assert_allclose(got.total, want, rtol=1e-5)
 
@@ -88,7 +89,9 @@ def lm_setup(b=8, t=12):
   mask = np.ones((b, t + 1), bool)
   mask[2, 6:] = False
   return jw.TransformerLM(cfg, rngs=nnx.Rngs(0)), {
-      "tokens": jnp.asarray(rng.integers(0, 13, (b, t + 1))), "mask": jnp.asarray(mask)}
+    "tokens": jnp.asarray(rng.integers(0, 13, (b, t + 1))),
+    "mask": jnp.asarray(mask),
+  }
 
 
 def mlp_loss(model, batch):
@@ -98,8 +101,9 @@ def mlp_loss(model, batch):
 def mlp_setup(b=16):
   rng = np.random.default_rng(2)
   return jw.MLP(10, [12, 8], 4, rngs=nnx.Rngs(0)), {
-      "x": jnp.asarray(rng.normal(size=(b, 10)), jnp.float32),
-      "y": jnp.asarray(rng.integers(0, 4, b))}
+    "x": jnp.asarray(rng.normal(size=(b, 10)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 4, b)),
+  }
 
 
 @pytest.mark.parametrize("setup, loss", [(lm_setup, lm_loss), (mlp_setup, mlp_loss)])
@@ -119,7 +123,8 @@ def test_layer_subset():
   assert sub.by_layer and all(k.startswith("blocks/0/") for k in sub.by_layer)
   full = per_sample_grad_norms(lm_loss, model, batch, method="vmap")
   np.testing.assert_allclose(
-      sub.total, sum(v for k, v in full.by_layer.items() if k.startswith("blocks/0/")), rtol=RTOL)
+    sub.total, sum(v for k, v in full.by_layer.items() if k.startswith("blocks/0/")), rtol=RTOL
+  )
   pred = per_sample_grad_norms(lm_loss, model, batch, layers=lambda p: p == "head")
   np.testing.assert_allclose(pred.total, full.by_layer["head"], rtol=RTOL)
   with pytest.raises(ValueError, match="selects no parameters"):
@@ -132,20 +137,21 @@ def test_jvp_estimate_is_unbiased_within_its_variance():
   model, batch = mlp_setup()
   exact = np.asarray(per_sample_grad_norms(mlp_loss, model, batch, method="vmap").total)
   k = 512
-  est = np.asarray(per_sample_grad_norms(
-      mlp_loss, model, batch, method="jvp", num_probes=k, key=jax.random.key(0)).total)
+  est = np.asarray(
+    per_sample_grad_norms(mlp_loss, model, batch, method="jvp", num_probes=k, key=jax.random.key(0)).total
+  )
   # (g.v)^2 = |g|^2 chi2_1: the k-probe mean has relative std sqrt(2 / k).
   z = (est - exact) / (exact * np.sqrt(2 / k))
   assert np.all(np.abs(z) < 4.5), z
   assert abs(z.mean()) < 4.5 / np.sqrt(len(z))  # no shared bias across samples
   # And it is really noisy at few probes (the test can fail).
-  few = np.asarray(per_sample_grad_norms(
-      mlp_loss, model, batch, method="jvp", num_probes=2, key=jax.random.key(1)).total)
+  few = np.asarray(
+    per_sample_grad_norms(mlp_loss, model, batch, method="jvp", num_probes=2, key=jax.random.key(1)).total
+  )
   assert np.max(np.abs(few / exact - 1)) > 0.05
 
 
 class WithConv(nnx.Module):
-
   def __init__(self):
     self.conv = nnx.Conv(1, 2, (3,), rngs=nnx.Rngs(0))
     self.head = nnx.Linear(2 * 5, 3, rngs=nnx.Rngs(1))
@@ -167,12 +173,12 @@ def test_conv_is_exact_and_untapped_use_is_named_or_falls_back():
 
   with pytest.raises(ValueError, match=r"'head/kernel': it is read outside its layer"):
     per_sample_grad_norms(reused, model, batch, fallback="error")
-  assert_norms_equal(per_sample_grad_norms(reused, model, batch),
-                     per_sample_grad_norms(reused, model, batch, method="vmap"))
+  assert_norms_equal(
+    per_sample_grad_norms(reused, model, batch), per_sample_grad_norms(reused, model, batch, method="vmap")
+  )
 
 
 class Shared(nnx.Module):
-
   def __init__(self):
     self.dense = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
 
@@ -183,8 +189,10 @@ class Shared(nnx.Module):
 @pytest.mark.parametrize("rule", ["auto", "ghost", "direct"])
 def test_layer_called_twice_is_exact(rule):
   rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.normal(size=(5, 3, 4)), jnp.float32),
-           "y": jnp.asarray(rng.integers(0, 4, (5, 3)))}
+  batch = {
+    "x": jnp.asarray(rng.normal(size=(5, 3, 4)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 4, (5, 3))),
+  }
 
   def loss(model, b):
     return jw.LossOutput(jw.token_mean_cross_entropy(model(b["x"]), b["y"])[0])
@@ -233,14 +241,15 @@ def test_microbatch_norms_match_explicit_group_gradients(setup, loss):
   n = jax.tree.leaves(batch)[0].shape[0] // m
   want = []
   for k in range(m):
-    part = jax.tree.map(lambda x: x[k * n:(k + 1) * n], batch)
+    part = jax.tree.map(lambda x: x[k * n : (k + 1) * n], batch)
     g = jax.grad(lambda p: jnp.sum(loss(nnx.merge(graphdef, p, rest), part).loss))(params)
-    want.append(sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(g)))
+    want.append(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
   for method in ("ghost", "vmap"):
     got = per_sample_grad_norms(loss, model, batch, method=method, microbatches=m)
     np.testing.assert_allclose(got.total, want, rtol=RTOL, err_msg=method)
-  est = per_sample_grad_norms(loss, model, batch, method="jvp", microbatches=m,
-                              num_probes=256, key=jax.random.key(0))
+  est = per_sample_grad_norms(
+    loss, model, batch, method="jvp", microbatches=m, num_probes=256, key=jax.random.key(0)
+  )
   assert est.total.shape == (m,)
   np.testing.assert_allclose(est.total, want, rtol=4.5 * np.sqrt(2 / 256))
   with pytest.raises(ValueError, match="divisible"):
@@ -248,7 +257,8 @@ def test_microbatch_norms_match_explicit_group_gradients(setup, loss):
 
 
 def test_bookkeeping_gradient_equals_autodiff():
-  from jaxweights.grad_norms import bookkeeping_grads, ghost_capture
+  from jaxweights.families.self_influence.grad_norms import bookkeeping_grads, ghost_capture
+
   model, batch = lm_setup()
   capture = ghost_capture(lm_loss, model, batch)
   assert not capture.fallback

@@ -40,28 +40,47 @@ def r():
 
 
 CASES = {
-    "Linear": (lambda: nnx.Linear(6, 5, rngs=r()), (4, 3, 6), None),
-    "Linear_T1": (lambda: nnx.Linear(6, 5, rngs=r()), (4, 6), None),
-    "LinearGeneral_out_heads": (lambda: nnx.LinearGeneral(6, (2, 3), rngs=r()), (4, 3, 6), None),
-    "LinearGeneral_in_heads": (lambda: nnx.LinearGeneral((2, 3), 5, axis=(-2, -1), rngs=r()),
-                               (4, 3, 2, 3), None),
-    "LinearGeneral_axis0": (lambda: nnx.LinearGeneral(3, 5, axis=1, rngs=r()), (4, 3, 6), None),
-    "Einsum": (lambda: nnx.Einsum("btd,dhk->bthk", (6, 2, 3), (2, 3), rngs=r()), (4, 3, 6), None),
-    "Conv1d": (lambda: nnx.Conv(2, 3, (3,), rngs=r()), (4, 7, 2), None),
-    "Conv2d_stride_pad": (lambda: nnx.Conv(2, 4, (3, 3), strides=(2, 1), padding="VALID",
-                                           rngs=r()), (4, 7, 6, 2), None),
-    "Conv2d_dilation_groups": (lambda: nnx.Conv(4, 6, (2, 2), kernel_dilation=(2, 1),
-                                                feature_group_count=2, rngs=r()), (4, 6, 5, 4), None),
-    "ConvTranspose": (lambda: nnx.ConvTranspose(2, 3, (3,), rngs=r()), (4, 5, 2), None),
-    "Embed": (lambda: nnx.Embed(5, 4, rngs=r()), "ids", None),
-    "Embed_attend": (lambda: nnx.Embed(5, 4, rngs=r()), (4, 3, 4), lambda l, x: l.attend(x)),
-    "LayerNorm": (lambda: nnx.LayerNorm(6, rngs=r()), (4, 3, 6), None),
-    "RMSNorm": (lambda: nnx.RMSNorm(6, rngs=r()), (4, 3, 6), None),
-    "GroupNorm": (lambda: nnx.GroupNorm(6, num_groups=3, rngs=r()), (4, 3, 6), None),
-    "BatchNorm_eval": (lambda: nnx.BatchNorm(6, use_running_average=True, rngs=r()), (4, 3, 6), None),
-    "MultiHeadAttention": (lambda: nnx.MultiHeadAttention(
-        num_heads=2, in_features=6, qkv_features=4, decode=False, deterministic=True,
-        normalize_qk=True, rngs=r()), (4, 3, 6), None),
+  "Linear": (lambda: nnx.Linear(6, 5, rngs=r()), (4, 3, 6), None),
+  "Linear_T1": (lambda: nnx.Linear(6, 5, rngs=r()), (4, 6), None),
+  "LinearGeneral_out_heads": (lambda: nnx.LinearGeneral(6, (2, 3), rngs=r()), (4, 3, 6), None),
+  "LinearGeneral_in_heads": (
+    lambda: nnx.LinearGeneral((2, 3), 5, axis=(-2, -1), rngs=r()),
+    (4, 3, 2, 3),
+    None,
+  ),
+  "LinearGeneral_axis0": (lambda: nnx.LinearGeneral(3, 5, axis=1, rngs=r()), (4, 3, 6), None),
+  "Einsum": (lambda: nnx.Einsum("btd,dhk->bthk", (6, 2, 3), (2, 3), rngs=r()), (4, 3, 6), None),
+  "Conv1d": (lambda: nnx.Conv(2, 3, (3,), rngs=r()), (4, 7, 2), None),
+  "Conv2d_stride_pad": (
+    lambda: nnx.Conv(2, 4, (3, 3), strides=(2, 1), padding="VALID", rngs=r()),
+    (4, 7, 6, 2),
+    None,
+  ),
+  "Conv2d_dilation_groups": (
+    lambda: nnx.Conv(4, 6, (2, 2), kernel_dilation=(2, 1), feature_group_count=2, rngs=r()),
+    (4, 6, 5, 4),
+    None,
+  ),
+  "ConvTranspose": (lambda: nnx.ConvTranspose(2, 3, (3,), rngs=r()), (4, 5, 2), None),
+  "Embed": (lambda: nnx.Embed(5, 4, rngs=r()), "ids", None),
+  "Embed_attend": (lambda: nnx.Embed(5, 4, rngs=r()), (4, 3, 4), lambda l, x: l.attend(x)),
+  "LayerNorm": (lambda: nnx.LayerNorm(6, rngs=r()), (4, 3, 6), None),
+  "RMSNorm": (lambda: nnx.RMSNorm(6, rngs=r()), (4, 3, 6), None),
+  "GroupNorm": (lambda: nnx.GroupNorm(6, num_groups=3, rngs=r()), (4, 3, 6), None),
+  "BatchNorm_eval": (lambda: nnx.BatchNorm(6, use_running_average=True, rngs=r()), (4, 3, 6), None),
+  "MultiHeadAttention": (
+    lambda: nnx.MultiHeadAttention(
+      num_heads=2,
+      in_features=6,
+      qkv_features=4,
+      decode=False,
+      deterministic=True,
+      normalize_qk=True,
+      rngs=r(),
+    ),
+    (4, 3, 6),
+    None,
+  ),
 }
 
 
@@ -111,8 +130,7 @@ def test_bookkeeping_gradient_equals_autodiff_on_every_layer():
       assert pa == pb
       # atol: the attention key bias's gradient is a near-cancelling sum (~1e-3 from
       # terms ~1e-1); float32 rounding of that sum differs by ~4e-6 between the two orders.
-      np.testing.assert_allclose(a.get_value(), b.get_value(), rtol=1e-5, atol=1e-5,
-                                 err_msg=f"{name} {pa}")
+      np.testing.assert_allclose(a.get_value(), b.get_value(), rtol=1e-5, atol=1e-5, err_msg=f"{name} {pa}")
 
 
 def test_scanned_stack_of_every_kind_of_layer():
@@ -133,17 +151,21 @@ def test_scanned_stack_of_every_kind_of_layer():
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def create(rngs):
         return Block(rngs)
+
       self.blocks = create(nnx.Rngs(0))
 
     def __call__(self, x):
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
       def run(block, x):
         return block(x)
+
       return run(self.blocks, x)
 
   model = Stack()
-  batch = {"x": jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 6)), jnp.float32),
-           "t": jnp.asarray(np.random.default_rng(1).normal(size=(4, 512)), jnp.float32)}
+  batch = {
+    "x": jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 6)), jnp.float32),
+    "t": jnp.asarray(np.random.default_rng(1).normal(size=(4, 512)), jnp.float32),
+  }
   got = gn.per_sample_grad_norms(loss, model, batch, fallback="error")
   want = gn.per_sample_grad_norms(loss, model, batch, method="vmap")
   np.testing.assert_allclose(got.total, want.total, rtol=RTOL)
@@ -159,6 +181,7 @@ def test_scanned_stack_of_every_kind_of_layer():
 
 if __name__ == "__main__":
   import os
+
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   print("| layer | max rel. error, auto | Gram | direct |")
   print("|---|---|---|---|")

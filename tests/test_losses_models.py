@@ -22,11 +22,15 @@ def test_empty_sequence_no_division_by_zero():
   # Named after the reference code's empty-sequence 0/0.
   logits = jnp.zeros((2, 3, 5))
   losses, valid = jw.token_mean_cross_entropy(
-      logits, jnp.zeros((2, 3), jnp.int32), jnp.array([[1, 1, 0], [0, 0, 0]]))
+    logits, jnp.zeros((2, 3), jnp.int32), jnp.array([[1, 1, 0], [0, 0, 0]])
+  )
   assert np.isfinite(losses).all() and losses[1] == 0
   assert valid.tolist() == [True, False]
-  g = jax.grad(lambda z: jw.token_mean_cross_entropy(
-      z, jnp.zeros((2, 3), jnp.int32), jnp.array([[1, 1, 0], [0, 0, 0]]))[0].sum())(logits)
+  g = jax.grad(
+    lambda z: jw.token_mean_cross_entropy(z, jnp.zeros((2, 3), jnp.int32), jnp.array([[1, 1, 0], [0, 0, 0]]))[
+      0
+    ].sum()
+  )(logits)
   assert np.isfinite(g).all() and np.all(g[1] == 0)
 
 
@@ -37,13 +41,16 @@ def test_cross_entropy_and_squared_error_by_hand():
   np.testing.assert_allclose(se, [2.5, 1.0])
 
 
-@pytest.mark.parametrize("call", [
+@pytest.mark.parametrize(
+  "call",
+  [
     lambda: jw.token_mean_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32)),
     lambda: jw.token_mean_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 2), jnp.int32)),
     lambda: jw.token_mean_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 2))),
     lambda: jw.cross_entropy(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32)),
     lambda: jw.squared_error(jnp.zeros((2, 3)), jnp.zeros((2, 2))),
-])
+  ],
+)
 def test_loss_shape_errors(call):
   with pytest.raises(ValueError):
     call()
@@ -74,6 +81,7 @@ def test_mlp_and_param_count():
 
 def test_bf16_compute_tracks_float32_training():
   import optax
+
   rng = np.random.default_rng(0)
   data = rng.integers(0, 40, (64, 17))
   data[:, 1::2] = (data[:, ::2][:, :8] + 1) % 40  # learnable structure
@@ -85,25 +93,31 @@ def test_bf16_compute_tracks_float32_training():
 
   curves = {}
   for dtype in ("float32", "bfloat16"):
-    cfg = jw.TransformerConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=16, dtype=dtype)
+    cfg = jw.TransformerConfig(
+      vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=16, dtype=dtype
+    )
     model = jw.TransformerLM(cfg, rngs=nnx.Rngs(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     tx = optax.adam(3e-3)
-    weighting = jw.loss_reweighting("linupper", r=0.5)
+    weighting = jw.linupper_weighting(r=0.5)
     graphdef, state = jw.init_train_state(model, tx, weighting)
     step = jw.make_train_step(graphdef, lm_loss, tx, weighting)
     losses = []
     for i in range(40):
       start = (i * 16) % 64
-      batch = {"tokens": jnp.asarray(data[start:start + 16])}
+      batch = {"tokens": jnp.asarray(data[start : start + 16])}
       state, m = step(state, batch)
       losses.append(float(m["loss_mean"]))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     curves[dtype] = np.array(losses)
   assert curves["float32"][-5:].mean() < curves["float32"][:5].mean() - 0.5  # it learns
   np.testing.assert_allclose(curves["bfloat16"], curves["float32"], rtol=0.03)
-  logits = jw.TransformerLM(jw.TransformerConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                                                  max_len=16, dtype="bfloat16"), rngs=nnx.Rngs(0))(jnp.zeros((1, 4), jnp.int32))
+  logits = jw.TransformerLM(
+    jw.TransformerConfig(
+      vocab_size=40, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16, dtype="bfloat16"
+    ),
+    rngs=nnx.Rngs(0),
+  )(jnp.zeros((1, 4), jnp.int32))
   assert logits.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="dtype"):
     jw.TransformerConfig(dtype="int8")

@@ -21,8 +21,7 @@ def free_port() -> int:
 
 
 def launch(out, devices, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "experiments.loss_lm", "--config", "smoke", "--out", str(out), *extra]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -38,14 +37,20 @@ def records(run_dir):
 def test_two_processes_match_one_process(tmp_path):
   single = launch(tmp_path / "one", 8)
   port = free_port()
-  procs = [launch(tmp_path / "two", 4, ["--coordinator", f"127.0.0.1:{port}",
-                                        "--num-processes", "2", "--process-id", str(p)])
-           for p in range(2)]
+  procs = [
+    launch(
+      tmp_path / "two",
+      4,
+      ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(p)],
+    )
+    for p in range(2)
+  ]
   for p in [single, *procs]:
     log, _ = p.communicate(timeout=900)
     assert p.returncode == 0, log[-3000:]
   one, two = records(tmp_path / "one" / "loss_lm"), records(tmp_path / "two" / "loss_lm")
   from experiments.loss_lm import configs
+
   config = configs.get_config("smoke")  # every method and its bf16 rerun, every seed
   runs = (len(config.methods) + len(config.bf16_methods)) * len(config.seeds)
   assert one.keys() == two.keys() and len(one) == runs
@@ -78,9 +83,14 @@ def test_two_processes_with_checkpoints_save_resume_and_match(tmp_path):
   assert single.returncode == 0, log[-3000:]
   for attempt in range(2):  # the second launch restores the finished runs' checkpoints
     port = free_port()
-    procs = [launch(tmp_path / "two", 4, [*ckpt, "--coordinator", f"127.0.0.1:{port}",
-                                          "--num-processes", "2", "--process-id", str(p)])
-             for p in range(2)]
+    procs = [
+      launch(
+        tmp_path / "two",
+        4,
+        [*ckpt, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(p)],
+      )
+      for p in range(2)
+    ]
     for p in procs:
       log, _ = p.communicate(timeout=900)
       assert p.returncode == 0, f"launch {attempt}: " + log[-3000:]

@@ -1,14 +1,11 @@
 """Transition matrices, importance weights, DWS and RENT (Bae et al.)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 import jaxweights as jw
 from jaxweights import noisy_labels as nl
@@ -38,13 +35,19 @@ def test_asymmetric_T_is_not_silently_transposed():
   np.testing.assert_allclose(w, [0.5 / (0.4 * 0.5 + 1.0 * 0.5)], rtol=1e-5)
   # The transposed matrix gives a different (wrong) weight: the test can fail.
   np.testing.assert_allclose(
-      nl.importance_weights(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([1]), T.T), [1.0], rtol=1e-5)
+    nl.importance_weights(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([1]), T.T), [1.0], rtol=1e-5
+  )
 
 
-@pytest.mark.parametrize("T, match", [
-    (np.ones((2, 3)) / 2, "square"), (np.array([[1.2, 0.0], [-0.2, 1.0]]), "non-negative"),
-    (np.array([[0.5, 0.5], [0.4, 0.4]]), "sum to 1"), (np.array([[np.nan, 0], [1, 1]]), "finite"),
-])
+@pytest.mark.parametrize(
+  "T, match",
+  [
+    (np.ones((2, 3)) / 2, "square"),
+    (np.array([[1.2, 0.0], [-0.2, 1.0]]), "non-negative"),
+    (np.array([[0.5, 0.5], [0.4, 0.4]]), "sum to 1"),
+    (np.array([[np.nan, 0], [1, 1]]), "finite"),
+  ],
+)
 def test_bad_T_raises(T, match):
   with pytest.raises(ValueError, match=match):
     nl.check_transition_matrix(T)
@@ -91,7 +94,9 @@ def test_anchor_estimate_recovers_T_from_true_posteriors():
 @pytest.mark.parametrize("alpha", [1e-4, 1e-2, 1.0, 10.0])
 def test_dirichlet_weights_finite_and_normalised(alpha):
   w = jnp.array([0.5, 2.0, 1.0, 0.1, 3.0])
-  pi = nl.dirichlet_weights(jax.random.key(0), w, alpha=alpha, num_draws=64, mask=jnp.array([1, 1, 1, 0, 1], bool))
+  pi = nl.dirichlet_weights(
+    jax.random.key(0), w, alpha=alpha, num_draws=64, mask=jnp.array([1, 1, 1, 0, 1], bool)
+  )
   assert np.isfinite(pi).all() and float(pi[3]) == 0
   np.testing.assert_allclose(pi.sum(), 1.0, rtol=1e-5)
 
@@ -103,7 +108,8 @@ def test_dirichlet_limits():
   np.testing.assert_allclose(big, wbar, rtol=0.02)  # alpha -> inf: deterministic reweighting
   # alpha -> 0: each draw is ~one-hot with P(i) = wbar_i (resampling frequencies).
   draws = jax.vmap(lambda k: nl.dirichlet_weights(k, w, alpha=1e-3, num_draws=1))(
-      jax.random.split(jax.random.key(2), 4000))
+    jax.random.split(jax.random.key(2), 4000)
+  )
   assert np.mean(np.max(np.asarray(draws), axis=1) > 0.99) > 0.95
   freq = np.mean(np.asarray(draws) > 0.5, axis=0)
   se = np.sqrt(wbar * (1 - wbar) / 4000)
@@ -118,8 +124,7 @@ def test_dirichlet_mean_and_variance_match_theory(draw_chunk):
   w = jnp.array([1.0, 2.0, 3.0, 4.0, 0.5])
   wbar = np.asarray(w / w.sum())
   alpha, m, reps = 3.0, 20, 3000
-  f = jax.jit(jax.vmap(lambda k: nl.dirichlet_weights(k, w, alpha=alpha, num_draws=m,
-                                                      draw_chunk=draw_chunk)))
+  f = jax.jit(jax.vmap(lambda k: nl.dirichlet_weights(k, w, alpha=alpha, num_draws=m, draw_chunk=draw_chunk)))
   pis = np.asarray(f(jax.random.split(jax.random.key(3), reps)), np.float64)
   np.testing.assert_allclose(pis.sum(axis=1), 1.0, rtol=1e-5)
   var = wbar * (1 - wbar) / (alpha + 1) / m
@@ -132,8 +137,11 @@ def test_dirichlet_mean_and_variance_match_theory(draw_chunk):
 
 def test_dirichlet_chunked_draws_stay_within_budget():
   w = jnp.ones(64)
-  hlo = jax.jit(lambda k: nl.dirichlet_weights(k, w, alpha=10.0, num_draws=64, draw_chunk=8)).lower(
-      jax.random.key(0)).as_text()
+  hlo = (
+    jax.jit(lambda k: nl.dirichlet_weights(k, w, alpha=10.0, num_draws=64, draw_chunk=8))
+    .lower(jax.random.key(0))
+    .as_text()
+  )
   assert "while" in hlo or "scan" in hlo  # chunks run as a loop, not unrolled
   with pytest.raises(ValueError, match="draw_chunk"):
     nl.dirichlet_weights(jax.random.key(0), w, alpha=10.0, num_draws=4, draw_chunk=0)
@@ -154,9 +162,16 @@ def test_forward_correction_by_hand():
   np.testing.assert_allclose(nl.forward_corrected_ce(logits, jnp.array([0]), T), [-np.log(0.75)], rtol=1e-5)
 
 
+WEIGHTINGS = {
+  "reweight": nl.importance_weighting,
+  "rent": nl.rent_weighting,
+  "dws": lambda T: nl.dws_weighting(T, alpha=5.0),
+}
+
+
 def _mlp_step(kind, mesh=None, mode="jit"):
   T = nl.symmetric_transition(4, 0.3)
-  weighting = nl.transition_weighting(kind, T, alpha=5.0)
+  weighting = WEIGHTINGS[kind](T)
   loss_fn = nl.classification_loss()
   model = jw.MLP(6, [8], 4, rngs=nnx.Rngs(0))
   tx = optax.sgd(0.1)
@@ -188,12 +203,14 @@ def test_dws_step_runs_sharded():
 
 def test_bad_weighting_arguments():
   T = nl.symmetric_transition(3, 0.2)
-  with pytest.raises(ValueError, match="kind"):
-    nl.transition_weighting("forward", T)
   with pytest.raises(ValueError, match="alpha"):
-    nl.transition_weighting("dws", T, alpha=0.0)
+    nl.dws_weighting(T, alpha=-1.0)
+  with pytest.raises(ValueError, match="resample_factor"):
+    nl.rent_weighting(T, resample_factor=0)
+  with pytest.raises(ValueError, match="alpha"):
+    nl.dws_weighting(T, alpha=0.0)
   with pytest.raises(ValueError, match="sum to 1"):
-    nl.transition_weighting("rent", np.ones((3, 3)))
+    nl.rent_weighting(np.ones((3, 3)))
   with pytest.raises(ValueError, match="num_draws"):
     nl.resampling_weights(jax.random.key(0), jnp.ones(3), num_draws=0)
 
@@ -201,16 +218,19 @@ def test_bad_weighting_arguments():
 def _log_gamma_cdf(a, log_x):
   """P(log G <= log_x) for G ~ Gamma(a), also where exp(log_x) underflows float64."""
   from scipy.special import gammainc, gammaln
+
   a, log_x = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(log_x, np.float64))
   tiny = log_x < -700  # gammainc(a, y) = y^a / Gamma(a + 1) (1 + O(y)) for small y
-  return np.where(tiny, np.exp(a * np.minimum(log_x, 0) - gammaln(a + 1)),
-                  gammainc(a, np.exp(np.maximum(log_x, -700))))
+  return np.where(
+    tiny, np.exp(a * np.minimum(log_x, 0) - gammaln(a + 1)), gammainc(a, np.exp(np.maximum(log_x, -700)))
+  )
 
 
 @pytest.mark.parametrize("a", [1e-4, 0.04, 0.5, 0.999, 1.0, 3.0])
 def test_log_gamma_passes_a_kolmogorov_smirnov_test(a):
   # Both samplers (GS below 1, Marsaglia-Tsang from 1) and the boundary between them.
   from scipy.stats import kstest
+
   x = np.asarray(nl.log_gamma(jax.random.key(1), a, (100_000,)))
   assert np.isfinite(x).all()
   assert kstest(_log_gamma_cdf(a, x), "uniform").pvalue > 1e-3
@@ -221,6 +241,7 @@ def test_log_gamma_with_mixed_shapes_and_a_broadcast_a():
   # so the rejected elements' fallback (compaction, gather through a's shape,
   # scatter back) is exercised; the probability integral transform must be uniform.
   from scipy.stats import kstest
+
   a = np.exp(np.random.default_rng(0).uniform(np.log(1e-3), np.log(20.0), (1, 500)))
   a = a.astype(np.float32)
   x = np.asarray(jax.jit(lambda k, a: nl.log_gamma(k, a, (400, 500)))(jax.random.key(2), a))
@@ -235,6 +256,7 @@ def test_log_gamma_with_mixed_shapes_and_a_broadcast_a():
 @pytest.mark.parametrize("a", [1e-3, 0.05, 0.5, 3.0])
 def test_log_gamma_matches_the_gamma_distribution(a):
   from scipy.special import digamma, polygamma
+
   n = 200_000
   x = np.asarray(nl.log_gamma(jax.random.key(0), a, (n,)), np.float64)
   assert np.isfinite(x).all()
@@ -304,16 +326,16 @@ def test_learned_T_is_not_transposed():
   tx = optax.adam(1e-2)
   graphdef, state = jw.init_train_state(model, tx)
   step = jw.make_train_step(graphdef, nl.volmin_loss(1e-4), tx)
-  for i in range(600):
+  for _ in range(600):
     idx = rng.integers(0, N, 256)
     state, _ = step(state, {"x": jnp.asarray(x[idx]), "y": jnp.asarray(y_noisy[idx])})
-  T_hat = np.asarray(nnx.merge(graphdef, state.params, state.rest).transition())
+  T_hat = np.asarray(nnx.merge(graphdef, state.params, state.model_vars).transition())
   nl.check_transition_matrix(T_hat, C)
   assert np.abs(T_hat - realised).mean() < 0.03, np.round(T_hat, 3)
   assert np.abs(T_hat.T - realised).mean() > 0.1
   assert abs(T_hat[1, 0] - realised[1, 0]) < 0.08 and T_hat[0, 1] < 0.05, np.round(T_hat, 3)
   # The estimate plugs straight into the weightings.
-  nl.transition_weighting("rent", T_hat)
+  nl.rent_weighting(T_hat)
 
 
 def test_volmin_optimizer_routes_T_to_its_own_transform():
@@ -323,6 +345,11 @@ def test_volmin_optimizer_routes_T_to_its_own_transform():
   step = jw.make_train_step(graphdef, nl.volmin_loss(0.1), tx)
   batch = {"x": jnp.ones((4, 3)), "y": jnp.array([0, 1, 2, 0])}
   new, _ = step(state, batch)
-  before, after = nnx.merge(graphdef, state.params, state.rest), nnx.merge(graphdef, new.params, new.rest)
-  np.testing.assert_array_equal(after.classifier.layers[0].kernel[...], before.classifier.layers[0].kernel[...])
+  before, after = (
+    nnx.merge(graphdef, state.params, state.model_vars),
+    nnx.merge(graphdef, new.params, new.model_vars),
+  )
+  np.testing.assert_array_equal(
+    after.classifier.layers[0].kernel[...], before.classifier.layers[0].kernel[...]
+  )
   assert not np.allclose(after.transition.w[...], before.transition.w[...])

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxweights import normalize
@@ -21,9 +22,7 @@ def test_minmax_by_hand():
 def test_zscore_by_hand():
   x = jnp.array([1.0, 2.0, 3.0])
   std = np.sqrt(2.0 / 3.0)
-  np.testing.assert_allclose(
-      normalize.zscore(x, eps=0.0), [-1 / std, 0.0, 1 / std], rtol=1e-6
-  )
+  np.testing.assert_allclose(normalize.zscore(x, eps=0.0), [-1 / std, 0.0, 1 / std], rtol=1e-6)
 
 
 def test_softmax_by_hand_with_temperature_and_mask():
@@ -69,8 +68,7 @@ def test_infinite_temperature_is_exactly_uniform():
 
 
 @pytest.mark.parametrize(
-    "fn", [normalize.minmax, normalize.zscore, normalize.softmax,
-           normalize.sum_to_one, normalize.mean_one]
+  "fn", [normalize.minmax, normalize.zscore, normalize.softmax, normalize.sum_to_one, normalize.mean_one]
 )
 def test_all_masked_gives_zeros_not_nan(fn):
   out = np.asarray(fn(jnp.array([1.0, 2.0, 3.0]), jnp.zeros(3, bool)))
@@ -85,9 +83,7 @@ def test_all_equal_and_single_sample_give_zero(fn):
 
 def test_effective_sample_size():
   np.testing.assert_allclose(normalize.effective_sample_size(jnp.full(8, 1 / 8)), 8.0)
-  np.testing.assert_allclose(
-      normalize.effective_sample_size(jnp.array([1.0, 0.0, 0.0])), 1.0
-  )
+  np.testing.assert_allclose(normalize.effective_sample_size(jnp.array([1.0, 0.0, 0.0])), 1.0)
 
 
 @pytest.mark.parametrize("t", [0.0, -1.0, float("nan")])

@@ -23,16 +23,16 @@ def case(seed=0, n=32):
 
 
 FNS = {
-    "minmax": lambda x, m, a: normalize.minmax(x, m, axis_name=a),
-    "zscore": lambda x, m, a: normalize.zscore(x, m, axis_name=a),
-    "softmax": lambda x, m, a: normalize.softmax(x, m, temperature=0.7, axis_name=a),
-    "mean_one": lambda x, m, a: normalize.mean_one(x, m, axis_name=a),
-    "linupper": lambda x, m, a: jw.linupper(x, r=0.4, mask=m, axis_name=a),
-    "quadratic": lambda x, m, a: jw.quadratic(x, r=1.0, mask=m, axis_name=a),
-    "extremes": lambda x, m, a: jw.extremes(x, r=0.4, mask=m, axis_name=a),
-    "presence": lambda x, m, a: jw.presence_weights(x, tau=-1.0, mask=m, axis_name=a),
-    "reweight": lambda x, m, a: nl.reweight(x, m, axis_name=a),
-    "rent": lambda x, m, a: nl.resampling_weights(jax.random.key(3), x, num_draws=64, mask=m, axis_name=a),
+  "minmax": lambda x, m, a: normalize.minmax(x, m, axis_name=a),
+  "zscore": lambda x, m, a: normalize.zscore(x, m, axis_name=a),
+  "softmax": lambda x, m, a: normalize.softmax(x, m, temperature=0.7, axis_name=a),
+  "mean_one": lambda x, m, a: normalize.mean_one(x, m, axis_name=a),
+  "linupper": lambda x, m, a: jw.linupper_weights(x, r=0.4, mask=m, axis_name=a),
+  "quadratic": lambda x, m, a: jw.quadratic_weights(x, r=1.0, mask=m, axis_name=a),
+  "extremes": lambda x, m, a: jw.extremes_weights(x, r=0.4, mask=m, axis_name=a),
+  "presence": lambda x, m, a: jw.presence_weights(x, tau=-1.0, mask=m, axis_name=a),
+  "reweight": lambda x, m, a: nl.reweight(x, m, axis_name=a),
+  "rent": lambda x, m, a: nl.resampling_weights(jax.random.key(3), x, num_draws=64, mask=m, axis_name=a),
 }
 
 

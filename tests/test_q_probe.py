@@ -4,22 +4,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxweights import q_probe as qp
 
-qs = hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(2, 9)),
-                elements=st.floats(-5, 5, width=32))
+qs = hnp.arrays(
+  np.float32, st.tuples(st.integers(1, 5), st.integers(2, 9)), elements=st.floats(-5, 5, width=32)
+)
 
 
 @given(qs, st.floats(0.01, 10.0))
 def test_selection_invariants(q, beta):
-  w = np.asarray(qp.selection_weights(q, beta))
+  w = np.asarray(qp.qprobe_weights(q, beta))
   assert np.all(w >= 0)
   np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
   perm = np.random.default_rng(0).permutation(q.shape[1])
-  np.testing.assert_allclose(qp.selection_weights(q[:, perm], beta), w[:, perm], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(qp.qprobe_weights(q[:, perm], beta), w[:, perm], rtol=1e-5, atol=1e-7)
   # Higher Q never gets less weight.
   for row_q, row_w in zip(q, w):
     order = np.argsort(row_q, kind="stable")
@@ -28,15 +30,16 @@ def test_selection_invariants(q, beta):
 
 def test_beta_to_zero_is_argmax():
   q = jnp.array([[0.1, 0.5, 0.3], [2.0, -1.0, 1.9]])
-  np.testing.assert_array_equal(qp.selection_weights(q, 0.0), [[0, 1, 0], [1, 0, 0]])
-  np.testing.assert_allclose(qp.selection_weights(q, 1e-4), [[0, 1, 0], [1, 0, 0]], atol=1e-6)
+  np.testing.assert_array_equal(qp.qprobe_weights(q, 0.0), [[0, 1, 0], [1, 0, 0]])
+  np.testing.assert_allclose(qp.qprobe_weights(q, 1e-4), [[0, 1, 0], [1, 0, 0]], atol=1e-6)
   np.testing.assert_array_equal(
-      qp.selection_weights(q, 0.0, mask=jnp.array([[1, 0, 1], [0, 1, 1]], bool)), [[0, 0, 1], [0, 0, 1]])
+    qp.qprobe_weights(q, 0.0, mask=jnp.array([[1, 0, 1], [0, 1, 1]], bool)), [[0, 0, 1], [0, 0, 1]]
+  )
 
 
 def test_selection_by_hand_and_mask():
   q = jnp.array([[0.0, np.log(3.0), 5.0]])
-  w = qp.selection_weights(q, 1.0, mask=jnp.array([[True, True, False]]))
+  w = qp.qprobe_weights(q, 1.0, mask=jnp.array([[True, True, False]]))
   np.testing.assert_allclose(w, [[0.25, 0.75, 0.0]], rtol=1e-6)
 
 
@@ -79,24 +82,27 @@ def test_groups_never_mix_prompts_and_reshuffle():
   np.testing.assert_array_equal(g0, qp.pg_groups(ids, 10, seed=0, epoch=0))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: qp.selection_weights(jnp.ones((3, 1))), "k >= 2"),
-    (lambda: qp.selection_weights(jnp.ones((3, 4)), -0.1), "beta"),
-    (lambda: qp.selection_weights(jnp.ones(4)), r"\[prompts, k\]"),
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda: qp.qprobe_weights(jnp.ones((3, 1))), "k >= 2"),
+    (lambda: qp.qprobe_weights(jnp.ones((3, 4)), -0.1), "beta"),
+    (lambda: qp.qprobe_weights(jnp.ones(4)), r"\[prompts, k\]"),
     (lambda: qp.expected_reward(jnp.ones((2, 3)), jnp.ones((2, 4))), "rewards shape"),
     (lambda: qp.pg_groups(np.array([0, 0, 1]), 2, seed=0, epoch=0), "fewer than group_size"),
     (lambda: qp.train_probe(np.full((4, 2), np.nan), np.ones(4), np.zeros(4), epochs=1), "NaN"),
     (lambda: qp.train_probe(np.ones((4, 2)), np.ones(3), epochs=1), "rewards"),
     (lambda: qp.train_probe(np.ones((4, 2)), np.ones(4), objective="pg", epochs=1), "prompt_ids"),
     (lambda: qp.PrecomputedEmbeddings(np.ones((2, 3, 4)), np.ones((2, 4))), "features must be"),
-])
+  ],
+)
 def test_bad_inputs(call, match):
   with pytest.raises(ValueError, match=match):
     call()
 
 
 def test_nan_q_treated_as_masked():
-  w = qp.selection_weights(jnp.array([[0.0, jnp.nan, 1.0]]), 1.0)
+  w = qp.qprobe_weights(jnp.array([[0.0, jnp.nan, 1.0]]), 1.0)
   assert np.isfinite(w).all() and float(w[0, 1]) == 0.0
 
 
@@ -150,8 +156,9 @@ def test_preference_objectives_learn_the_ranking(tmp_path):
   a, b = rng.integers(0, len(x), (2, 2000))
   pairs = np.where((score[a] > score[b])[:, None], np.c_[a, b], np.c_[b, a])
   for objective in ("bt", "hinge"):
-    res = qp.train_probe(x, r.reshape(-1), objective=objective, pairs=pairs, epochs=30,
-                         learning_rate=3e-2, batch_size=500)
+    res = qp.train_probe(
+      x, r.reshape(-1), objective=objective, pairs=pairs, epochs=30, learning_rate=3e-2, batch_size=500
+    )
     qv = np.asarray(res.probe(jnp.asarray(x)))
     agree = np.mean(qv[pairs[:, 0]] > qv[pairs[:, 1]])
     assert agree > 0.9, (objective, agree)

@@ -11,15 +11,17 @@ import pytest
 from flax import nnx
 
 import jaxweights as jw
-from jaxweights import q_probe, sampling
-from jaxweights.qprobe_policies import HFCausalLMPolicy, TransformerPolicy, Tokens, pad_sequences
+from jaxweights import decoding as sampling
+from jaxweights.families.q_probe import probe as q_probe
+from jaxweights.families.q_probe.hf_policy import HFCausalLMPolicy
+from jaxweights.families.q_probe.policies import Tokens, pad_sequences
+from jaxweights.families.q_probe.transformer_policy import TransformerPolicy
 
 EOS = 2
 
 
 def small(max_len=16):
-  cfg = jw.TransformerConfig(vocab_size=12, d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                             max_len=max_len)
+  cfg = jw.TransformerConfig(vocab_size=12, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=max_len)
   return jw.TransformerLM(cfg, rngs=nnx.Rngs(0))
 
 
@@ -35,14 +37,15 @@ def test_pad_sequences():
 
 
 def test_sampling_shapes_eos_and_keys():
-  policy = TransformerPolicy(small(), layer=1, max_new_tokens=5, temperature=1.0, eos_id=EOS,
-                             batch_size=5)  # 12 rows: chunks of 5, 5 and a padded 2
+  policy = TransformerPolicy(
+    small(), layer=1, max_new_tokens=5, temperature=1.0, eos_id=EOS, batch_size=5
+  )  # 12 rows: chunks of 5, 5 and a padded 2
   comps = policy.sample(jax.random.key(0), PROMPTS, 4)
   assert comps.tokens.shape == (3, 4, 5) and comps.lengths.shape == (3, 4)
   assert comps.tokens.dtype == np.int32
   assert (comps.lengths >= 1).all() and (comps.lengths <= 5).all()
   for row, n in zip(comps.tokens.reshape(-1, 5), comps.lengths.ravel()):
-    assert EOS not in row[:n - 1]  # stops at the first eos ...
+    assert EOS not in row[: n - 1]  # stops at the first eos ...
     assert n == 5 or row[n - 1] == EOS  # ... which it keeps
     assert (row[n:] == 0).all()  # padding after the end
   again = policy.sample(jax.random.key(0), PROMPTS, 4)
@@ -56,10 +59,16 @@ def test_greedy_samples_repeat_and_match_sampling_module():
   policy = TransformerPolicy(model, max_new_tokens=4, temperature=0.0)
   comps = policy.sample(jax.random.key(0), PROMPTS, 3)
   assert (comps.tokens == comps.tokens[:, :1]).all()  # greedy: k identical completions
-  buf, _ = sampling.sample(model, jax.random.key(0), jnp.asarray(PROMPTS.tokens),
-                                 jnp.asarray(PROMPTS.lengths), max_new_tokens=4, temperature=0)
+  buf, _ = sampling.sample(
+    model,
+    jax.random.key(0),
+    jnp.asarray(PROMPTS.tokens),
+    jnp.asarray(PROMPTS.lengths),
+    max_new_tokens=4,
+    temperature=0,
+  )
   for i, n in enumerate(PROMPTS.lengths):
-    np.testing.assert_array_equal(comps.tokens[i, 0], np.asarray(buf)[i, n:n + 4])
+    np.testing.assert_array_equal(comps.tokens[i, 0], np.asarray(buf)[i, n : n + 4])
   np.testing.assert_array_equal(comps.lengths, 4)
 
 
@@ -72,7 +81,7 @@ def test_embeddings_equal_direct_hidden_states(layer):
   assert emb.shape == (3, 4, 16) and emb.dtype == np.float32
   for i in range(3):
     for j in range(4):
-      seq = [*PROMPTS.tokens[i, :PROMPTS.lengths[i]], *comps.tokens[i, j, :comps.lengths[i, j]]]
+      seq = [*PROMPTS.tokens[i, : PROMPTS.lengths[i]], *comps.tokens[i, j, : comps.lengths[i, j]]]
       direct = model.hidden_states(jnp.asarray([seq]), layer)[0, -1]
       np.testing.assert_allclose(emb[i, j], direct, atol=1e-5)
 
@@ -84,12 +93,11 @@ def test_embed_accepts_given_completions_and_feeds_a_probe():
   emb = policy.embed(PROMPTS, comps)
   # A completion of length 0 embeds the prompt's last token.
   empty = policy.embed(PROMPTS, Tokens(np.zeros((3, 1, 3), int), np.zeros((3, 1), int)))
-  np.testing.assert_allclose(
-      empty[1, 0], model.hidden_states(jnp.asarray([[7]]))[0, -1], atol=1e-5)
+  np.testing.assert_allclose(empty[1, 0], model.hidden_states(jnp.asarray([[7]]))[0, -1], atol=1e-5)
   probe = q_probe.Probe(16, rngs=nnx.Rngs(0))
   q = probe(jnp.asarray(emb))
   assert q.shape == (3, 2)
-  assert q_probe.selection_weights(q).shape == (3, 2)
+  assert q_probe.qprobe_weights(q).shape == (3, 2)
 
 
 def test_errors():
@@ -133,8 +141,9 @@ def _hf_backends():
 def _tiny_gpt2(backend):
   """A randomly initialised 2-layer GPT-2 (no hub download)."""
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32,
-                                bos_token_id=49, eos_token_id=49)
+  cfg = transformers.GPT2Config(
+    n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32, bos_token_id=49, eos_token_id=49
+  )
   if backend == "flax":
     with jax.numpy_rank_promotion("allow"):  # transformers' Flax code broadcasts implicitly
       return transformers.FlaxGPT2LMHeadModel(cfg, seed=0)
@@ -164,19 +173,19 @@ def test_hf_adapter_tiny_random_gpt2(backend):
     pytest.skip(f"the {backend} backend of transformers is not available here")
   model = _tiny_gpt2(backend)
   policy = HFCausalLMPolicy(model, layer=1, max_new_tokens=6, temperature=1.0, top_p=0.95)
-  assert policy.backend == backend and policy.eos_id == 49
+  assert policy.backend.name == backend and policy.eos_id == 49
   prompts = pad_sequences([[3, 4, 5], [7], [1, 1, 1, 1]])
   comps = policy.sample(jax.random.key(0), prompts, 4)
   assert comps.tokens.shape == (3, 4, 6) and comps.lengths.shape == (3, 4)
   again = policy.sample(jax.random.key(0), prompts, 4)
   np.testing.assert_array_equal(again.tokens, comps.tokens)  # the key fixes the draw
   for row, n in zip(comps.tokens.reshape(-1, 6), comps.lengths.ravel()):
-    assert 49 not in row[:n - 1] and (row[n:] == policy.pad_id).all()
+    assert 49 not in row[: n - 1] and (row[n:] == policy.pad_id).all()
   emb = policy.embed(prompts, comps)
   assert emb.shape == (3, 4, 32) and emb.dtype == np.float32
   for i in range(3):
     for j in range(4):
-      seq = [*prompts.tokens[i, :prompts.lengths[i]], *comps.tokens[i, j, :comps.lengths[i, j]]]
+      seq = [*prompts.tokens[i, : prompts.lengths[i]], *comps.tokens[i, j, : comps.lengths[i, j]]]
       np.testing.assert_allclose(emb[i, j], _hf_direct(backend, model, seq, 1), atol=1e-4)
   # Greedy decoding of left-padded prompts continues each prompt as if unpadded.
   greedy = HFCausalLMPolicy(model, max_new_tokens=3, temperature=0, eos_id=-1)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import jaxweights as jw
-from jaxweights import sampling
+from jaxweights import decoding as sampling
 
 
 def small():
@@ -31,8 +31,9 @@ def test_greedy_matches_stepwise_argmax_and_keeps_prompts():
 def test_eos_stops_and_sampling_respects_top_p():
   model = small()
   prompts = jnp.zeros((64, 2), jnp.int32).at[:, 0].set(1)
-  buf, lens = sampling.sample(model, jax.random.key(1), prompts, jnp.full(64, 1), max_new_tokens=6,
-                              temperature=1.0, eos_id=2)
+  buf, lens = sampling.sample(
+    model, jax.random.key(1), prompts, jnp.full(64, 1), max_new_tokens=6, temperature=1.0, eos_id=2
+  )
   for row, n in zip(np.asarray(buf), np.asarray(lens)):
     gen = row[1:n]
     assert 2 not in gen[:-1]  # stops at the first eos

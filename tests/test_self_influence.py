@@ -9,7 +9,7 @@ from flax import nnx
 
 import jaxweights as jw
 from jaxweights import self_influence as si
-from jaxweights.grad_norms import per_sample_grad_norms
+from jaxweights.families.self_influence.grad_norms import per_sample_grad_norms
 
 
 def lm_loss(model, batch):
@@ -60,14 +60,16 @@ def run_step(weighting, mesh=None, mode="jit"):
 
 
 def max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.mark.parametrize("microbatches, tau", [(None, 1.0), (4, -1.0)])
 def test_bookkeeping_step_equals_two_pass_step_and_hand_update(microbatches, tau):
-  one, m1, model, batch = run_step(si.presence(tau=tau, microbatches=microbatches))
-  two, m2, _, _ = run_step(si.presence(tau=tau, microbatches=microbatches, bookkeeping="never"))
+  one, m1, model, batch = run_step(si.presence_weighting(tau=tau, microbatches=microbatches))
+  two, m2, _, _ = run_step(si.presence_weighting(tau=tau, microbatches=microbatches, bookkeeping="never"))
   assert max_diff(one.params, two.params) < 1e-5
   for k in ("loss_mean", "loss_weighted", "weight_max", "ess"):
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, err_msg=k)
@@ -88,7 +90,7 @@ def test_bookkeeping_step_equals_two_pass_step_and_hand_update(microbatches, tau
 
 
 def test_direct_favours_and_inverse_suppresses_high_influence():
-  _, batch_model_m, model, batch = run_step(si.presence(tau=1.0))
+  _, batch_model_m, model, batch = run_step(si.presence_weighting(tau=1.0))
   norms = np.asarray(per_sample_grad_norms(lm_loss, model, batch).total)
   for tau in (1.0, -1.0):
     valid = np.asarray(batch["mask"][:, 1:].any(1))
@@ -99,19 +101,21 @@ def test_direct_favours_and_inverse_suppresses_high_influence():
 
 @pytest.mark.parametrize("method", ["vmap", "jvp"])
 def test_other_methods_run_through_prepare(method):
-  new, metrics, _, _ = run_step(si.presence(tau=-1.0, method=method, num_probes=4))
+  new, metrics, _, _ = run_step(si.presence_weighting(tau=-1.0, method=method, num_probes=4))
   assert metrics["update_skipped"] == 0 and np.isfinite(metrics["loss_weighted"])
   assert metrics["ess"] < metrics["n_valid"]
 
 
 @pytest.mark.parametrize("microbatches", [None, 2])
 def test_one_device_equals_eight_devices(microbatches):
-  weighting = si.presence(tau=-1.0, microbatches=microbatches)
+  weighting = si.presence_weighting(tau=-1.0, microbatches=microbatches)
   ref, mref, _, _ = run_step(weighting, mesh=jw.data_mesh(jax.devices()[:1]))
   if microbatches is not None:
     # Microbatches are per device: 2 per device on 8 devices is 16 groups of 1,
     # so compare against the same grouping on one device.
-    ref, mref, _, _ = run_step(si.presence(tau=-1.0, microbatches=16), mesh=jw.data_mesh(jax.devices()[:1]))
+    ref, mref, _, _ = run_step(
+      si.presence_weighting(tau=-1.0, microbatches=16), mesh=jw.data_mesh(jax.devices()[:1])
+    )
   for mode in ("jit", "shard_map"):
     if mode == "jit" and microbatches is not None:
       continue  # under jit the batch is global: microbatches are global groups
@@ -123,8 +127,8 @@ def test_one_device_equals_eight_devices(microbatches):
 def test_tracin_sums_checkpoints():
   model, batch = setup()
   other = jw.TransformerLM(model.cfg, rngs=nnx.Rngs(1))
-  s0 = si.self_influence(lm_loss, model, [batch])
-  s1 = si.self_influence(lm_loss, other, [batch])
+  s0 = si.self_influence_scores(lm_loss, model, [batch])
+  s1 = si.self_influence_scores(lm_loss, other, [batch])
   t = si.tracin_self_influence(lm_loss, [model, other], [0.1, 0.3], [batch, batch])
   np.testing.assert_allclose(t, 0.1 * np.concatenate([s0, s0]) + 0.3 * np.concatenate([s1, s1]), rtol=1e-5)
   with pytest.raises(ValueError, match="one learning rate per checkpoint"):
@@ -133,8 +137,8 @@ def test_tracin_sums_checkpoints():
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="microbatches"):
-    si.presence(microbatches=0)
+    si.presence_weighting(microbatches=0)
   with pytest.raises(ValueError, match="bookkeeping"):
-    si.presence(bookkeeping="sometimes")
+    si.presence_weighting(bookkeeping="sometimes")
   with pytest.raises(ValueError, match="tau"):
-    si.presence(tau=float("nan"))
+    si.presence_weighting(tau=float("nan"))

@@ -1,5 +1,6 @@
 """The composition layer: plain = uniform, 1 vs 8 devices, bad inputs, no NaN."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,17 +23,18 @@ def lm_loss(model, batch):
 
 def mlp_batch(n=32, seed=0):
   rng = np.random.default_rng(seed)
-  return {"x": jnp.asarray(rng.normal(size=(n, 8)), jnp.float32),
-          "y": jnp.asarray(rng.integers(0, 4, n), jnp.int32)}
+  return {
+    "x": jnp.asarray(rng.normal(size=(n, 8)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 4, n), jnp.int32),
+  }
 
 
 def lm_batch(n=16, t=17, vocab=64, seed=0):
   rng = np.random.default_rng(seed)
   mask = np.ones((n, t), bool)
   mask[1, 5:] = False  # a padded sequence
-  mask[2, :] = False   # an empty sequence: weight 0, never NaN
-  return {"tokens": jnp.asarray(rng.integers(0, vocab, (n, t)), jnp.int32),
-          "mask": jnp.asarray(mask)}
+  mask[2, :] = False  # an empty sequence: weight 0, never NaN
+  return {"tokens": jnp.asarray(rng.integers(0, vocab, (n, t)), jnp.int32), "mask": jnp.asarray(mask)}
 
 
 def new_mlp(seed=0):
@@ -41,13 +43,16 @@ def new_mlp(seed=0):
 
 def new_lm(seed=0):
   return jw.TransformerLM(
-      jw.TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16),
-      rngs=nnx.Rngs(seed))
+    jw.TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16),
+    rngs=nnx.Rngs(seed),
+  )
 
 
 def max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_plain_step_is_mean_loss_sgd():
@@ -57,7 +62,7 @@ def test_plain_step_is_mean_loss_sgd():
   new, metrics = jw.make_train_step(graphdef, mlp_loss, tx)(state, batch)
 
   def mean_loss(params):
-    return jnp.mean(mlp_loss(nnx.merge(graphdef, params, state.rest), batch).loss)
+    return jnp.mean(mlp_loss(nnx.merge(graphdef, params, state.model_vars), batch).loss)
 
   loss, grads = jax.value_and_grad(mean_loss)(state.params)
   expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
@@ -70,16 +75,16 @@ def test_plain_step_is_mean_loss_sgd():
 
 def test_weighted_step_gradient_is_sum_w_grad():
   tx = optax.sgd(1.0)
-  weighting = jw.loss_reweighting("linupper", r=0.3)
+  weighting = jw.linupper_weighting(r=0.3)
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   batch = mlp_batch()
   new, metrics = jw.make_train_step(graphdef, mlp_loss, tx, weighting)(state, batch)
 
   def per_sample(params):
-    return mlp_loss(nnx.merge(graphdef, params, state.rest), batch).loss
+    return mlp_loss(nnx.merge(graphdef, params, state.model_vars), batch).loss
 
   losses = per_sample(state.params)
-  w = jw.linupper(losses, r=0.3)
+  w = jw.linupper_weights(losses, r=0.3)
   grads = jax.grad(lambda p: jnp.sum(w * per_sample(p)))(state.params)
   expected = jax.tree.map(lambda p, g: p - g, state.params, grads)
   assert max_diff(new.params, expected) < 1e-6
@@ -92,14 +97,16 @@ def test_one_device_equals_eight_devices(strategy):
   """Same global batch on 1 device, jit over 8 and shard_map over 8: same step."""
   assert jax.device_count() == 8
   tx = optax.sgd(0.05)
-  weighting = jw.loss_reweighting(strategy, r=0.4)
+  weighting = jw.loss_based.WEIGHTINGS[strategy](r=0.4)
   graphdef, state0 = jw.init_train_state(new_lm(), tx, weighting)
   batch = lm_batch()
   one = jax.devices()[:1]
   results = {}
-  for name, mesh, mode in [("1dev", jw.data_mesh(one), "jit"),
-                           ("jit8", jw.data_mesh(), "jit"),
-                           ("shmap8", jw.data_mesh(), "shard_map")]:
+  for name, mesh, mode in [
+    ("1dev", jw.data_mesh(one), "jit"),
+    ("jit8", jw.data_mesh(), "jit"),
+    ("shmap8", jw.data_mesh(), "shard_map"),
+  ]:
     step = jw.make_train_step(graphdef, lm_loss, tx, weighting, mesh=mesh, mode=mode)
     state = jw.replicate(state0, mesh)
     b = jw.shard_batch(batch, mesh)
@@ -124,13 +131,14 @@ def test_shard_map_does_not_over_count_gradients():
   _, m1 = jw.make_train_step(graphdef, mlp_loss, tx)(state, batch)
   mesh = jw.data_mesh()
   _, m8 = jw.make_train_step(graphdef, mlp_loss, tx, mesh=mesh, mode="shard_map")(
-      jw.replicate(state, mesh), jw.shard_batch(batch, mesh))
+    jw.replicate(state, mesh), jw.shard_batch(batch, mesh)
+  )
   np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
 
 
 def test_empty_and_padded_sequences_never_nan():
   tx = optax.adamw(1e-2)
-  weighting = jw.loss_reweighting("quadratic", r=1.0)
+  weighting = jw.quadratic_weighting(r=1.0)
   graphdef, state = jw.init_train_state(new_lm(), tx, weighting)
   step = jw.make_train_step(graphdef, lm_loss, tx, weighting)
   batch = lm_batch()
@@ -144,19 +152,19 @@ def test_empty_and_padded_sequences_never_nan():
   # No valid sample: zero gradient, and the update is skipped (AdamW's momentum and
   # weight decay must not move the parameters on an empty batch).
   assert metrics["grad_norm"] == 0 and metrics["update_skipped"] == 1
-  assert jw.train.tree_equal(before, state.params)
+  chex.assert_trees_all_equal(before, state.params)
 
 
 def test_nonfinite_loss_sample_is_dropped():
   tx = optax.sgd(0.1)
-  graphdef, state = jw.init_train_state(new_mlp(), tx, jw.loss_reweighting("linupper"))
+  graphdef, state = jw.init_train_state(new_mlp(), tx, jw.linupper_weighting())
   batch = mlp_batch()
 
   def loss_with_nan(model, b):
     l = jw.cross_entropy(model(b["x"]), b["y"])
     return jw.LossOutput(l.at[3].set(jnp.nan))
 
-  new, metrics = jw.make_train_step(graphdef, loss_with_nan, tx, jw.loss_reweighting("linupper"))(state, batch)
+  new, metrics = jw.make_train_step(graphdef, loss_with_nan, tx, jw.linupper_weighting())(state, batch)
   assert metrics["n_nonfinite"] == 1 and metrics["n_valid"] == 31
   assert metrics["update_skipped"] == 0
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new.params))
@@ -178,7 +186,7 @@ def test_nonfinite_gradient_skips_update():
 
 def test_batch_of_one():
   tx = optax.sgd(0.1)
-  weighting = jw.loss_reweighting("extremes", r=0.4)
+  weighting = jw.extremes_weighting(r=0.4)
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   new, metrics = jw.make_train_step(graphdef, mlp_loss, tx, weighting)(state, mlp_batch(1))
   assert metrics["weight_max"] == 1.0 and metrics["ess"] == 1.0
@@ -192,7 +200,7 @@ def test_no_retrace_across_steps():
     traces.append(1)
     return mlp_loss(model, batch)
 
-  weighting = jw.loss_reweighting("linupper", r=jw.warmup_temperature(0.4, 2))
+  weighting = jw.linupper_weighting(r=jw.warmup_temperature(0.4, 2))
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   step = jw.make_train_step(graphdef, counting_loss, tx, weighting)
   for i in range(4):
@@ -202,7 +210,7 @@ def test_no_retrace_across_steps():
 
 def test_warmup_schedule_gives_uniform_first():
   tx = optax.sgd(0.1)
-  weighting = jw.loss_reweighting("linupper", r=jw.warmup_temperature(0.2, 1))
+  weighting = jw.linupper_weighting(r=jw.warmup_temperature(0.2, 1))
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   step = jw.make_train_step(graphdef, mlp_loss, tx, weighting)
   state, m0 = step(state, mlp_batch())
@@ -254,7 +262,7 @@ def test_prepare_prepass_feeds_the_weighting():
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   new, metrics = jw.make_train_step(graphdef, mlp_loss, tx, weighting)(state, mlp_batch())
   assert int(new.weighting_state) == 1
-  model = nnx.merge(graphdef, state.params, state.rest)
+  model = nnx.merge(graphdef, state.params, state.model_vars)
   expected = jax.nn.softmax(jnp.sum(model(mlp_batch()["x"]) ** 2, axis=1))
   np.testing.assert_allclose(metrics["weight_max"], expected.max(), rtol=1e-5)
 
@@ -263,15 +271,16 @@ def test_prepare_prepass_feeds_the_weighting():
 @pytest.mark.parametrize("mode", ["jit", "shard_map"])
 def test_accumulated_update_equals_single_batch_update(strategy, mode):
   tx = optax.sgd(0.1)
-  weighting = jw.loss_reweighting(strategy, r=0.3)
+  weighting = jw.loss_based.WEIGHTINGS[strategy](r=0.3)
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   batch = mlp_batch(32)
   mesh = jw.data_mesh() if mode == "shard_map" else None
   if mesh is not None:
     state, batch = jw.replicate(state, mesh), jw.shard_batch(batch, mesh)
   one, m1 = jw.make_train_step(graphdef, mlp_loss, tx, weighting, mesh=mesh, mode=mode)(state, batch)
-  acc, m4 = jw.make_train_step(graphdef, mlp_loss, tx, weighting, mesh=mesh, mode=mode,
-                               accumulate=2)(state, batch)
+  acc, m4 = jw.make_train_step(graphdef, mlp_loss, tx, weighting, mesh=mesh, mode=mode, accumulate=2)(
+    state, batch
+  )
   assert max_diff(one.params, acc.params) < 1e-6
   for k in ("loss_mean", "loss_weighted", "weight_max", "ess"):
     np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
@@ -279,19 +288,20 @@ def test_accumulated_update_equals_single_batch_update(strategy, mode):
 
 def test_microbatch_weights_average_microbatch_gradients():
   tx = optax.sgd(1.0)
-  weighting = jw.loss_reweighting("extremes", r=0.5)
+  weighting = jw.extremes_weighting(r=0.5)
   graphdef, state = jw.init_train_state(new_mlp(), tx, weighting)
   batch = mlp_batch(12)
-  new, metrics = jw.make_train_step(graphdef, mlp_loss, tx, weighting, accumulate=3,
-                                    weights_over="microbatch")(state, batch)
+  new, metrics = jw.make_train_step(
+    graphdef, mlp_loss, tx, weighting, accumulate=3, weights_over="microbatch"
+  )(state, batch)
 
   def per_sample(params, b):
-    return mlp_loss(nnx.merge(graphdef, params, state.rest), b).loss
+    return mlp_loss(nnx.merge(graphdef, params, state.model_vars), b).loss
 
   total = None
   for a in range(3):
     b = jax.tree.map(lambda x: x[a::3], batch)  # microbatches interleave rows
-    w = jw.extremes(per_sample(state.params, b), r=0.5)
+    w = jw.extremes_weights(per_sample(state.params, b), r=0.5)
     g = jax.grad(lambda p: jnp.sum(w * per_sample(p, b)))(state.params)
     total = g if total is None else jax.tree.map(jnp.add, total, g)
   expected = jax.tree.map(lambda p, g: p - g / 3, state.params, total)
@@ -308,9 +318,10 @@ def test_accumulation_bad_arguments():
     jw.make_train_step(graphdef, mlp_loss, tx, accumulate=2, weights_over="local")
   with pytest.raises(ValueError, match="microbatches"):
     jw.make_train_step(graphdef, mlp_loss, tx, accumulate=5)(state, mlp_batch(32))
-  presence = jw.presence(tau=1.0)
+  presence = jw.presence_weighting(tau=1.0)
   graphdef, state = jw.init_train_state(new_mlp(), tx, presence)
   with pytest.raises(ValueError, match="weights_over='microbatch'"):
     jw.make_train_step(graphdef, mlp_loss, tx, presence, accumulate=2)(state, mlp_batch(32))
   jw.make_train_step(graphdef, mlp_loss, tx, presence, accumulate=2, weights_over="microbatch")(
-      state, mlp_batch(32))
+    state, mlp_batch(32)
+  )

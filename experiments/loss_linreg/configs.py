@@ -14,46 +14,44 @@ from experiments.common import Config
 def quick() -> Config:
   """4 strategies x 5 seeds x 600 SGD steps, main data and one ablation; ~40 s on 2 CPU cores."""
   return Config(
-      name="quick",
-      methods=("uniform", "linupper", "quadratic", "extremes"),
-      seeds=(0, 1, 2, 3, 4),
-      # Data (jaxweights.data.linear_regression_data): clean samples plus a
-      # fraction of easy/redundant and a fraction of noisy (outlier) samples.
-      data=dict(
-          n_train=2000,
-          n_test=1000,
-          dim=20,
-          easy_fraction=0.4,
-          noisy_fraction=0.2,
-          noise_std=0.1,
-          outlier_std=3.0,
-      ),
-      # The paper's linear-regression study uses r = 1 and delta = 1.
-      r=1.0,
-      delta=1.0,
-      batch_size=32,
-      learning_rate=0.02,
-      num_steps=600,
-      eval_every=5,
-      # Two convergence-speed thresholds on the test-MSE curve, both fixed in
-      # advance: "transient" = transient_fraction x the mean initial test MSE
-      # (the speed of the descent), "asymptotic" = threshold_factor x the best
-      # (lowest) mean final test MSE over methods (the approach to the noise
-      # floor). Runs that never reach one count as num_steps (censored).
-      transient_fraction=0.1,
-      threshold_factor=2.0,
-      # Re-runs of every method and seed on modified data: name -> data overrides.
-      # `no_noisy` removes the label-noise outliers (close to the interpolation
-      # regime of the paper's convergence analysis).
-      ablations={"no_noisy": {"noisy_fraction": 0.0}},
+    name="quick",
+    methods=("uniform", "linupper", "quadratic", "extremes"),
+    seeds=(0, 1, 2, 3, 4),
+    # Data (jaxweights.substrates.data.linear_regression_data): clean samples plus a
+    # fraction of easy/redundant and a fraction of noisy (outlier) samples.
+    data=dict(
+      n_train=2000,
+      n_test=1000,
+      dim=20,
+      easy_fraction=0.4,
+      noisy_fraction=0.2,
+      noise_std=0.1,
+      outlier_std=3.0,
+    ),
+    # The paper's linear-regression study uses r = 1 and delta = 1.
+    r=1.0,
+    delta=1.0,
+    batch_size=32,
+    learning_rate=0.02,
+    num_steps=600,
+    eval_every=5,
+    # Two convergence-speed thresholds on the test-MSE curve, both fixed in
+    # advance: "transient" = transient_fraction x the mean initial test MSE
+    # (the speed of the descent), "asymptotic" = threshold_factor x the best
+    # (lowest) mean final test MSE over methods (the approach to the noise
+    # floor). Runs that never reach one count as num_steps (censored).
+    transient_fraction=0.1,
+    threshold_factor=2.0,
+    # Re-runs of every method and seed on modified data: name -> data overrides.
+    # `no_noisy` removes the label-noise outliers (close to the interpolation
+    # regime of the paper's convergence analysis).
+    ablations={"no_noisy": {"noisy_fraction": 0.0}},
   )
 
 
 def full() -> Config:
   """10 seeds x 2000 steps; a few minutes on 2 CPU cores, no accelerator needed."""
-  return quick().replace(
-      name="full", seeds=tuple(range(10)), num_steps=2000, eval_every=10
-  )
+  return quick().replace(name="full", seeds=tuple(range(10)), num_steps=2000, eval_every=10)
 
 
 def smoke() -> Config:

@@ -62,7 +62,7 @@ def loss_fn(model: nnx.Module, batch: dict) -> jaxweights.LossOutput:
 def make_weighting(method: str, config) -> jaxweights.Weighting:
   if method == "uniform":
     return jaxweights.uniform_weighting()
-  return jaxweights.loss_reweighting(method, r=config.r, delta=config.delta)
+  return jaxweights.loss_based.WEIGHTINGS[method](r=config.r, delta=config.delta)
 
 
 def make_model(dim: int, seed: int) -> nnx.Linear:
@@ -72,9 +72,7 @@ def make_model(dim: int, seed: int) -> nnx.Linear:
 def build_step(method: str, config, optimizer):
   """One compiled step per method, reused across seeds (same graph, same shapes)."""
   weighting = with_kind_mass(make_weighting(method, config))
-  graphdef, _ = jaxweights.init_train_state(
-      make_model(config.data["dim"], 0), optimizer, weighting
-  )
+  graphdef, _ = jaxweights.init_train_state(make_model(config.data["dim"], 0), optimizer, weighting)
   inner = jaxweights.make_train_step(graphdef, loss_fn, optimizer, weighting)
 
   @jax.jit
@@ -86,7 +84,7 @@ def build_step(method: str, config, optimizer):
 
   @jax.jit
   def evaluate(state, x, y, w_true):
-    model = nnx.merge(graphdef, state.params, state.rest)
+    model = nnx.merge(graphdef, state.params, state.model_vars)
     test_mse = jnp.mean((model(x)[:, 0] - y) ** 2)
     kernel = state.params["kernel"][...][:, 0]
     return test_mse, jnp.sum((kernel - w_true) ** 2)
@@ -116,25 +114,33 @@ def run_one(method, seed, config, exp_dir, optimizer, compiled, data) -> dict[st
   initial = eval_fn(state)
   logger.log({"step": 0, **initial})
   _, history = jaxweights.train_loop(
-      step, state, batch_fn, config.num_steps,
-      logger=logger, log_every=1, eval_fn=eval_fn, eval_every=config.eval_every,
-      desc=f"{method}/{seed}", show_progress=False,
+    step,
+    state,
+    batch_fn,
+    config.num_steps,
+    logger=logger,
+    log_every=1,
+    eval_fn=eval_fn,
+    eval_every=config.eval_every,
+    desc=f"{method}/{seed}",
+    show_progress=False,
   )
   train = [r for r in history if "loss_mean" in r]
   evals = [r for r in history if "test_mse" in r]
   return {
-      "initial_test_mse": initial["test_mse"],
-      "final_test_mse": evals[-1]["test_mse"],
-      "final_param_error": evals[-1]["param_error"],
-      "mass_easy": float(np.mean([r["mass_easy"] for r in train])),
-      "mass_noisy": float(np.mean([r["mass_noisy"] for r in train])),
-      "ess_fraction": float(np.mean([r["ess"] for r in train])) / config.batch_size,
-      "skipped_updates": float(sum(r["update_skipped"] for r in train)),
+    "initial_test_mse": initial["test_mse"],
+    "final_test_mse": evals[-1]["test_mse"],
+    "final_param_error": evals[-1]["param_error"],
+    "mass_easy": float(np.mean([r["mass_easy"] for r in train])),
+    "mass_noisy": float(np.mean([r["mass_noisy"] for r in train])),
+    "ess_fraction": float(np.mean([r["ess"] for r in train])) / config.batch_size,
+    "skipped_updates": float(sum(r["update_skipped"] for r in train)),
   }
 
 
-def steps_to_threshold(steps: np.ndarray, values: np.ndarray, threshold: float,
-                       num_steps: int) -> tuple[float, bool]:
+def steps_to_threshold(
+  steps: np.ndarray, values: np.ndarray, threshold: float, num_steps: int
+) -> tuple[float, bool]:
   """First evaluated step with ``value <= threshold`` (``num_steps`` if never)."""
   hit = np.nonzero(values <= threshold)[0]
   if hit.size == 0:
@@ -154,8 +160,7 @@ def run_setting(config, data_config: dict, exp_dir, compiled: dict, *, log=print
   def one(method, seed):
     if method not in compiled:
       compiled[method] = build_step(method, config, optimizer)
-    return run_one(method, seed, config, exp_dir, optimizer, compiled[method],
-                   datasets[seed])
+    return run_one(method, seed, config, exp_dir, optimizer, compiled[method], datasets[seed])
 
   per_seed = common.seeds_loop(config.methods, config.seeds, one, log=log)
   curves = common.read_curves(exp_dir, config.methods, config.seeds, "test_mse")
@@ -165,10 +170,9 @@ def run_setting(config, data_config: dict, exp_dir, compiled: dict, *, log=print
   # All methods share the seeds' initial models, so the initial MSE is common.
   mean_of = lambda key: {m: np.mean([r[key] for r in runs]) for m, runs in per_seed.items()}
   thresholds = {
-      "steps_to_transient": config.transient_fraction
-                            * float(np.mean(list(mean_of("initial_test_mse").values()))),
-      "steps_to_threshold": config.threshold_factor
-                            * float(min(mean_of("final_test_mse").values())),
+    "steps_to_transient": config.transient_fraction
+    * float(np.mean(list(mean_of("initial_test_mse").values()))),
+    "steps_to_threshold": config.threshold_factor * float(min(mean_of("final_test_mse").values())),
   }
   for method, runs in per_seed.items():
     for run_metrics, (steps, values) in zip(runs, curves[method]):
@@ -179,8 +183,9 @@ def run_setting(config, data_config: dict, exp_dir, compiled: dict, *, log=print
           run_metrics["reached"] = float(reached)
   for metric in ("final_test_mse", "steps_to_threshold", "steps_to_transient"):
     common.add_paired_deltas(per_seed, metric)
-  fractions = {k: float(np.mean([np.mean(d["kind_train"] == i) for d in datasets.values()]))
-               for i, k in enumerate(KINDS)}
+  fractions = {
+    k: float(np.mean([np.mean(d["kind_train"] == i) for d in datasets.values()])) for i, k in enumerate(KINDS)
+  }
   return common.aggregate(per_seed), curves, thresholds, fractions
 
 
@@ -189,10 +194,11 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   t0 = time.perf_counter()
   exp_dir = common.experiment_dir(out, EXPERIMENT)
   compiled: dict = {}
-  log(f"[{EXPERIMENT}] config={config.name} methods={list(config.methods)} "
-      f"seeds={list(config.seeds)} steps={config.num_steps}")
-  metrics, curves, thresholds, fractions = run_setting(
-      config, config.data, exp_dir, compiled, log=log)
+  log(
+    f"[{EXPERIMENT}] config={config.name} methods={list(config.methods)} "
+    f"seeds={list(config.seeds)} steps={config.num_steps}"
+  )
+  metrics, curves, thresholds, fractions = run_setting(config, config.data, exp_dir, compiled, log=log)
   plot(exp_dir / "test_mse.png", config, curves, thresholds, "")
 
   sections = [("main", config.data, metrics, thresholds, fractions)]
@@ -201,80 +207,87 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     log(f"[{EXPERIMENT}] ablation {name}: {overrides}")
     sub_dir = common.experiment_dir(exp_dir / "ablations", name)
     sub = run_setting(config, data_config, sub_dir, compiled, log=log)
-    common.write_summary(sub_dir, f"{EXPERIMENT}/{name}", dict(config.to_json(), data=data_config),
-                         sub[0])
+    common.write_summary(sub_dir, f"{EXPERIMENT}/{name}", dict(config.to_json(), data=data_config), sub[0])
     plot(exp_dir / f"test_mse_{name}.png", config, sub[1], sub[2], f" — {name}")
     sections.append((name, data_config, sub[0], sub[2], sub[3]))
 
   runtime = time.perf_counter() - t0
   write_table(exp_dir, config, sections, runtime)
-  return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log,
-                       thresholds=thresholds, runtime_s=runtime)
+  return common.finish(
+    exp_dir, EXPERIMENT, config, metrics, runtime, log, thresholds=thresholds, runtime_s=runtime
+  )
 
 
 def plot(path, config, curves, thresholds, suffix):
   thr = thresholds["steps_to_threshold"]
   common.plot_curves(
-      path, curves, ylabel="test MSE (clean, noise-free test set)",
-      title=f"Linear regression, r={config.r}{suffix} ({config.name}, "
-            f"{len(config.seeds)} seeds)",
-      logy=True, hline=(thr, f"{config.threshold_factor:g}x best final = {thr:.3g}"),
+    path,
+    curves,
+    ylabel="test MSE (clean, noise-free test set)",
+    title=f"Linear regression, r={config.r}{suffix} ({config.name}, {len(config.seeds)} seeds)",
+    logy=True,
+    hline=(thr, f"{config.threshold_factor:g}x best final = {thr:.3g}"),
   )
 
 
 COLUMNS = [
-    ("final_test_mse", "final test MSE"),
-    ("delta_final_test_mse", "Δ final vs uniform"),
-    ("steps_to_transient", "steps to transient thr."),
-    ("delta_steps_to_transient", "Δ vs uniform"),
-    ("steps_to_threshold", "steps to 2×best-final thr."),
-    ("delta_steps_to_threshold", "Δ vs uniform"),
-    ("reached", "reached"),
-    ("mass_easy", "weight mass easy"),
-    ("mass_noisy", "weight mass noisy"),
+  ("final_test_mse", "final test MSE"),
+  ("delta_final_test_mse", "Δ final vs uniform"),
+  ("steps_to_transient", "steps to transient thr."),
+  ("delta_steps_to_transient", "Δ vs uniform"),
+  ("steps_to_threshold", "steps to 2×best-final thr."),
+  ("delta_steps_to_threshold", "Δ vs uniform"),
+  ("reached", "reached"),
+  ("mass_easy", "weight mass easy"),
+  ("mass_noisy", "weight mass noisy"),
 ]
 
 
 def write_table(exp_dir, config, sections, runtime):
   n = len(config.seeds)
   intro = (
-      f"SGD (lr {config.learning_rate}, batch {config.batch_size}, "
-      f"{config.num_steps} steps), r = {config.r}, δ = {config.delta}; {n} seeds, "
-      f"config `{config.name}`, runtime {runtime:.0f}s. Mean ± std over seeds; "
-      f"Δ columns are paired per seed (same data, init and batch order)."
+    f"SGD (lr {config.learning_rate}, batch {config.batch_size}, "
+    f"{config.num_steps} steps), r = {config.r}, δ = {config.delta}; {n} seeds, "
+    f"config `{config.name}`, runtime {runtime:.0f}s. Mean ± std over seeds; "
+    f"Δ columns are paired per seed (same data, init and batch order)."
   )
   blocks = []
   for name, data_config, metrics, thresholds, fractions in sections:
     columns = [(k, h.replace("2×", f"{config.threshold_factor:g}×")) for k, h in COLUMNS]
     head = "Main setting" if name == "main" else f"Ablation `{name}`"
     blocks += [
-        f"### {head}",
-        "",
-        f"Data: {data_config}. Batch shares: easy {fractions['easy']:.2f}, noisy "
-        f"{fractions['noisy']:.2f} (what uniform weights give). Thresholds: transient "
-        f"= {config.transient_fraction:g} × the mean initial test MSE = "
-        f"{thresholds['steps_to_transient']:.3g}; asymptotic = "
-        f"{config.threshold_factor:g} × best mean final test MSE = "
-        f"{thresholds['steps_to_threshold']:.3g}.",
-        "",
-        common.markdown_table(metrics, columns),
-        "",
-        "- " + verdict(metrics, "steps_to_transient", "fewer steps", n=n),
-        "- " + verdict(metrics, "steps_to_threshold", "fewer steps", n=n),
-        "- " + verdict(metrics, "final_test_mse", "lower", n=n),
-        "",
+      f"### {head}",
+      "",
+      f"Data: {data_config}. Batch shares: easy {fractions['easy']:.2f}, noisy "
+      f"{fractions['noisy']:.2f} (what uniform weights give). Thresholds: transient "
+      f"= {config.transient_fraction:g} × the mean initial test MSE = "
+      f"{thresholds['steps_to_transient']:.3g}; asymptotic = "
+      f"{config.threshold_factor:g} × best mean final test MSE = "
+      f"{thresholds['steps_to_threshold']:.3g}.",
+      "",
+      common.markdown_table(metrics, columns),
+      "",
+      "- " + verdict(metrics, "steps_to_transient", "fewer steps", n=n),
+      "- " + verdict(metrics, "steps_to_threshold", "fewer steps", n=n),
+      "- " + verdict(metrics, "final_test_mse", "lower", n=n),
+      "",
     ]
   notes = [
-      "Weight mass = the sum of the weights a kind receives in a batch, averaged "
-      "over steps (exactly the weights used by the step, logged from the weighting).",
-      f"Evaluated every {config.eval_every} steps; a run that never reaches a "
-      f"threshold counts as {config.num_steps} steps (`reached` = fraction of seeds "
-      f"that reached the asymptotic one).",
-      "better/worse = |mean paired delta| > 2 standard errors (std/√n, n >= 3 "
-      "seeds); otherwise 'no clear difference'.",
+    "Weight mass = the sum of the weights a kind receives in a batch, averaged "
+    "over steps (exactly the weights used by the step, logged from the weighting).",
+    f"Evaluated every {config.eval_every} steps; a run that never reaches a "
+    f"threshold counts as {config.num_steps} steps (`reached` = fraction of seeds "
+    f"that reached the asymptotic one).",
+    "better/worse = |mean paired delta| > 2 standard errors (std/√n, n >= 3 "
+    "seeds); otherwise 'no clear difference'.",
   ] + LINREG_FINDINGS
-  common.write_table(exp_dir, "Loss-based reweighting: linear regression (Fig. 7 analogue)",
-                     intro=intro, blocks=blocks, notes=notes)
+  common.write_table(
+    exp_dir,
+    "Loss-based reweighting: linear regression (Fig. 7 analogue)",
+    intro=intro,
+    blocks=blocks,
+    notes=notes,
+  )
 
 
 def verdict(metrics, metric, goal, *, n, baseline="uniform") -> str:
@@ -286,23 +299,23 @@ def verdict(metrics, metric, goal, *, n, baseline="uniform") -> str:
 # What the investigation of the quick config found (5 seeds); kept with the code
 # so the table states it. Re-check these when the data or the defaults change.
 LINREG_FINDINGS: list[str] = [
-    "Investigation (quick config). The paper's Fig. 7 data generation is not "
-    "public; here the largest per-sample losses belong to the noisy rows (label "
-    "noise 3.0 vs 0.1), so LinUpper and, less so, Quadratic move weight mass onto "
-    "them (column `weight mass noisy`). With a constant SGD step the test MSE then "
-    "settles on a higher noise floor (LinUpper's final test MSE is ~3x uniform's) "
-    "and most LinUpper seeds never reach the asymptotic threshold; the early "
-    "descent (transient threshold) is at best slightly faster, within noise. So "
-    "on the default data the paper's direction does NOT hold.",
-    "Without the noisy rows (ablation `no_noisy`: high loss now means 'not fitted "
-    "yet', close to the interpolation regime of the paper's analysis) the "
-    "paper's ordering is reproduced: LinUpper reaches both thresholds in clearly "
-    "fewer steps than uniform, Quadratic second, Extremes slower than uniform. "
-    "Their final MSE at the (tiny) floor is slightly higher: the reweighting "
-    "concentrates the step on a few rows.",
-    "r: at r = 1 the max/min weight ratio is at most e for LinUpper. A check "
-    "with r = 3 on the default data (same 5 seeds, not in this table) shrinks every "
-    "effect toward uniform (LinUpper final-MSE gap +0.03 instead of +0.13; noisy "
-    "mass 0.23 instead of 0.30), so the disagreement comes from the outliers, "
-    "not from an extreme temperature.",
+  "Investigation (quick config). The paper's Fig. 7 data generation is not "
+  "public; here the largest per-sample losses belong to the noisy rows (label "
+  "noise 3.0 vs 0.1), so LinUpper and, less so, Quadratic move weight mass onto "
+  "them (column `weight mass noisy`). With a constant SGD step the test MSE then "
+  "settles on a higher noise floor (LinUpper's final test MSE is ~3x uniform's) "
+  "and most LinUpper seeds never reach the asymptotic threshold; the early "
+  "descent (transient threshold) is at best slightly faster, within noise. So "
+  "on the default data the paper's direction does NOT hold.",
+  "Without the noisy rows (ablation `no_noisy`: high loss now means 'not fitted "
+  "yet', close to the interpolation regime of the paper's analysis) the "
+  "paper's ordering is reproduced: LinUpper reaches both thresholds in clearly "
+  "fewer steps than uniform, Quadratic second, Extremes slower than uniform. "
+  "Their final MSE at the (tiny) floor is slightly higher: the reweighting "
+  "concentrates the step on a few rows.",
+  "r: at r = 1 the max/min weight ratio is at most e for LinUpper. A check "
+  "with r = 3 on the default data (same 5 seeds, not in this table) shrinks every "
+  "effect toward uniform (LinUpper final-MSE gap +0.03 instead of +0.13; noisy "
+  "mass 0.23 instead of 0.30), so the disagreement comes from the outliers, "
+  "not from an extreme temperature.",
 ]

@@ -24,44 +24,44 @@ def quick() -> Config:
   RAM; a few minutes on 2 CPU cores (each step ~40 ms uncontended).
   """
   return Config(
-      name="quick",
-      methods=("uniform", "linupper", "quadratic", "extremes"),
-      seeds=(0, 1, 2),
-      corpus=dict(vocab_size=1024, max_bytes=1_500_000, test_fraction=0.1, seed=0),
-      # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
-      cache_dir=None,
-      # jaxweights.TransformerConfig fields besides vocab_size and max_len
-      # (= TransformerConfig.tiny()).
-      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
-      seq_len=64,
-      batch_size=16,
-      num_steps=400,
-      peak_lr=1e-3,
-      end_lr=2e-4,
-      lr_warmup_steps=20,
-      weight_decay=0.01,
-      b2=0.95,
-      clip_norm=1.0,
-      r=PAPER_R,
-      delta=1.0,
-      weight_warmup_steps=40,
-      log_every=5,
-      eval_every=50,
-      eval_batch_size=64,
-      # None: every held-out window at every evaluation.
-      eval_max_batches=None,
-      # 0: no checkpoints. Otherwise orbax checkpoints every N steps under
-      # <out>/loss_lm/checkpoints/<method>_seed<k>/ and a rerun continues every
-      # run from its latest checkpoint (a finished run is only re-evaluated);
-      # delete that folder to start over after changing the config.
-      checkpoint_every=0,
-      # Shard the batch over all devices (jaxweights.data_mesh) when more than one
-      # is present; on one device the step runs unsharded.
-      use_mesh=True,
-      # Mixed-precision check: these methods are run again with bf16 compute
-      # (float32 params, optimiser state and weights), same seeds and batches,
-      # and compared with their float32 runs (bf16_vs_f32 in the table).
-      bf16_methods=("uniform", "linupper"),
+    name="quick",
+    methods=("uniform", "linupper", "quadratic", "extremes"),
+    seeds=(0, 1, 2),
+    corpus=dict(vocab_size=1024, max_bytes=1_500_000, test_fraction=0.1, seed=0),
+    # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
+    cache_dir=None,
+    # jaxweights.TransformerConfig fields besides vocab_size and max_len
+    # (= TransformerConfig.tiny()).
+    model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
+    seq_len=64,
+    batch_size=16,
+    num_steps=400,
+    peak_lr=1e-3,
+    end_lr=2e-4,
+    lr_warmup_steps=20,
+    weight_decay=0.01,
+    b2=0.95,
+    clip_norm=1.0,
+    r=PAPER_R,
+    delta=1.0,
+    weight_warmup_steps=40,
+    log_every=5,
+    eval_every=50,
+    eval_batch_size=64,
+    # None: every held-out window at every evaluation.
+    eval_max_batches=None,
+    # 0: no checkpoints. Otherwise orbax checkpoints every N steps under
+    # <out>/loss_lm/checkpoints/<method>_seed<k>/ and a rerun continues every
+    # run from its latest checkpoint (a finished run is only re-evaluated);
+    # delete that folder to start over after changing the config.
+    checkpoint_every=0,
+    # Shard the batch over all devices (jaxweights.data_mesh) when more than one
+    # is present; on one device the step runs unsharded.
+    use_mesh=True,
+    # Mixed-precision check: these methods are run again with bf16 compute
+    # (float32 params, optimiser state and weights), same seeds and batches,
+    # and compared with their float32 runs (bf16_vs_f32 in the table).
+    bf16_methods=("uniform", "linupper"),
   )
 
 
@@ -80,41 +80,41 @@ def full() -> Config:
   turn up late in training. Checkpoints every 2000 steps make it resumable.
   """
   return quick().replace(
-      name="full",
-      seeds=(0, 1, 2, 3, 4),
-      corpus=dict(vocab_size=4096, max_bytes=None, test_fraction=0.1, seed=0),
-      model=dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),
-      seq_len=256,
-      batch_size=64,
-      num_steps=20_000,
-      peak_lr=5e-4,
-      end_lr=1e-4,
-      lr_warmup_steps=500,
-      weight_warmup_steps=1000,
-      log_every=50,
-      eval_every=1000,
-      eval_batch_size=64,
-      checkpoint_every=2000,
-      bf16_methods=("uniform", "linupper", "quadratic", "extremes"),
+    name="full",
+    seeds=(0, 1, 2, 3, 4),
+    corpus=dict(vocab_size=4096, max_bytes=None, test_fraction=0.1, seed=0),
+    model=dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),
+    seq_len=256,
+    batch_size=64,
+    num_steps=20_000,
+    peak_lr=5e-4,
+    end_lr=1e-4,
+    lr_warmup_steps=500,
+    weight_warmup_steps=1000,
+    log_every=50,
+    eval_every=1000,
+    eval_batch_size=64,
+    checkpoint_every=2000,
+    bf16_methods=("uniform", "linupper", "quadratic", "extremes"),
   )
 
 
 def smoke() -> Config:
   """The end-to-end test: a 1-layer toy on 150 kB of stdlib, 12 steps, 2 seeds."""
   return quick().replace(
-      name="smoke",
-      seeds=(0, 1),
-      corpus=dict(vocab_size=300, max_bytes=150_000, test_fraction=0.1, seed=0),
-      model=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64),
-      seq_len=16,
-      batch_size=8,
-      num_steps=12,
-      lr_warmup_steps=2,
-      weight_warmup_steps=4,
-      log_every=2,
-      eval_every=6,
-      eval_batch_size=16,
-      bf16_methods=("linupper",),
+    name="smoke",
+    seeds=(0, 1),
+    corpus=dict(vocab_size=300, max_bytes=150_000, test_fraction=0.1, seed=0),
+    model=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64),
+    seq_len=16,
+    batch_size=8,
+    num_steps=12,
+    lr_warmup_steps=2,
+    weight_warmup_steps=4,
+    log_every=2,
+    eval_every=6,
+    eval_batch_size=16,
+    bf16_methods=("linupper",),
   )
 
 

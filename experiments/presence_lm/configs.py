@@ -22,11 +22,11 @@ from experiments.common import Config
 
 # method -> (tau: "two_stage" | number, microbatches: None | "config")
 METHODS = {
-    "uniform": None,
-    "presence": ("two_stage", None),
-    "direct": (1.0, None),
-    "inverse": (-1.0, None),
-    "presence_mb": ("two_stage", "config"),
+  "uniform": None,
+  "presence": ("two_stage", None),
+  "direct": (1.0, None),
+  "inverse": (-1.0, None),
+  "presence_mb": ("two_stage", "config"),
 }
 
 
@@ -40,49 +40,49 @@ def quick() -> Config:
   25-60 s per run (PRESENCE runs ~1.5-3x a uniform run).
   """
   return Config(
-      name="quick",
-      methods=("uniform", "presence", "direct", "inverse", "presence_mb"),
-      seeds=(0, 1, 2),
-      corpus=dict(vocab_size=1024, max_bytes=1_500_000, test_fraction=0.1, seed=0),
-      # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
-      cache_dir=None,
-      # jaxweights.TransformerConfig fields besides vocab_size and max_len
-      # (= TransformerConfig.tiny()).
-      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
-      seq_len=64,
-      batch_size=16,
-      num_steps=300,
-      peak_lr=1e-3,
-      end_lr=2e-4,
-      lr_warmup_steps=20,
-      weight_decay=0.01,
-      b2=0.95,
-      clip_norm=1.0,
-      # Injection (rows per batch = round(fraction * batch_size); the noise rows
-      # are split evenly between "shuffled" and "random").
-      noise_fraction=0.125,
-      duplicate_fraction=0.125,
-      duplicate_pool=16,
-      # PRESENCE: tau = +tau for the first round(switch_fraction * num_steps)
-      # steps, then -tau; per-sample scores over `layers` (None = all layers;
-      # the paper used the first encoder and decoder layers of mT5), exact
-      # ghost norms with the one-backward book-keeping step.
-      tau=1.0,
-      switch_fraction=0.25,
-      layers=None,
-      norm_method="ghost",
-      microbatches=4,  # for "presence_mb": the batch split into 4 groups of 4
-      log_every=10,
-      eval_every=50,
-      eval_batch_size=64,
-      eval_max_batches=None,
-      # Offline TracIn on every uniform run: checkpoints at these fractions of
-      # the steps; a scoring pool of training rows drawn from evenly spaced
-      # training batches (per kind), plus every window of the duplicate pool.
-      tracin_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
-      tracin_pool=dict(clean=160, shuffled=32, random=32),
-      # Shard the batch over all devices when more than one is present.
-      use_mesh=True,
+    name="quick",
+    methods=("uniform", "presence", "direct", "inverse", "presence_mb"),
+    seeds=(0, 1, 2),
+    corpus=dict(vocab_size=1024, max_bytes=1_500_000, test_fraction=0.1, seed=0),
+    # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
+    cache_dir=None,
+    # jaxweights.TransformerConfig fields besides vocab_size and max_len
+    # (= TransformerConfig.tiny()).
+    model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
+    seq_len=64,
+    batch_size=16,
+    num_steps=300,
+    peak_lr=1e-3,
+    end_lr=2e-4,
+    lr_warmup_steps=20,
+    weight_decay=0.01,
+    b2=0.95,
+    clip_norm=1.0,
+    # Injection (rows per batch = round(fraction * batch_size); the noise rows
+    # are split evenly between "shuffled" and "random").
+    noise_fraction=0.125,
+    duplicate_fraction=0.125,
+    duplicate_pool=16,
+    # PRESENCE: tau = +tau for the first round(switch_fraction * num_steps)
+    # steps, then -tau; per-sample scores over `layers` (None = all layers;
+    # the paper used the first encoder and decoder layers of mT5), exact
+    # ghost norms with the one-backward book-keeping step.
+    tau=1.0,
+    switch_fraction=0.25,
+    layers=None,
+    norm_method="ghost",
+    microbatches=4,  # for "presence_mb": the batch split into 4 groups of 4
+    log_every=10,
+    eval_every=50,
+    eval_batch_size=64,
+    eval_max_batches=None,
+    # Offline TracIn on every uniform run: checkpoints at these fractions of
+    # the steps; a scoring pool of training rows drawn from evenly spaced
+    # training batches (per kind), plus every window of the duplicate pool.
+    tracin_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
+    tracin_pool=dict(clean=160, shuffled=32, random=32),
+    # Shard the batch over all devices when more than one is present.
+    use_mesh=True,
   )
 
 
@@ -101,43 +101,43 @@ def full() -> Config:
   multi-epoch regime.
   """
   return quick().replace(
-      name="full",
-      seeds=(0, 1, 2, 3, 4),
-      corpus=dict(vocab_size=4096, max_bytes=None, test_fraction=0.1, seed=0),
-      model=dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),
-      seq_len=256,
-      batch_size=64,
-      num_steps=8000,
-      peak_lr=5e-4,
-      end_lr=1e-4,
-      lr_warmup_steps=400,
-      duplicate_pool=64,
-      microbatches=8,
-      log_every=50,
-      eval_every=500,
-      tracin_pool=dict(clean=640, shuffled=128, random=128),
+    name="full",
+    seeds=(0, 1, 2, 3, 4),
+    corpus=dict(vocab_size=4096, max_bytes=None, test_fraction=0.1, seed=0),
+    model=dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),
+    seq_len=256,
+    batch_size=64,
+    num_steps=8000,
+    peak_lr=5e-4,
+    end_lr=1e-4,
+    lr_warmup_steps=400,
+    duplicate_pool=64,
+    microbatches=8,
+    log_every=50,
+    eval_every=500,
+    tracin_pool=dict(clean=640, shuffled=128, random=128),
   )
 
 
 def smoke() -> Config:
   """The end-to-end test: a 1-layer toy on 150 kB of stdlib, 12 steps, 2 seeds."""
   return quick().replace(
-      name="smoke",
-      methods=("uniform", "presence", "presence_mb"),
-      seeds=(0, 1),
-      corpus=dict(vocab_size=300, max_bytes=150_000, test_fraction=0.1, seed=0),
-      model=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64),
-      seq_len=16,
-      batch_size=16,
-      num_steps=12,
-      lr_warmup_steps=2,
-      duplicate_pool=4,
-      log_every=2,
-      eval_every=6,
-      eval_batch_size=16,
-      eval_max_batches=4,
-      tracin_fractions=(0.5, 1.0),
-      tracin_pool=dict(clean=16, shuffled=8, random=8),
+    name="smoke",
+    methods=("uniform", "presence", "presence_mb"),
+    seeds=(0, 1),
+    corpus=dict(vocab_size=300, max_bytes=150_000, test_fraction=0.1, seed=0),
+    model=dict(d_model=32, n_layers=1, n_heads=2, d_ff=64),
+    seq_len=16,
+    batch_size=16,
+    num_steps=12,
+    lr_warmup_steps=2,
+    duplicate_pool=4,
+    log_every=2,
+    eval_every=6,
+    eval_batch_size=16,
+    eval_max_batches=4,
+    tracin_fractions=(0.5, 1.0),
+    tracin_pool=dict(clean=16, shuffled=8, random=8),
   )
 
 

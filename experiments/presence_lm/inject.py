@@ -1,6 +1,6 @@
 """Noisy and duplicated rows injected into LM training batches, a pure function of (seed, step).
 
-Every training batch starts as :func:`jaxweights.data.lm_batch` windows of the
+Every training batch starts as :func:`jaxweights.substrates.data.lm_batch` windows of the
 clean training stream. Then, with a generator seeded by ``(seed, step, 1)``, a
 random set of rows is replaced:
 
@@ -36,9 +36,10 @@ def kind_counts(batch_size: int, noise_fraction: float, duplicate_fraction: floa
   bad = [k for k, v in counts.items() if v < 1]
   if bad:
     raise ValueError(
-        f"batch_size={batch_size} with noise_fraction={noise_fraction} and "
-        f"duplicate_fraction={duplicate_fraction} gives no {bad} rows; each injected "
-        f"kind needs at least one row per batch (counts {counts}).")
+      f"batch_size={batch_size} with noise_fraction={noise_fraction} and "
+      f"duplicate_fraction={duplicate_fraction} gives no {bad} rows; each injected "
+      f"kind needs at least one row per batch (counts {counts})."
+    )
   counts["clean"] = batch_size - sum(counts.values())
   if counts["clean"] < 1:
     raise ValueError(f"no clean rows left in a batch of {batch_size}: {counts}.")
@@ -48,9 +49,18 @@ def kind_counts(batch_size: int, noise_fraction: float, duplicate_fraction: floa
 class Injector:
   """Training batches with injected rows, and the fixed duplicate pool, for one seed."""
 
-  def __init__(self, tokens: np.ndarray, *, seed: int, batch_size: int, seq_len: int,
-               vocab_size: int, noise_fraction: float, duplicate_fraction: float,
-               duplicate_pool: int):
+  def __init__(
+    self,
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    noise_fraction: float,
+    duplicate_fraction: float,
+    duplicate_pool: int,
+  ):
     self.tokens = np.asarray(tokens)
     self.seed, self.batch_size, self.seq_len = seed, batch_size, seq_len
     self.vocab_size = vocab_size
@@ -58,25 +68,26 @@ class Injector:
     if duplicate_pool < 1:
       raise ValueError(f"duplicate_pool must be >= 1, got {duplicate_pool}.")
     starts = np.random.default_rng((seed, _POOL_STREAM)).integers(
-        0, self.tokens.size - seq_len, size=duplicate_pool)
+      0, self.tokens.size - seq_len, size=duplicate_pool
+    )
     self.pool = self.tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """``{"tokens", "mask", "kind"}`` of training step ``step``."""
-    batch = jw_data.lm_batch(self.tokens, seed=self.seed, step=step,
-                             batch_size=self.batch_size, seq_len=self.seq_len)
+    batch = jw_data.lm_batch(
+      self.tokens, seed=self.seed, step=step, batch_size=self.batch_size, seq_len=self.seq_len
+    )
     tokens = batch["tokens"].copy()
     rng = np.random.default_rng((self.seed, step, _INJECT_STREAM))
     rows = rng.permutation(self.batch_size)
     kind = np.zeros(self.batch_size, np.int32)
     n_s, n_r, n_d = (self.counts[k] for k in ("shuffled", "random", "duplicate"))
     shuffled = rows[:n_s]
-    random_rows = rows[n_s:n_s + n_r]
-    dup = rows[n_s + n_r:n_s + n_r + n_d]
+    random_rows = rows[n_s : n_s + n_r]
+    dup = rows[n_s + n_r : n_s + n_r + n_d]
     for i in shuffled:
       tokens[i] = rng.permutation(tokens[i])
-    tokens[random_rows] = rng.integers(0, self.vocab_size, size=(n_r, tokens.shape[1]),
-                                       dtype=np.int32)
+    tokens[random_rows] = rng.integers(0, self.vocab_size, size=(n_r, tokens.shape[1]), dtype=np.int32)
     tokens[dup] = self.pool[rng.integers(0, len(self.pool), size=n_d)]
     kind[shuffled], kind[random_rows], kind[dup] = SHUFFLED, RANDOM, DUPLICATE
     return {"tokens": tokens, "mask": batch["mask"], "kind": kind}
@@ -89,9 +100,9 @@ class Injector:
     possible), plus every window of the duplicate pool once (kind 3).
     """
     take = {k: int(per_kind.get(k, 0)) for k in ("clean", "shuffled", "random")}
-    need = max(
-        int(np.ceil(n / self.counts[k])) for k, n in take.items() if n > 0
-    ) if any(take.values()) else 0
+    need = (
+      max(int(np.ceil(n / self.counts[k])) for k, n in take.items() if n > 0) if any(take.values()) else 0
+    )
     steps = np.unique(np.linspace(0, num_steps - 1, max(need, 1)).round().astype(int))
     rows: dict[int, list] = {KINDS.index(k): [] for k in take}
     per_step = {KINDS.index(k): int(np.ceil(n / len(steps))) for k, n in take.items()}
@@ -109,8 +120,7 @@ class Injector:
     tokens.extend(self.pool)
     kinds.extend([DUPLICATE] * len(self.pool))
     tokens = np.stack(tokens).astype(np.int32)
-    return {"tokens": tokens, "mask": np.ones(tokens.shape, bool),
-            "kind": np.asarray(kinds, np.int32)}
+    return {"tokens": tokens, "mask": np.ones(tokens.shape, bool), "kind": np.asarray(kinds, np.int32)}
 
 
 def fixed_batches(pool: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:

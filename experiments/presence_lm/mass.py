@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxweights
-from jaxweights._reduce import gsum
+from jaxweights.core.reductions import gsum
 
 
 def _account(acc, weights, mask, kind, step, switch_step, n_kinds, axis_name):
@@ -30,13 +30,14 @@ def _account(acc, weights, mask, kind, step, switch_step, n_kinds, axis_name):
   share = counts / jnp.maximum(jnp.sum(counts), 1.0)
   stage = (jnp.arange(2) == (step >= switch_step).astype(jnp.int32))[:, None]
   return {
-      "mass": acc["mass"] + jnp.where(stage, mass[None, :], 0.0),
-      "share": acc["share"] + jnp.where(stage, share[None, :], 0.0),
+    "mass": acc["mass"] + jnp.where(stage, mass[None, :], 0.0),
+    "share": acc["share"] + jnp.where(stage, share[None, :], 0.0),
   }
 
 
-def track_kinds(inner: jaxweights.Weighting, *, switch_step: int, n_kinds: int = 4,
-                kind_key: str = "kind") -> jaxweights.Weighting:
+def track_kinds(
+  inner: jaxweights.Weighting, *, switch_step: int, n_kinds: int = 4, kind_key: str = "kind"
+) -> jaxweights.Weighting:
   """``inner`` plus per-kind, per-stage weight-mass accumulators in the state.
 
   Args:
@@ -51,8 +52,7 @@ def track_kinds(inner: jaxweights.Weighting, *, switch_step: int, n_kinds: int =
     return {"inner": inner.init(), "mass": zeros, "share": zeros}
 
   def account(state, weights, mask, batch, step, axis_name):
-    acc = _account(state, weights, mask, batch[kind_key], step, switch_step, n_kinds,
-                   axis_name)
+    acc = _account(state, weights, mask, batch[kind_key], step, switch_step, n_kinds, axis_name)
     return acc
 
   def update(inputs: jaxweights.WeightInputs, state):
@@ -62,11 +62,13 @@ def track_kinds(inner: jaxweights.Weighting, *, switch_step: int, n_kinds: int =
 
   prepare = None
   if inner.prepare is not None:
+
     def prepare(ctx: jaxweights.PrepareContext):
       return inner.prepare(ctx._replace(state=ctx.state["inner"]))
 
   gradient = None
   if inner.gradient is not None:
+
     def gradient(ctx: jaxweights.GradientContext):
       out = inner.gradient(ctx._replace(state=ctx.state["inner"]))
       if out is None:  # declined: the step calls update, which accounts

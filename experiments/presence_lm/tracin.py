@@ -9,7 +9,7 @@ point of training, which is what PRESENCE's per-batch z-score reacts to.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 import jaxweights
-from jaxweights import grad_norms
 from experiments.presence_lm.inject import CLEAN, KINDS
+from jaxweights import grad_norms
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -55,7 +55,7 @@ def rank_metrics(scores: np.ndarray, kinds: np.ndarray, prefix: str) -> dict[str
 class Scorer:
   """Current-parameter self-influence and output-layer diagnostics, compiled once.
 
-  (:func:`jaxweights.self_influence.self_influence` compiles a fresh function per
+  (:func:`jaxweights.families.self_influence.presence.self_influence` compiles a fresh function per
   call; scoring several checkpoints of several runs with one compiled function
   saves a compilation per checkpoint.)
   """
@@ -65,8 +65,7 @@ class Scorer:
 
     @functools.partial(jax.jit, static_argnums=0)
     def norms(graphdef, state, batch):
-      return grad_norms.per_sample_grad_norms(
-          loss_fn, nnx.merge(graphdef, state), batch, **norm_kwargs).total
+      return grad_norms.per_sample_grad_norms(loss_fn, nnx.merge(graphdef, state), batch, **norm_kwargs).total
 
     self._norms = norms
     self._diag = head_diagnostics_fn()
@@ -74,16 +73,22 @@ class Scorer:
   def self_influence(self, model, batches) -> np.ndarray:
     """``||grad l(z)||^2`` of every row of ``batches`` (padding rows included)."""
     graphdef, state = nnx.split(model)
-    return np.concatenate([np.asarray(self._norms(graphdef, state, b), np.float64)
-                           for b in batches])
+    return np.concatenate([np.asarray(self._norms(graphdef, state, b), np.float64) for b in batches])
 
   def diagnostics(self, model, batches, n) -> dict[str, np.ndarray]:
     return head_diagnostics(self._diag, model, batches, n)
 
 
-def tracin_metrics(scorer: Scorer, models: Sequence, learning_rates: Sequence[float],
-                   batches: Sequence[dict], kinds: np.ndarray, *, checkpoint_steps,
-                   check_library: bool = False) -> dict[str, float]:
+def tracin_metrics(
+  scorer: Scorer,
+  models: Sequence,
+  learning_rates: Sequence[float],
+  batches: Sequence[dict],
+  kinds: np.ndarray,
+  *,
+  checkpoint_steps,
+  check_library: bool = False,
+) -> dict[str, float]:
   """TracIn ranking metrics plus per-checkpoint gradient-norm comparisons by kind.
 
   Args:
@@ -109,10 +114,11 @@ def tracin_metrics(scorer: Scorer, models: Sequence, learning_rates: Sequence[fl
   scores = sum(lr * s for lr, s in zip(learning_rates, per_ckpt))
   if check_library:
     lib = jaxweights.tracin_self_influence(
-        scorer.loss_fn, list(models), list(learning_rates), batches,
-        **scorer.norm_kwargs)[:n]
-    np.testing.assert_allclose(scores, lib, rtol=1e-4, atol=1e-6 * float(np.max(lib)),
-                               err_msg="TracIn: per-checkpoint sum != library")
+      scorer.loss_fn, list(models), list(learning_rates), batches, **scorer.norm_kwargs
+    )[:n]
+    np.testing.assert_allclose(
+      scores, lib, rtol=1e-4, atol=1e-6 * float(np.max(lib)), err_msg="TracIn: per-checkpoint sum != library"
+    )
   out = rank_metrics(scores, kinds, "tracin_")
   clean = kinds == CLEAN
   for step, model, s in zip(checkpoint_steps, models, per_ckpt):
@@ -127,8 +133,9 @@ def tracin_metrics(scorer: Scorer, models: Sequence, learning_rates: Sequence[fl
     for k, name in enumerate(KINDS):
       out[f"ck{step}_coherence_{name}"] = float(np.median(diag["coherence"][kinds == k]))
       if k != CLEAN:
-        out[f"ck{step}_tokgrad_{name}"] = (
-            float(np.median(diag["token_grad"][kinds == k])) / max(tok_ref, 1e-30))
+        out[f"ck{step}_tokgrad_{name}"] = float(np.median(diag["token_grad"][kinds == k])) / max(
+          tok_ref, 1e-30
+        )
   return out
 
 
@@ -178,5 +185,7 @@ def head_diagnostics_fn():
 def head_diagnostics(fn, model, batches, n) -> dict[str, np.ndarray]:
   graphdef, state = nnx.split(model)
   tg, co, _ = zip(*[jax.device_get(fn(graphdef, state, b)) for b in batches])
-  return {"token_grad": np.concatenate(tg)[:n].astype(np.float64),
-          "coherence": np.concatenate(co)[:n].astype(np.float64)}
+  return {
+    "token_grad": np.concatenate(tg)[:n].astype(np.float64),
+    "coherence": np.concatenate(co)[:n].astype(np.float64),
+  }

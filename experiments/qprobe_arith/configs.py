@@ -23,40 +23,52 @@ def quick() -> Config:
   each probe take seconds).
   """
   return Config(
-      name="quick",
-      methods=METHODS,
-      seeds=(0, 1, 2),
-      task=dict(add_max=99, mul_max=9, mul_fraction=0.5, n_probe_train=100,
-                n_probe_test=100, lm_train_size=None, seed=0),
-      # The LMs' text: graded worksheet lines "a+b=c;Y\n" / "a+b=c';N\n", the
-      # answer wrong (a uniform guess) with probability wrong_fraction.
-      lm_text=dict(wrong_fraction=0.3, verdicts=True, wrong_kind="guess", n_wrong=4, seed=0),
-      max_len=16,
-      # The base policy (sampling, and the hidden states of the main probes).
-      base_lm=dict(model=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256), steps=3000,
-                   batch_size=64, learning_rate=2e-3, warmup_steps=50, seed=0),
-      # The separately trained "API" embedder: other seed and width, same text.
-      api_lm=dict(model=dict(d_model=48, n_layers=2, n_heads=4, d_ff=192), steps=3000,
-                  batch_size=64, learning_rate=2e-3, warmup_steps=50, seed=1),
-      n_samples=50,
-      max_new_tokens=5,
-      temperature=1.0,
-      top_p=1.0,
-      # Embedding block (None: the last block, before the final LayerNorm).
-      layer=None,
-      sample_seed=0,
-      # Probe training: num_steps = epochs (logged as steps in runs/*.jsonl).
-      num_steps=150,
-      probe=dict(learning_rate=1e-3, weight_decay=0.0, batch_size=1000, group_size=10,
-                 train_beta=1.0),
-      bt_pairs_per_prompt=50,
-      k=48,
-      beta=0.1,
-      # Random k-subsets of each test prompt's samples averaged per evaluation.
-      eval_draws=10,
-      ks=(1, 2, 4, 8, 16, 32, 48),
-      data_limited=dict(n_prompts=(10, 25, 50, 100), methods=("L_Q", "L_CE", "L_PG")),
-      policy_batch_size=2048,
+    name="quick",
+    methods=METHODS,
+    seeds=(0, 1, 2),
+    task=dict(
+      add_max=99, mul_max=9, mul_fraction=0.5, n_probe_train=100, n_probe_test=100, lm_train_size=None, seed=0
+    ),
+    # The LMs' text: graded worksheet lines "a+b=c;Y\n" / "a+b=c';N\n", the
+    # answer wrong (a uniform guess) with probability wrong_fraction.
+    lm_text=dict(wrong_fraction=0.3, verdicts=True, wrong_kind="guess", n_wrong=4, seed=0),
+    max_len=16,
+    # The base policy (sampling, and the hidden states of the main probes).
+    base_lm=dict(
+      model=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
+      steps=3000,
+      batch_size=64,
+      learning_rate=2e-3,
+      warmup_steps=50,
+      seed=0,
+    ),
+    # The separately trained "API" embedder: other seed and width, same text.
+    api_lm=dict(
+      model=dict(d_model=48, n_layers=2, n_heads=4, d_ff=192),
+      steps=3000,
+      batch_size=64,
+      learning_rate=2e-3,
+      warmup_steps=50,
+      seed=1,
+    ),
+    n_samples=50,
+    max_new_tokens=5,
+    temperature=1.0,
+    top_p=1.0,
+    # Embedding block (None: the last block, before the final LayerNorm).
+    layer=None,
+    sample_seed=0,
+    # Probe training: num_steps = epochs (logged as steps in runs/*.jsonl).
+    num_steps=150,
+    probe=dict(learning_rate=1e-3, weight_decay=0.0, batch_size=1000, group_size=10, train_beta=1.0),
+    bt_pairs_per_prompt=50,
+    k=48,
+    beta=0.1,
+    # Random k-subsets of each test prompt's samples averaged per evaluation.
+    eval_draws=10,
+    ks=(1, 2, 4, 8, 16, 32, 48),
+    data_limited=dict(n_prompts=(10, 25, 50, 100), methods=("L_Q", "L_CE", "L_PG")),
+    policy_batch_size=2048,
   )
 
 
@@ -75,17 +87,29 @@ def full() -> Config:
   the probe rows.
   """
   return quick().replace(
-      name="full",
-      seeds=tuple(range(10)),
-      task=dict(add_max=99, mul_max=9, mul_fraction=0.5, n_probe_train=464,
-                n_probe_test=200, lm_train_size=None, seed=0),
-      base_lm=dict(model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384), steps=4000,
-                   batch_size=64, learning_rate=2e-3, warmup_steps=100, seed=0),
-      api_lm=dict(model=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256), steps=4000,
-                  batch_size=64, learning_rate=2e-3, warmup_steps=100, seed=1),
-      n_samples=200,
-      data_limited=dict(n_prompts=(10, 25, 50, 100, 200, 464),
-                        methods=("L_Q", "L_CE", "L_PG")),
+    name="full",
+    seeds=tuple(range(10)),
+    task=dict(
+      add_max=99, mul_max=9, mul_fraction=0.5, n_probe_train=464, n_probe_test=200, lm_train_size=None, seed=0
+    ),
+    base_lm=dict(
+      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
+      steps=4000,
+      batch_size=64,
+      learning_rate=2e-3,
+      warmup_steps=100,
+      seed=0,
+    ),
+    api_lm=dict(
+      model=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256),
+      steps=4000,
+      batch_size=64,
+      learning_rate=2e-3,
+      warmup_steps=100,
+      seed=1,
+    ),
+    n_samples=200,
+    data_limited=dict(n_prompts=(10, 25, 50, 100, 200, 464), methods=("L_Q", "L_CE", "L_PG")),
   )
 
 
@@ -96,26 +120,38 @@ def smoke() -> Config:
   own step).
   """
   return quick().replace(
-      name="smoke",
-      methods=("L_Q", "L_CE", "L_PG", "L_BT", "api_L_PG"),
-      seeds=(0,),
-      # One-digit answers, so that even a 40-step LM is sometimes right.
-      task=dict(add_max=4, mul_max=2, mul_fraction=0.5, n_probe_train=6,
-                n_probe_test=4, lm_train_size=None, seed=0),
-      base_lm=dict(model=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32), steps=150,
-                   batch_size=16, learning_rate=2e-3, warmup_steps=2, seed=0),
-      api_lm=dict(model=dict(d_model=8, n_layers=1, n_heads=2, d_ff=16), steps=40,
-                  batch_size=16, learning_rate=2e-3, warmup_steps=2, seed=1),
-      n_samples=12,
-      num_steps=3,
-      probe=dict(learning_rate=1e-3, weight_decay=0.0, batch_size=40, group_size=4,
-                 train_beta=1.0),
-      bt_pairs_per_prompt=8,
-      k=8,
-      eval_draws=2,
-      ks=(1, 2, 8),
-      data_limited=dict(n_prompts=(3, 6), methods=("L_PG",)),
-      policy_batch_size=256,
+    name="smoke",
+    methods=("L_Q", "L_CE", "L_PG", "L_BT", "api_L_PG"),
+    seeds=(0,),
+    # One-digit answers, so that even a 40-step LM is sometimes right.
+    task=dict(
+      add_max=4, mul_max=2, mul_fraction=0.5, n_probe_train=6, n_probe_test=4, lm_train_size=None, seed=0
+    ),
+    base_lm=dict(
+      model=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),
+      steps=150,
+      batch_size=16,
+      learning_rate=2e-3,
+      warmup_steps=2,
+      seed=0,
+    ),
+    api_lm=dict(
+      model=dict(d_model=8, n_layers=1, n_heads=2, d_ff=16),
+      steps=40,
+      batch_size=16,
+      learning_rate=2e-3,
+      warmup_steps=2,
+      seed=1,
+    ),
+    n_samples=12,
+    num_steps=3,
+    probe=dict(learning_rate=1e-3, weight_decay=0.0, batch_size=40, group_size=4, train_beta=1.0),
+    bt_pairs_per_prompt=8,
+    k=8,
+    eval_draws=2,
+    ks=(1, 2, 8),
+    data_limited=dict(n_prompts=(3, 6), methods=("L_PG",)),
+    policy_batch_size=256,
   )
 
 

@@ -20,11 +20,11 @@ task from scratch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from jaxweights.qprobe_policies import Tokens, pad_sequences
+from jaxweights.families.q_probe.policies import Tokens, pad_sequences
 
 PAD = 0
 CHARS = "0123456789+*=;YN\n"
@@ -57,12 +57,15 @@ class Problem:
   answer: int
 
 
-
 def all_problems(add_max: int, mul_max: int) -> tuple[list[Problem], list[Problem]]:
   """Every ``a+b=`` and every ``a*b+c=`` problem of the given ranges."""
   add = [Problem(f"{a}+{b}=", a + b) for a in range(add_max + 1) for b in range(add_max + 1)]
-  mul = [Problem(f"{a}*{b}+{c}=", a * b + c) for a in range(mul_max + 1)
-         for b in range(mul_max + 1) for c in range(add_max + 1)]
+  mul = [
+    Problem(f"{a}*{b}+{c}=", a * b + c)
+    for a in range(mul_max + 1)
+    for b in range(mul_max + 1)
+    for c in range(add_max + 1)
+  ]
   return add, mul
 
 
@@ -75,8 +78,16 @@ class Split:
   probe_test: list[Problem]
 
 
-def make_split(*, add_max: int, mul_max: int, mul_fraction: float, n_probe_train: int,
-               n_probe_test: int, lm_train_size: int | None, seed: int) -> Split:
+def make_split(
+  *,
+  add_max: int,
+  mul_max: int,
+  mul_fraction: float,
+  n_probe_train: int,
+  n_probe_test: int,
+  lm_train_size: int | None,
+  seed: int,
+) -> Split:
   """Samples the probe's train/test prompts, then the LM text from the rest.
 
   Probe prompts are drawn with ``mul_fraction`` of ``a*b+c`` problems; the LM
@@ -119,8 +130,7 @@ def make_split(*, add_max: int, mul_max: int, mul_fraction: float, n_probe_train
 WRONG_OFFSETS = (1, -1, 10, -10)
 
 
-def wrong_answers(answer: int, kind: str, rng: np.random.Generator, n: int = 4,
-                  high: int = 199) -> list[int]:
+def wrong_answers(answer: int, kind: str, rng: np.random.Generator, n: int = 4, high: int = 199) -> list[int]:
   """``n`` wrong answers to a problem, never equal to ``answer``.
 
   ``kind="slip"``: near misses, ``answer + o`` for the :data:`WRONG_OFFSETS`
@@ -140,7 +150,7 @@ def wrong_answers(answer: int, kind: str, rng: np.random.Generator, n: int = 4,
   if kind == "guess":
     return guesses
   if kind == "mix":
-    return slips[:n // 2] + guesses[:n - n // 2]
+    return slips[: n // 2] + guesses[: n - n // 2]
   raise ValueError(f"unknown wrong-answer kind {kind!r}; use 'slip', 'guess' or 'mix'.")
 
 
@@ -168,8 +178,17 @@ class WorksheetText:
     verdicts: whether lines carry the grader's mark.
   """
 
-  def __init__(self, problems: Sequence[Problem], width: int, *, wrong_fraction: float,
-               verdicts: bool, wrong_kind: str = "guess", n_wrong: int = 4, seed: int = 0):
+  def __init__(
+    self,
+    problems: Sequence[Problem],
+    width: int,
+    *,
+    wrong_fraction: float,
+    verdicts: bool,
+    wrong_kind: str = "guess",
+    n_wrong: int = 4,
+    seed: int = 0,
+  ):
     if not 0 <= wrong_fraction <= 1:
       raise ValueError(f"wrong_fraction must be in [0, 1], got {wrong_fraction}.")
     if not problems:
@@ -185,8 +204,8 @@ class WorksheetText:
         ids = encode(line(p.prompt, v, j == 0, verdicts))
         if len(ids) > width:
           raise ValueError(f"a line of {len(ids)} tokens does not fit the width {width}.")
-        self.tokens[i, j, :len(ids)] = ids
-        self.mask[i, j, len(p.prompt):len(ids)] = True
+        self.tokens[i, j, : len(ids)] = ids
+        self.mask[i, j, len(p.prompt) : len(ids)] = True
 
   def batch(self, *, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """``{"tokens", "mask"}`` ``[batch_size, width]``: a pure function of (seed, step)."""
@@ -224,6 +243,5 @@ def rewards(problems: Sequence[Problem], completions: Tokens) -> np.ndarray:
   out = np.zeros((p, k), np.float32)
   for i, prob in enumerate(problems):
     for j in range(k):
-      out[i, j] = reward(completion_text(completions.tokens[i, j], completions.lengths[i, j]),
-                         prob.answer)
+      out[i, j] = reward(completion_text(completions.tokens[i, j], completions.lengths[i, j]), prob.answer)
   return out

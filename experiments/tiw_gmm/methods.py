@@ -1,8 +1,8 @@
 """The TIW-DSM baselines on the composition layer, shared by ``tiw_gmm`` and ``tiw_digits``.
 
 Every method trains the same score network (EDM preconditioning,
-:class:`jaxweights.diffusion.EDMDiffusion`) with the same per-sample loss
-(:func:`jaxweights.diffusion.dsm_loss_fn`), optimiser, initialisation, batch
+:class:`jaxweights.substrates.diffusion.EDMDiffusion`) with the same per-sample loss
+(:func:`jaxweights.substrates.diffusion.dsm_loss_fn`), optimiser, initialisation, batch
 order and noise stream (the noise is drawn in each weighting's ``prepare`` from
 the step key, which the seed fixes); methods differ only in their training set
 and their :class:`~jaxweights.Weighting`:
@@ -24,7 +24,7 @@ Ratios are to the training mixture: ``w = r / (pi r + 1 - pi)`` with ``pi =
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +36,16 @@ import jaxweights
 from experiments import common
 from jaxweights import density_ratio as dr
 from jaxweights import diffusion as df
-from jaxweights.data import batch_indices
+from jaxweights.substrates.data import batch_indices
 
 DESCRIPTIONS = {
-    "dsm_ref": "DSM on D_ref only",
-    "dsm_obs": "DSM on D_obs = D_bias ∪ D_ref",
-    "iw_dsm": "DSM on D_obs, weight w(x_0) (time-independent discriminator)",
-    "tiw_dsm": "TIW-DSM: weight w_t and target + grad log w_t",
-    "tiw_weight_only": "ablation: weight w_t only",
-    "tiw_correction_only": "ablation: target correction only",
-    "tiw_oracle": "TIW-DSM with the closed-form ratio (oracle)",
+  "dsm_ref": "DSM on D_ref only",
+  "dsm_obs": "DSM on D_obs = D_bias ∪ D_ref",
+  "iw_dsm": "DSM on D_obs, weight w(x_0) (time-independent discriminator)",
+  "tiw_dsm": "TIW-DSM: weight w_t and target + grad log w_t",
+  "tiw_weight_only": "ablation: weight w_t only",
+  "tiw_correction_only": "ablation: target correction only",
+  "tiw_oracle": "TIW-DSM with the closed-form ratio (oracle)",
 }
 
 
@@ -53,25 +53,32 @@ def uses_reference_only(method: str) -> bool:
   return method == "dsm_ref"
 
 
-def make_weighting(method: str, edm: df.EDMDiffusion, *, time_dependent: dr.RatioModel,
-                   time_independent: dr.RatioModel, oracle: dr.RatioModel | None,
-                   ref_fraction: float, t_range) -> jaxweights.Weighting:
+def make_weighting(
+  method: str,
+  edm: df.EDMDiffusion,
+  *,
+  time_dependent: dr.RatioModel,
+  time_independent: dr.RatioModel,
+  oracle: dr.RatioModel | None,
+  ref_fraction: float,
+  t_range,
+) -> jaxweights.Weighting:
   """The method's weighting (ratio models' params are its state)."""
   kw = dict(ref_fraction=ref_fraction)
   if method in ("dsm_ref", "dsm_obs"):
     return df.dsm_weighting(edm)
   if method == "iw_dsm":
-    return dr.iw_dsm(time_independent, edm, **kw)
+    return dr.iw_dsm_weighting(time_independent, edm, **kw)
   if method == "tiw_dsm":
-    return dr.tiw_dsm(time_dependent, edm, t_range=t_range, **kw)
+    return dr.tiw_dsm_weighting(time_dependent, edm, t_range=t_range, **kw)
   if method == "tiw_weight_only":
-    return dr.tiw_dsm(time_dependent, edm, correction=False, **kw)
+    return dr.tiw_dsm_weighting(time_dependent, edm, correction=False, **kw)
   if method == "tiw_correction_only":
-    return dr.tiw_dsm(time_dependent, edm, weight=False, t_range=t_range, **kw)
+    return dr.tiw_dsm_weighting(time_dependent, edm, weight=False, t_range=t_range, **kw)
   if method == "tiw_oracle":
     if oracle is None:
       raise ValueError("tiw_oracle needs a closed-form ratio model.")
-    return dr.tiw_dsm(oracle, edm, t_range=t_range, **kw)
+    return dr.tiw_dsm_weighting(oracle, edm, t_range=t_range, **kw)
   raise ValueError(f"unknown method {method!r}; known: {sorted(DESCRIPTIONS)}")
 
 
@@ -99,8 +106,7 @@ class ScoreTrainer:
     eval_x: ``[N, ...]`` held-out unbiased samples for the held-out DSM loss.
   """
 
-  def __init__(self, method, model_fn, weighting, edm, *, learning_rate, batch_size,
-               eval_x, eval_seed=1234):
+  def __init__(self, method, model_fn, weighting, edm, *, learning_rate, batch_size, eval_x, eval_seed=1234):
     self.method, self.model_fn, self.weighting, self.edm = method, model_fn, weighting, edm
     self.batch_size = batch_size
     self.tx = optax.adam(learning_rate)
@@ -113,31 +119,31 @@ class ScoreTrainer:
     n = len(eval_x)
     sigma = np.exp(edm.p_mean + edm.p_std * rng.standard_normal(n)).astype(np.float32)
     self.eval_batch = {
-        "x": jnp.asarray(eval_x, jnp.float32),
-        "t": jnp.clip(edm.sde.t_from_edm_sigma(jnp.asarray(sigma)), edm.sde.t_min, 1.0),
-        "sigma": jnp.asarray(sigma),
-        "noise": jnp.asarray(rng.standard_normal(eval_x.shape).astype(np.float32)),
+      "x": jnp.asarray(eval_x, jnp.float32),
+      "t": jnp.clip(edm.sde.t_from_edm_sigma(jnp.asarray(sigma)), edm.sde.t_min, 1.0),
+      "sigma": jnp.asarray(sigma),
+      "noise": jnp.asarray(rng.standard_normal(eval_x.shape).astype(np.float32)),
     }
     loss_fn = df.dsm_loss_fn(edm)
 
     @jax.jit
     def heldout(state, batch):
-      model = nnx.merge(graphdef, state.params, state.rest)
+      model = nnx.merge(graphdef, state.params, state.model_vars)
       return jnp.mean(loss_fn(model, batch).loss)
 
     self._heldout = heldout
     self._samplers = {}
 
   def init(self, seed: int, ratio_params):
-    _, state = jaxweights.init_train_state(self.model_fn(seed), self.tx, self.weighting,
-                                           seed=seed)
+    _, state = jaxweights.init_train_state(self.model_fn(seed), self.tx, self.weighting, seed=seed)
     return state._replace(weighting_state=ratio_params)
 
   def heldout_dsm(self, state) -> float:
     return float(self._heldout(state, self.eval_batch))
 
-  def train(self, state, x_train: np.ndarray, *, seed: int, num_steps: int, exp_dir,
-            log_every: int, eval_every: int):
+  def train(
+    self, state, x_train: np.ndarray, *, seed: int, num_steps: int, exp_dir, log_every: int, eval_every: int
+  ):
     logger = common.run_logger(exp_dir, self.method, seed)
     logger.log({"step": 0, "heldout_dsm": self.heldout_dsm(state)})
 
@@ -147,19 +153,26 @@ class ScoreTrainer:
 
     t0 = time.perf_counter()
     state, history = jaxweights.train_loop(
-        self.step, state, batch_fn, num_steps, logger=logger, log_every=log_every,
-        eval_fn=lambda s: {"heldout_dsm": self.heldout_dsm(s)}, eval_every=eval_every,
-        desc=f"{self.method}/{seed}", show_progress=False)
+      self.step,
+      state,
+      batch_fn,
+      num_steps,
+      logger=logger,
+      log_every=log_every,
+      eval_fn=lambda s: {"heldout_dsm": self.heldout_dsm(s)},
+      eval_every=eval_every,
+      desc=f"{self.method}/{seed}",
+      show_progress=False,
+    )
     train = [r for r in history if "loss_mean" in r]
-    tail = train[-max(1, len(train) // 10):]
+    tail = train[-max(1, len(train) // 10) :]
     return state, {
-        "heldout_dsm": history[-1]["heldout_dsm"],
-        "ess_fraction": float(np.mean([r["ess"] for r in tail])) / self.batch_size,
-        "train_time_s": time.perf_counter() - t0,
+      "heldout_dsm": history[-1]["heldout_dsm"],
+      "ess_fraction": float(np.mean([r["ess"] for r in tail])) / self.batch_size,
+      "train_time_s": time.perf_counter() - t0,
     }
 
-  def sample(self, state, n: int, *, seed: int, num_steps: int,
-             sigma_max: float = 80.0) -> np.ndarray:
+  def sample(self, state, n: int, *, seed: int, num_steps: int, sigma_max: float = 80.0) -> np.ndarray:
     """``n`` samples by Heun's probability-flow ODE (``2 num_steps - 1`` evaluations)."""
     shape = (n,) + tuple(np.shape(self.eval_batch["x"])[1:])
     cache_key = (shape, num_steps, sigma_max)
@@ -173,25 +186,40 @@ class ScoreTrainer:
 
       self._samplers[cache_key] = run
     key = jax.random.PRNGKey(10_000 + seed)
-    return np.asarray(self._samplers[cache_key](state.params, state.rest, key))
+    return np.asarray(self._samplers[cache_key](state.params, state.model_vars, key))
 
 
-def train_discriminators(x_ref, x_bias, *, disc_fn: Callable[[int], nnx.Module], seed: int,
-                         num_steps: int, batch_size: int, learning_rate: float,
-                         t_sampling: str = "importance"):
+def train_discriminators(
+  x_ref,
+  x_bias,
+  *,
+  disc_fn: Callable[[int], nnx.Module],
+  seed: int,
+  num_steps: int,
+  batch_size: int,
+  learning_rate: float,
+  t_sampling: str = "importance",
+):
   """The time-dependent and the time-independent (t = t_min) discriminators."""
   out = {}
   for name, ti in (("time_dependent", False), ("time_independent", True)):
     model, history = dr.train_discriminator(
-        disc_fn(seed), x_ref, x_bias, num_steps=num_steps, batch_size=batch_size,
-        learning_rate=learning_rate, t_sampling=t_sampling, time_independent=ti,
-        seed=seed, log_every=max(1, num_steps // 10))
+      disc_fn(seed),
+      x_ref,
+      x_bias,
+      num_steps=num_steps,
+      batch_size=batch_size,
+      learning_rate=learning_rate,
+      t_sampling=t_sampling,
+      time_independent=ti,
+      seed=seed,
+      log_every=max(1, num_steps // 10),
+    )
     out[name] = (model, history)
   return out
 
 
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, num_projections: int = 256,
-                       seed: int = 0) -> float:
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, num_projections: int = 256, seed: int = 0) -> float:
   """Sliced 2-Wasserstein distance between two equal-dimension point clouds.
 
   Random unit directions (fixed by ``seed``); each 1-D distance compares the

@@ -15,13 +15,15 @@ import pytest
 from flax import nnx
 
 import jaxweights as jw
-from jaxweights.checkpoint import CheckpointLockedError, CheckpointMismatchError
+from jaxweights.runtime.checkpoint import CheckpointLockedError, CheckpointMismatchError
 
 
 def batch_fn(step, n=8):
   rng = np.random.default_rng((5, step))
-  return {"x": jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
-          "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32)}
+  return {
+    "x": jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+  }
 
 
 def loss_fn(model, batch):
@@ -38,8 +40,9 @@ def setup(width=8, dtype=jnp.float32):
 
 
 def equal(a, b):
-  return all(np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return all(
+    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def damage(step_dir, kind):
@@ -81,8 +84,13 @@ def test_damaged_newest_step_never_poisons_older_ones_and_the_final_state_is_sav
 
 
 def test_bad_options_are_refused_before_training(tmp_path):
-  for kwargs in ({"max_to_keep": 0}, {"max_to_keep": -1}, {"save_interval_steps": 0},
-                 {"max_to_keep": 1.5}, {"save_interval_steps": True}):
+  for kwargs in (
+    {"max_to_keep": 0},
+    {"max_to_keep": -1},
+    {"save_interval_steps": 0},
+    {"max_to_keep": 1.5},
+    {"save_interval_steps": True},
+  ):
     with pytest.raises(ValueError, match="must be an integer >= 1"):
       jw.Checkpointer(tmp_path / "x", **kwargs)
 
@@ -125,7 +133,7 @@ def test_restore_into_another_model_or_dtype_is_refused_not_cast(tmp_path):
   _, wider = setup(width=16)
   _, bf16 = setup(dtype=jnp.bfloat16)
   with jw.Checkpointer(tmp_path) as ck:
-    with pytest.raises(CheckpointMismatchError, match="shape|another model"):
+    with pytest.raises(CheckpointMismatchError, match=r"shape|another model"):
       ck.restore(wider)
     with pytest.raises(CheckpointMismatchError, match="bfloat16"):
       ck.restore(bf16)

@@ -23,16 +23,16 @@ SCALARS = [lambda v: v, np.float32, np.float64, lambda v: jnp.asarray(v, jnp.flo
 def test_invalid_concrete_hyperparameters_raise_whatever_their_type(wrap):
   for bad in (-1.0, 0.0, float("nan")):
     with pytest.raises(ValueError, match="temperature"):
-      jw.linupper(LOSSES, r=wrap(bad))
+      jw.linupper_weights(LOSSES, r=wrap(bad))
   for bad in (-1.0, 0.0, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="delta"):
-      jw.linupper(LOSSES, delta=wrap(bad))
+      jw.linupper_weights(LOSSES, delta=wrap(bad))
   for bad in (float("nan"), float("inf")):
     with pytest.raises(ValueError, match="tau"):
       jw.presence_weights(LOSSES, tau=wrap(bad))
   for bad in (-0.1, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="beta"):
-      qp.selection_weights(LOSSES[None], wrap(bad))
+      qp.qprobe_weights(LOSSES[None], wrap(bad))
   with pytest.raises(ValueError, match="alpha"):
     nl.dirichlet_weights(jax.random.key(0), LOSSES, alpha=wrap(float("inf")), num_draws=2)
 
@@ -40,18 +40,23 @@ def test_invalid_concrete_hyperparameters_raise_whatever_their_type(wrap):
 def test_invalid_traced_hyperparameters_have_a_documented_safe_result():
   uniform = np.full(4, 0.25)
   for r in (-1.0, float("nan")):  # uniform, never inverted, never NaN
-    np.testing.assert_allclose(jax.jit(lambda r: jw.linupper(LOSSES, r=r))(r), uniform, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda r: jw.linupper_weights(LOSSES, r=r))(r), uniform, rtol=1e-6)
   # an annealed r that reaches 0 is near argmax, not NaN
-  np.testing.assert_allclose(jax.jit(lambda r: jw.linupper(LOSSES, r=r))(0.0), np.eye(4)[3], atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(lambda r: jw.linupper_weights(LOSSES, r=r))(0.0), np.eye(4)[3], atol=1e-6
+  )
   for d in (-1.0, 0.0, float("nan")):  # uniform, never inverted
-    np.testing.assert_allclose(jax.jit(lambda d: jw.quadratic(LOSSES, delta=d))(d), uniform, rtol=1e-6)
+    np.testing.assert_allclose(
+      jax.jit(lambda d: jw.quadratic_weights(LOSSES, delta=d))(d), uniform, rtol=1e-6
+    )
   for t in (float("nan"), float("inf")):
     np.testing.assert_allclose(jax.jit(lambda t: jw.presence_weights(LOSSES, tau=t))(t), uniform, rtol=1e-6)
   best = np.eye(4)[3]
   for b in (-1.0, float("nan")):  # argmax (beta = 0), never the worst candidate
-    np.testing.assert_allclose(jax.jit(lambda b: qp.selection_weights(LOSSES[None], b))(b)[0], best)
-  np.testing.assert_allclose(jax.jit(lambda r: jw.linupper(LOSSES, r=r))(1e-9),
-                             jw.linupper(LOSSES, r=1e-6), rtol=1e-6)  # tiny: near argmax
+    np.testing.assert_allclose(jax.jit(lambda b: qp.qprobe_weights(LOSSES[None], b))(b)[0], best)
+  np.testing.assert_allclose(
+    jax.jit(lambda r: jw.linupper_weights(LOSSES, r=r))(1e-9), jw.linupper_weights(LOSSES, r=1e-6), rtol=1e-6
+  )  # tiny: near argmax
 
 
 def test_out_of_range_labels_raise_when_concrete():
@@ -76,10 +81,10 @@ def test_out_of_range_labels_raise_when_concrete():
 def test_float_masks_must_be_zero_or_one():
   for bad in (0.5, float("nan"), 2.0):
     with pytest.raises(ValueError, match="only 0 and 1"):
-      jw.linupper(LOSSES, mask=jnp.array([1.0, bad, 1.0, 0.0]))
-  w = jw.linupper(LOSSES, mask=jnp.array([1.0, 1.0, 0.0, 1.0]))
+      jw.linupper_weights(LOSSES, mask=jnp.array([1.0, bad, 1.0, 0.0]))
+  w = jw.linupper_weights(LOSSES, mask=jnp.array([1.0, 1.0, 0.0, 1.0]))
   assert w[2] == 0 and abs(float(w.sum()) - 1) < 1e-6
-  traced = jax.jit(lambda m: jw.linupper(LOSSES, mask=m))(jnp.array([1.0, 0.5, jnp.nan, 1.0]))
+  traced = jax.jit(lambda m: jw.linupper_weights(LOSSES, mask=m))(jnp.array([1.0, 0.5, jnp.nan, 1.0]))
   assert traced[1] == 0 and traced[2] == 0 and abs(float(traced.sum()) - 1) < 1e-6
 
 
@@ -107,14 +112,16 @@ def test_gamma_sampler_never_loops_forever():
 
 
 def test_unreachable_coordinator_fails_within_its_timeout_with_a_message():
-  code = ("from jaxweights import distributed as d; "
-          "d.initialize('127.0.0.1:1', 2, 1, timeout_s=3)")
+  code = "from jaxweights import distributed as d; d.initialize('127.0.0.1:1', 2, 1, timeout_s=3)"
   t0 = time.time()
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   elapsed = time.time() - t0
   assert proc.returncode != 0 and elapsed < 60
   assert "could not reach the coordinator at 127.0.0.1:1 within 3 s" in proc.stderr
-  bad = subprocess.run([sys.executable, "-c", "from jaxweights import distributed as d; "
-                        "d.initialize('127.0.0.1:5', 2, 2)"], capture_output=True, text=True,
-                       timeout=120)
+  bad = subprocess.run(
+    [sys.executable, "-c", "from jaxweights import distributed as d; d.initialize('127.0.0.1:5', 2, 2)"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert "process_id must be in [0, 2)" in bad.stderr

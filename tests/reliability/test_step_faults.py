@@ -16,8 +16,10 @@ def loss_fn(model, batch):
 
 def batch(n=8, mask=None):
   rng = np.random.default_rng(0)
-  b = {"x": jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
-       "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32)}
+  b = {
+    "x": jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+  }
   if mask is not None:
     b["mask"] = jnp.asarray(mask)
   return b
@@ -31,8 +33,9 @@ def run(tx, weighting=None, b=None):
 
 
 def same(a, b):
-  return all(np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return all(
+    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_optimiser_that_makes_nan_from_finite_gradients_is_skipped():
@@ -54,6 +57,7 @@ def test_weights_that_break_the_contract_are_skipped(bad):
     w = jw.normalize.uniform(inputs.mask)
     w = {"huge": w * 1e6, "negative": w.at[0].set(-0.5), "nan": w.at[0].set(jnp.nan)}[bad]
     return w, state
+
   old, new, m = run(optax.sgd(0.1), jw.Weighting(init=tuple, update=update))
   assert m["update_skipped"] == 1.0 and same(old.params, new.params)
 
@@ -61,6 +65,7 @@ def test_weights_that_break_the_contract_are_skipped(bad):
 def test_a_loss_for_part_of_the_batch_is_an_error_at_trace_time():
   def half(model, b):
     return jw.LossOutput(jw.cross_entropy(model(b["x"]), b["y"])[:4])
+
   tx = optax.sgd(0.1)
   graphdef, state = jw.init_train_state(jw.MLP(4, [8], 3, rngs=nnx.Rngs(0)), tx)
   with pytest.raises(ValueError, match="4 per-sample losses for a batch of 8"):

@@ -31,12 +31,13 @@ How each family maps on this contract (see DESIGN.md):
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxweights._reduce import AxisName
+from jaxweights.core.reductions import AxisName
 
 PyTree = Any
 
@@ -93,7 +94,7 @@ class GradientContext(NamedTuple):
     loss_fn: the per-sample loss ``loss_fn(model, batch) -> LossOutput``.
     graphdef: the model's graph definition.
     params: the ``nnx.Param`` state to differentiate.
-    rest: the model's other variables.
+    model_vars: the model's other variables.
     batch: the batch (after ``prepare``).
     state: the weighting state.
     step: int32 scalar step.
@@ -106,7 +107,7 @@ class GradientContext(NamedTuple):
   loss_fn: Callable[..., Any]
   graphdef: Any
   params: PyTree
-  rest: PyTree
+  model_vars: PyTree
   batch: PyTree
   state: PyTree
   step: jax.Array
@@ -123,7 +124,7 @@ class GradientOutput(NamedTuple):
     mask: ``[batch]`` valid samples.
     weights: ``[batch]`` the weights used (sum to 1 over the global batch).
     state: the new weighting state.
-    rest: the model's non-parameter state after the pass (what the forward
+    model_vars: the model's non-parameter state after the pass (what the forward
       wrote: dropout RNG counters...); None keeps it unchanged.
   """
 
@@ -132,7 +133,7 @@ class GradientOutput(NamedTuple):
   mask: jax.Array
   weights: jax.Array
   state: PyTree
-  rest: PyTree = None
+  model_vars: PyTree = None
 
 
 class Weighting(NamedTuple):
@@ -152,9 +153,7 @@ class Weighting(NamedTuple):
   gradient: Callable[[GradientContext], GradientOutput | None] | None = None
 
 
-def stateless(
-    weight_fn: Callable[..., jax.Array], name: str | None = None
-) -> Weighting:
+def stateless(weight_fn: Callable[..., jax.Array], name: str | None = None) -> Weighting:
   """Wraps a pure ``weight_fn(losses, mask=, axis_name=) -> weights`` as a Weighting.
 
   The state is an empty tuple.
@@ -170,7 +169,7 @@ def stateless(
 
 def uniform_weighting() -> Weighting:
   """Uniform ``1/n_valid`` weights: the plain mean-loss step."""
-  from jaxweights import normalize
+  from jaxweights.core import normalize
 
   def uniform_fn(losses, *, mask, axis_name=None):
     del losses
@@ -183,7 +182,7 @@ def check_weights_shape(weights: jax.Array, losses: jax.Array) -> jax.Array:
   weights = jnp.asarray(weights)
   if weights.shape != losses.shape:
     raise ValueError(
-        f"a weighting returned weights of shape {weights.shape} for losses of "
-        f"shape {losses.shape}; it must return one weight per sample."
+      f"a weighting returned weights of shape {weights.shape} for losses of "
+      f"shape {losses.shape}; it must return one weight per sample."
     )
   return weights

@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxweights._reduce import concrete_array
+from jaxweights.core.reductions import concrete_array
 
 
 def token_mean_cross_entropy(
-    logits: jax.Array,
-    targets: jax.Array,
-    token_mask: jax.Array | None = None,
+  logits: jax.Array,
+  targets: jax.Array,
+  token_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Mean next-token cross-entropy over each sequence's active tokens.
 
@@ -38,20 +38,13 @@ def token_mean_cross_entropy(
     raise ValueError(f"logits must be [batch, seq, vocab], got shape {logits.shape}.")
   _check_float_int(logits, targets)
   if targets.shape != logits.shape[:2]:
-    raise ValueError(
-        f"targets shape {targets.shape} does not match logits' [batch, seq] "
-        f"{logits.shape[:2]}."
-    )
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), targets
-  )
+    raise ValueError(f"targets shape {targets.shape} does not match logits' [batch, seq] {logits.shape[:2]}.")
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   if token_mask is None:
     token_mask = jnp.ones(targets.shape, bool)
   token_mask = jnp.asarray(token_mask)
   if token_mask.shape != targets.shape:
-    raise ValueError(
-        f"token_mask shape {token_mask.shape} does not match targets {targets.shape}."
-    )
+    raise ValueError(f"token_mask shape {token_mask.shape} does not match targets {targets.shape}.")
   ce = _nan_out_of_range(ce, targets, logits.shape[-1], "targets", token_mask)
   m = token_mask.astype(jnp.float32)
   count = m.sum(axis=1)
@@ -65,16 +58,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(
-        f"expected logits [batch, classes] and labels [batch], got {logits.shape} "
-        f"and {labels.shape}."
+      f"expected logits [batch, classes] and labels [batch], got {logits.shape} and {labels.shape}."
     )
   _check_float_int(logits, labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   return _nan_out_of_range(ce, labels, logits.shape[-1], "labels")
 
 
-def label_in_range(labels: jax.Array, num_classes: int, name: str = "labels",
-                   where: jax.Array | None = None) -> jax.Array:
+def label_in_range(
+  labels: jax.Array, num_classes: int, name: str = "labels", where: jax.Array | None = None
+) -> jax.Array:
   """``[...]`` booleans: ``0 <= label < num_classes``.
 
   A concrete (non-traced) array with an out-of-range entry where it counts
@@ -88,8 +81,9 @@ def label_in_range(labels: jax.Array, num_classes: int, name: str = "labels",
     if not counts.all():
       bad = np.asarray(labels)[~counts]
       raise ValueError(
-          f"{name} must be in [0, {num_classes}); got {bad[:5].tolist()} (e.g. -1 or "
-          "-100 padding ids): mask those entries instead of passing them as labels.")
+        f"{name} must be in [0, {num_classes}); got {bad[:5].tolist()} (e.g. -1 or "
+        "-100 padding ids): mask those entries instead of passing them as labels."
+      )
   return ok
 
 
@@ -112,9 +106,7 @@ def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   if predictions.ndim == 0 or predictions.shape[0] == 0:
     raise ValueError(f"predictions must have a non-empty batch axis, got shape {predictions.shape}.")
   if predictions.shape != targets.shape:
-    raise ValueError(
-        f"predictions {predictions.shape} and targets {targets.shape} differ."
-    )
+    raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} differ.")
   if predictions.size == 0:
     raise ValueError(f"predictions have no elements per sample (shape {predictions.shape}).")
   se = (predictions.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2

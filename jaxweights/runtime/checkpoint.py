@@ -57,8 +57,7 @@ def _positive_int(value, name: str, *, allow_none: bool = False) -> int | None:
   if value is None and allow_none:
     return None
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1{' or None' if allow_none else ''}, "
-                     f"got {value!r}.")
+    raise ValueError(f"{name} must be an integer >= 1{' or None' if allow_none else ''}, got {value!r}.")
   return value
 
 
@@ -75,8 +74,15 @@ class Checkpointer:
     lock: hold ``<directory>/.jaxweights.lock`` while open (process 0).
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
-               save_interval_steps: int = 1, fingerprint: Any = None, lock: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    max_to_keep: int | None = 3,
+    save_interval_steps: int = 1,
+    fingerprint: Any = None,
+    lock: bool = True,
+  ):
     self.max_to_keep = _positive_int(max_to_keep, "max_to_keep", allow_none=True)
     self.save_interval_steps = _positive_int(save_interval_steps, "save_interval_steps")
     self.directory = os.path.abspath(os.fspath(directory))
@@ -92,13 +98,13 @@ class Checkpointer:
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.directory,
-        item_handlers=ocp.StandardCheckpointHandler(),  # so a fresh manager reads metadata
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=self.max_to_keep,
-            save_interval_steps=self.save_interval_steps,
-            enable_async_checkpointing=False,
-        ),
+      self.directory,
+      item_handlers=ocp.StandardCheckpointHandler(),  # so a fresh manager reads metadata
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self.max_to_keep,
+        save_interval_steps=self.save_interval_steps,
+        enable_async_checkpointing=False,
+      ),
     )
 
   def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
@@ -163,19 +169,23 @@ class Checkpointer:
       missing = sorted(set(wanted) - set(saved))
       extra = sorted(set(saved) - set(wanted))
       differ = sorted(p for p in set(saved) & set(wanted) if saved[p] != wanted[p])
-      detail = (f"'{differ[0]}' is {saved[differ[0]]} in the checkpoint but "
-                f"{wanted[differ[0]]} in the target" if differ else
-                f"the target has {missing[:3]} that the checkpoint lacks" if missing else
-                f"the checkpoint has {extra[:3]} that the target lacks")
+      detail = (
+        f"'{differ[0]}' is {saved[differ[0]]} in the checkpoint but {wanted[differ[0]]} in the target"
+        if differ
+        else f"the target has {missing[:3]} that the checkpoint lacks"
+        if missing
+        else f"the checkpoint has {extra[:3]} that the target lacks"
+      )
       raise CheckpointMismatchError(
-          f"checkpoint step {step} in {self.directory} was written for another model or "
-          f"dtype: {detail}. Restore into a matching state, or use another directory.")
+        f"checkpoint step {step} in {self.directory} was written for another model or "
+        f"dtype: {detail}. Restore into a matching state, or use another directory."
+      )
 
   def _skip(self, step: int, error: Exception) -> None:
     warnings.warn(
-        f"checkpoint step {step} in {self.directory} is unreadable and is skipped "
-        f"({type(error).__name__}: {str(error)[:200]}); moved to {_UNREADABLE}/.",
-        stacklevel=3,
+      f"checkpoint step {step} in {self.directory} is unreadable and is skipped "
+      f"({type(error).__name__}: {str(error)[:200]}); moved to {_UNREADABLE}/.",
+      stacklevel=3,
     )
     if jax.process_index() == 0:
       src = os.path.join(self.directory, str(step))
@@ -185,6 +195,7 @@ class Checkpointer:
         shutil.move(src, os.path.join(dst_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       multihost_utils.sync_global_devices(f"jaxweights_skip_{step}")
     self._manager.close()
     self._manager = self._open()  # a failed restore can leave the manager's step cache stale
@@ -193,6 +204,7 @@ class Checkpointer:
     self._manager.close()
     if self._lock_fd is not None:
       import fcntl  # pylint: disable=import-outside-toplevel
+
       fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
       os.close(self._lock_fd)
       self._lock_fd = None
@@ -247,8 +259,9 @@ def _check_writable(directory: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise PermissionError(
-        f"checkpoint directory {directory} is not writable ({e.strerror or e}); "
-        "checked before training so that no run is lost at its first save.") from None
+      f"checkpoint directory {directory} is not writable ({e.strerror or e}); "
+      "checked before training so that no run is lost at its first save."
+    ) from None
 
 
 def _acquire_lock(directory: str) -> int:
@@ -261,9 +274,10 @@ def _acquire_lock(directory: str) -> int:
     os.close(fd)
     if e.errno in (errno.EAGAIN, errno.EACCES):
       raise CheckpointLockedError(
-          f"checkpoint directory {directory} is in use by another run (lock "
-          f"{_LOCK}); two runs writing one directory would overwrite each other's "
-          "steps. Use another directory, or stop the other run.") from None
+        f"checkpoint directory {directory} is in use by another run (lock "
+        f"{_LOCK}); two runs writing one directory would overwrite each other's "
+        "steps. Use another directory, or stop the other run."
+      ) from None
     raise
   os.ftruncate(fd, 0)
   os.write(fd, str(os.getpid()).encode())
@@ -278,9 +292,10 @@ def _check_fingerprint(directory: str, fingerprint: Any) -> None:
       old = f.read()
     if old != text:
       raise ValueError(
-          f"checkpoint directory {directory} was written by a run with another "
-          f"configuration ({_FINGERPRINT} differs); resuming it would mix two runs. "
-          "Use another output directory or delete the old checkpoints.")
+        f"checkpoint directory {directory} was written by a run with another "
+        f"configuration ({_FINGERPRINT} differs); resuming it would mix two runs. "
+        "Use another output directory or delete the old checkpoints."
+      )
   else:
     with open(path, "w") as f:
       f.write(text)

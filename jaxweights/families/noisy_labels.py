@@ -29,17 +29,18 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxweights import normalize
-from jaxweights.losses import label_in_range
-from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar
-from jaxweights.weighting import WeightInputs, Weighting
+from jaxweights.core import normalize
+from jaxweights.core.contract import Weighting, WeightInputs
+from jaxweights.core.losses import label_in_range
+from jaxweights.core.reductions import AxisName, as_mask, check_per_sample, concrete_scalar
 
 _EPS = 1e-12
 
@@ -65,8 +66,7 @@ def check_transition_matrix(T, num_classes: int | None = None, *, atol: float = 
   if not np.allclose(cols, 1.0, atol=atol):
     hint = ""
     if np.allclose(T.sum(axis=1), 1.0, atol=atol):
-      hint = (" Its rows sum to 1: it looks like T[clean, noisy]; jaxweights uses "
-              "T[noisy, clean] (pass T.T).")
+      hint = " Its rows sum to 1: it looks like T[clean, noisy]; jaxweights uses T[noisy, clean] (pass T.T)."
     raise ValueError(f"columns of T[noisy, clean] must sum to 1, got {np.round(cols, 4)}.{hint}")
   return T.astype(np.float32)
 
@@ -81,8 +81,9 @@ def symmetric_transition(num_classes: int, rate: float) -> np.ndarray:
   return T.astype(np.float32)
 
 
-def asymmetric_transition(num_classes: int, rate: float,
-                          class_map: Mapping[int, int] | None = None) -> np.ndarray:
+def asymmetric_transition(
+  num_classes: int, rate: float, class_map: Mapping[int, int] | None = None
+) -> np.ndarray:
   """Pair flips: a clean class ``c`` in ``class_map`` becomes ``class_map[c]``
   with probability ``rate``. Default map: ``c -> (c + 1) mod C`` for every class.
   """
@@ -103,16 +104,16 @@ def corrupt_labels(labels, T, *, seed: int) -> np.ndarray:
   labels = np.asarray(labels)
   T = check_transition_matrix(T)
   if labels.min(initial=0) < 0 or labels.max(initial=0) >= T.shape[0]:
-    raise ValueError(f"labels must be in [0, {T.shape[0]}), got range "
-                     f"[{labels.min()}, {labels.max()}].")
+    raise ValueError(f"labels must be in [0, {T.shape[0]}), got range [{labels.min()}, {labels.max()}].")
   rng = np.random.default_rng(seed)
   cdf = np.cumsum(T[:, labels].T.astype(np.float64), axis=1)
   u = rng.random(len(labels))[:, None]
   return np.minimum((u > cdf).sum(axis=1), T.shape[0] - 1).astype(np.int32)
 
 
-def instance_dependent_labels(x, labels, num_classes: int, rate: float, *, seed: int,
-                              rate_std: float = 0.1) -> np.ndarray:
+def instance_dependent_labels(
+  x, labels, num_classes: int, rate: float, *, seed: int, rate_std: float = 0.1
+) -> np.ndarray:
   """Instance-dependent noise (Xia et al., 2020, "part-dependent"): each sample's
   flip rate ~ N(rate, rate_std) clipped to [0, 1); the flip goes to the classes a
   random projection of ``x`` favours.
@@ -132,8 +133,9 @@ def instance_dependent_labels(x, labels, num_classes: int, rate: float, *, seed:
   return np.minimum((u > np.cumsum(p, 1)).sum(1), num_classes - 1).astype(np.int32)
 
 
-def estimate_transition_anchor(probs, noisy_labels=None, *, percentile: float = 97.0,
-                               among: Literal["labelled", "all"] = "labelled") -> np.ndarray:
+def estimate_transition_anchor(
+  probs, noisy_labels=None, *, percentile: float = 97.0, among: Literal["labelled", "all"] = "labelled"
+) -> np.ndarray:
   """Anchor-point estimate of ``T[noisy, clean]`` from a warmed-up model's outputs.
 
   For each class ``i`` the anchor is the sample at the ``percentile``-th percentile
@@ -216,9 +218,16 @@ DRAW_BUDGET = 1 << 16
 """Default cap on the Gamma variates DWS draws at once (``draw_chunk x B``)."""
 
 
-def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: int,
-                      mask=None, axis_name: AxisName = None,
-                      draw_chunk: int | None = None) -> jax.Array:
+def dirichlet_weights(
+  key: jax.Array,
+  w: jax.Array,
+  *,
+  alpha: float,
+  num_draws: int,
+  mask=None,
+  axis_name: AxisName = None,
+  draw_chunk: int | None = None,
+) -> jax.Array:
   """DWS: the mean of ``num_draws`` draws of ``Dirichlet(alpha * w / sum w)``.
 
   Sampled in log space: ``log g_i = log_gamma(alpha * wbar_i)``, ``pi = softmax(log g)``
@@ -283,8 +292,14 @@ def dirichlet_weights(key: jax.Array, w: jax.Array, *, alpha: float, num_draws: 
   return total / num_draws
 
 
-def log_gamma(key: jax.Array, a: jax.Array, shape: tuple[int, ...], *,
-              fallback_fraction: int = 16, fallback_candidates: int = 4) -> jax.Array:
+def log_gamma(
+  key: jax.Array,
+  a: jax.Array,
+  shape: tuple[int, ...],
+  *,
+  fallback_fraction: int = 16,
+  fallback_candidates: int = 4,
+) -> jax.Array:
   """Exact samples of ``log Gamma(a, 1)`` for any ``a > 0``, fast on CPU.
 
   Two rejection samplers, each in log space and each fed by two uniforms per
@@ -370,8 +385,9 @@ def _first_true(mask: jax.Array, size: int) -> jax.Array:
   rows = mask.reshape(-1, 256) if n % 256 == 0 else mask.reshape(1, n)
   counts = jnp.cumsum(rows.astype(jnp.int32), axis=1)
   counts = counts + (jnp.cumsum(counts[:, -1]) - counts[:, -1])[:, None]
-  idx = jnp.searchsorted(counts.reshape(-1), jnp.arange(1, size + 1, dtype=jnp.int32),
-                         side="left", method="scan")
+  idx = jnp.searchsorted(
+    counts.reshape(-1), jnp.arange(1, size + 1, dtype=jnp.int32), side="left", method="scan"
+  )
   return jnp.minimum(idx, n)
 
 
@@ -402,8 +418,9 @@ def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]
   return jnp.where(small, gs, jnp.log(d) + log_v), jnp.where(small, gs_ok, mt_ok)
 
 
-def resampling_weights(key: jax.Array, w: jax.Array, *, num_draws: int, mask=None,
-                       axis_name: AxisName = None) -> jax.Array:
+def resampling_weights(
+  key: jax.Array, w: jax.Array, *, num_draws: int, mask=None, axis_name: AxisName = None
+) -> jax.Array:
   """RENT: ``counts / num_draws`` of ``num_draws`` indices drawn with replacement
   from ``w / sum w`` over the GLOBAL batch.
 
@@ -445,70 +462,124 @@ def forward_corrected_ce(logits: jax.Array, noisy_labels: jax.Array, T: jax.Arra
 
 
 class TransitionState(NamedTuple):
-  """The weighting state: the transition matrix ``T[noisy, clean]`` in use."""
+  """The weighting state: the transition matrix ``T[noisy, clean]`` in use.
+
+  Because ``T`` is state, not a constant of the compiled step, an estimated matrix
+  can be swapped in (``state._replace(weighting_state=TransitionState(T))``)
+  without recompiling.
+  """
 
   T: jax.Array
 
 
-def transition_weighting(
-    kind: Literal["reweight", "dws", "rent"],
-    T,
-    *,
-    alpha: float = 10.0,
-    num_draws: int | None = None,
-    resample_factor: int = 1,
-    draw_chunk: int | None = None,
-) -> Weighting:
-  """Reweight / DWS / RENT as a :class:`~jaxweights.Weighting`.
-
-  The loss function must return ``aux={"probs": softmax(logits), "labels": noisy}``
-  (see :func:`classification_loss`). ``T`` lives in the state, so an estimated
-  matrix can be swapped in (``state._replace(weighting_state=TransitionState(T))``)
-  without recompiling.
-
-  Args:
-    kind: ``"reweight"``, ``"dws"`` or ``"rent"``.
-    T: ``[C, C]`` ``T[noisy, clean]`` (validated).
-    alpha: DWS total concentration.
-    num_draws: DWS draws M (default: the global batch size B).
-    resample_factor: RENT's N (``N * B`` draws).
-    draw_chunk: DWS draws taken at once (see :func:`dirichlet_weights`).
-  """
-  if kind not in ("reweight", "dws", "rent"):
-    raise ValueError(f"kind must be 'reweight', 'dws' or 'rent', got {kind!r}.")
+def _transition_weighting(kind: Literal["importance", "dws", "rent"], T, draw) -> Weighting:
+  """The shared body: importance weights from ``T`` in the state, then ``draw``."""
   T0 = jnp.asarray(check_transition_matrix(T))
-  if kind == "dws" and not 0 < concrete_scalar(alpha, "alpha") < float("inf"):
-    raise ValueError(f"alpha must be finite and > 0, got {alpha}.")
-  if resample_factor < 1:
-    raise ValueError(f"resample_factor must be >= 1, got {resample_factor}.")
 
   def update(inputs: WeightInputs, state: TransitionState):
     aux = inputs.aux
     if not isinstance(aux, dict) or "probs" not in aux or "labels" not in aux:
-      raise ValueError("transition weightings need loss aux {'probs': [B, C], 'labels': [B]}.")
+      raise ValueError(f"the {kind} weighting needs loss aux {{'probs': [B, C], 'labels': [B]}}.")
     w = importance_weights(aux["probs"], aux["labels"], state.T)
     b = inputs.losses.shape[0]
     n_global = b if inputs.axis_name is None else b * jax.lax.psum(1, inputs.axis_name)
-    if kind == "reweight":
-      out = reweight(w, inputs.mask, axis_name=inputs.axis_name)
-    elif kind == "dws":
-      out = dirichlet_weights(inputs.key, w, alpha=alpha, num_draws=num_draws or n_global,
-                              mask=inputs.mask, axis_name=inputs.axis_name,
-                              draw_chunk=draw_chunk)
-    else:
-      out = resampling_weights(inputs.key, w, num_draws=resample_factor * n_global,
-                               mask=inputs.mask, axis_name=inputs.axis_name)
-    return out, state
+    return draw(inputs, w, n_global), state
 
   return Weighting(init=lambda: TransitionState(T0), update=update)
 
 
+def importance_weighting(T) -> Weighting:
+  """Importance reweighting by ``T`` as a :class:`~jaxweights.Weighting`.
+
+  Each sample gets :func:`importance_weights`, normalised over the valid samples
+  of the global batch by :func:`reweight`.
+
+  The loss must return ``aux={"probs": [B, C], "labels": [B]}`` (see
+  :func:`classification_loss`); ``T`` lives in the state (:class:`TransitionState`).
+
+  Args:
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]`` (validated: finite,
+      non-negative, columns summing to 1).
+
+  Returns:
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+  """
+  return _transition_weighting(
+    "importance", T, lambda inputs, w, n: reweight(w, inputs.mask, axis_name=inputs.axis_name)
+  )
+
+
+def dws_weighting(
+  T, *, alpha: float = 10.0, num_draws: int | None = None, draw_chunk: int | None = None
+) -> Weighting:
+  """DWS, the Dirichlet weighting of Bae et al., as a :class:`~jaxweights.Weighting`.
+
+  Each step draws weights from a Dirichlet centred on the importance weights
+  (:func:`dirichlet_weights`), keyed by the step's key.
+
+  The loss must return ``aux={"probs": [B, C], "labels": [B]}`` (see
+  :func:`classification_loss`); ``T`` lives in the state (:class:`TransitionState`).
+
+  Args:
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]`` (validated).
+    alpha: the Dirichlet's total concentration, finite and ``> 0``.
+    num_draws: draws M averaged into the weights (default: the global batch size).
+    draw_chunk: draws taken at once (memory; see :func:`dirichlet_weights`).
+
+  Returns:
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+  """
+  if not 0 < concrete_scalar(alpha, "alpha") < float("inf"):
+    raise ValueError(f"alpha must be finite and > 0, got {alpha}.")
+
+  def draw(inputs, w, n_global):
+    return dirichlet_weights(
+      inputs.key,
+      w,
+      alpha=alpha,
+      num_draws=num_draws or n_global,
+      mask=inputs.mask,
+      axis_name=inputs.axis_name,
+      draw_chunk=draw_chunk,
+    )
+
+  return _transition_weighting("dws", T, draw)
+
+
+def rent_weighting(T, *, resample_factor: int = 1) -> Weighting:
+  """RENT, resampling by importance weights, as a :class:`~jaxweights.Weighting`.
+
+  Each step resamples ``resample_factor * B`` indices with probabilities
+  proportional to the importance weights and weights each sample by its share
+  of the draws (:func:`resampling_weights`).
+
+  The loss must return ``aux={"probs": [B, C], "labels": [B]}`` (see
+  :func:`classification_loss`); ``T`` lives in the state (:class:`TransitionState`).
+
+  Args:
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]`` (validated).
+    resample_factor: RENT's N, an int ``>= 1``.
+
+  Returns:
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+  """
+  if int(resample_factor) != resample_factor or resample_factor < 1:
+    raise ValueError(f"resample_factor must be an int >= 1, got {resample_factor}.")
+
+  def draw(inputs, w, n_global):
+    return resampling_weights(
+      inputs.key, w, num_draws=resample_factor * n_global, mask=inputs.mask, axis_name=inputs.axis_name
+    )
+
+  return _transition_weighting("rent", T, draw)
+
+
 def classification_loss(model_fn=None):
   """A per-sample CE loss ``(model, batch) -> LossOutput`` whose aux feeds
-  :func:`transition_weighting`. ``batch = {"x": ..., "y": noisy labels}``.
+  the transition weightings. ``batch = {"x": ..., "y": noisy labels}``.
   """
-  from jaxweights.losses import cross_entropy
-  from jaxweights.train import LossOutput
+  from jaxweights.core.losses import cross_entropy
+  from jaxweights.core.step import LossOutput
 
   def loss_fn(model, batch):
     logits = model(batch["x"]) if model_fn is None else model_fn(model, batch["x"])
@@ -576,14 +647,14 @@ def volmin_optimizer(classifier, transition):
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "transition" if jax.tree_util.keystr(path[:1]) == "['transition']"
-        else "classifier", params)
+      lambda path, _: "transition" if jax.tree_util.keystr(path[:1]) == "['transition']" else "classifier",
+      params,
+    )
 
   return optax.multi_transform({"classifier": classifier, "transition": transition}, labels)
 
 
-def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *,
-                  lam: float) -> jax.Array:
+def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *, lam: float) -> jax.Array:
   """Per-sample VolMinNet objective: ``-log (T f(x))_{y~} + lam * log det T`` -> ``[B]``.
 
   ``logits [B, C]``, integer ``noisy_labels [B]``, ``T [C, C]`` (``T[noisy, clean]``),
@@ -605,10 +676,10 @@ def volmin_loss(lam: float = 1e-4):
 
   ``batch = {"x": ..., "y": noisy labels}``; trains the classifier and ``T``
   jointly. The aux (softmax of the clean logits and the labels) feeds
-  :func:`transition_weighting` as :func:`classification_loss` does. After
+  the transition weightings as :func:`classification_loss` does. After
   training, ``model.transition()`` is the estimated ``T[noisy, clean]``.
   """
-  from jaxweights.train import LossOutput
+  from jaxweights.core.step import LossOutput
 
   if not lam >= 0:
     raise ValueError(f"lam must be >= 0, got {lam}.")

@@ -28,7 +28,8 @@ the last line with Flax models; the ``hf`` extra) built locally from a config:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +78,13 @@ def _proxy(definition, params: dict[str, jax.Array], rngs: nnx.Rngs) -> nnx.Modu
   if type(definition) is nn.Dense and set(params) <= {"kernel", "bias"} and params["kernel"].ndim == 2:
     d = definition
     if d.dot_general is None and d.dot_general_cls is None and d.precision is None:
-      layer = nnx.Linear(*params["kernel"].shape, use_bias="bias" in params, dtype=d.dtype,
-                         param_dtype=params["kernel"].dtype, rngs=rngs)
+      layer = nnx.Linear(
+        *params["kernel"].shape,
+        use_bias="bias" in params,
+        dtype=d.dtype,
+        param_dtype=params["kernel"].dtype,
+        rngs=rngs,
+      )
       layer.kernel.set_value(jnp.asarray(params["kernel"]))
       if "bias" in params:
         layer.bias.set_value(jnp.asarray(params["bias"]))
@@ -128,9 +134,16 @@ class LinenModel(nnx.Module):
   ``model.layers`` maps ``"a.b.c"`` linen paths to the proxies (NNX layers).
   """
 
-  def __init__(self, module, params: PyTree, example_args: Sequence[Any] = (), *,
-               call: Callable[..., Any] | None = None, dropout_seed: int = 0,
-               example_kwargs: dict | None = None):
+  def __init__(
+    self,
+    module,
+    params: PyTree,
+    example_args: Sequence[Any] = (),
+    *,
+    call: Callable[..., Any] | None = None,
+    dropout_seed: int = 0,
+    example_kwargs: dict | None = None,
+  ):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
     params = jax.tree.map(jnp.asarray, _plain(params))
@@ -138,8 +151,9 @@ class LinenModel(nnx.Module):
       raise ValueError("params must be a non-empty nested dict (the linen 'params' collection).")
     if "params" in params and isinstance(params["params"], dict) and len(params) > 1:
       raise ValueError(
-          f"got collections {sorted(params)}: pass only variables['params']; linen "
-          "models with mutable collections (batch_stats, caches) are not supported.")
+        f"got collections {sorted(params)}: pass only variables['params']; linen "
+        "models with mutable collections (batch_stats, caches) are not supported."
+      )
     self.module = _Static(module)
     self.call_fn = _Static(call)
     self.deterministic = False
@@ -187,8 +201,7 @@ class LinenModel(nnx.Module):
     variables = {"params": params}
     if call is None:
       return self.module.value.apply(variables, *args, rngs=rngs, **kwargs)
-    return call(self.module.value, variables, *args, deterministic=self.deterministic,
-                rngs=rngs, **kwargs)
+    return call(self.module.value, variables, *args, deterministic=self.deterministic, rngs=rngs, **kwargs)
 
   def __call__(self, *args, **kwargs):
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
@@ -250,10 +263,8 @@ def hf_causal_lm(hf_model, *, seq_len: int = 8, dropout_seed: int = 0) -> LinenM
   def call(module, variables, ids, *, deterministic, rngs):
     b, t = ids.shape
     positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    out = module.apply(variables, ids, jnp.ones_like(ids), positions,
-                       deterministic=deterministic, rngs=rngs)
+    out = module.apply(variables, ids, jnp.ones_like(ids), positions, deterministic=deterministic, rngs=rngs)
     return out.logits.astype(jnp.float32)
 
   example = (jnp.zeros((1, seq_len), jnp.int32),)
-  return LinenModel(hf_model.module, hf_model.params, example, call=call,
-                    dropout_seed=dropout_seed)
+  return LinenModel(hf_model.module, hf_model.params, example, call=call, dropout_seed=dropout_seed)

@@ -17,7 +17,7 @@ altogether: each device keeps its own samples and only scalars cross devices.
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,11 @@ import numpy as np
 from jax import lax
 
 AxisName = Hashable | tuple[Hashable, ...] | None
+
+
+def is_concrete(x) -> bool:
+  """True when ``x`` holds values at trace time (not a JAX tracer)."""
+  return not isinstance(x, jax.core.Tracer)
 
 
 def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
@@ -39,8 +44,8 @@ def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
   mask = jnp.asarray(mask)
   if mask.shape != like.shape:
     raise ValueError(
-        f"mask has shape {mask.shape} but the per-sample values have shape "
-        f"{like.shape}; the mask must have one entry per sample."
+      f"mask has shape {mask.shape} but the per-sample values have shape "
+      f"{like.shape}; the mask must have one entry per sample."
     )
   if mask.dtype == jnp.bool_:
     return mask
@@ -48,8 +53,8 @@ def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
   if binary is not None and not binary.all():
     values = np.asarray(mask)[~binary]
     raise ValueError(
-        f"a {mask.dtype} mask must hold only 0 and 1, got {values[:5].tolist()}; "
-        "pass a boolean mask.")
+      f"a {mask.dtype} mask must hold only 0 and 1, got {values[:5].tolist()}; pass a boolean mask."
+    )
   return mask == 1
 
 
@@ -69,9 +74,9 @@ def check_per_sample(x: jax.Array, name: str = "losses") -> jax.Array:
   x = jnp.asarray(x)
   if x.ndim != 1:
     raise ValueError(
-        f"{name} must be a rank-1 [batch] array of per-sample values, got shape "
-        f"{x.shape}. Reduce sequence losses per sample first "
-        "(e.g. jaxweights.token_mean_cross_entropy)."
+      f"{name} must be a rank-1 [batch] array of per-sample values, got shape "
+      f"{x.shape}. Reduce sequence losses per sample first "
+      "(e.g. jaxweights.token_mean_cross_entropy)."
     )
   if x.shape[0] == 0:
     raise ValueError(f"{name} is empty: a batch needs at least one sample.")
@@ -110,9 +115,8 @@ def concrete_scalar(value, name: str) -> float | None:
     arr = np.asarray(value)
   except Exception:  # pylint: disable=broad-except
     raise ValueError(f"{name} must be a real scalar, got {type(value).__name__}.") from None
-  if arr.shape != () or not (np.issubdtype(arr.dtype, np.floating)
-                             or np.issubdtype(arr.dtype, np.integer)
-                             or arr.dtype == np.bool_):
-    raise ValueError(f"{name} must be a real scalar, got {value!r} "
-                     f"(shape {arr.shape}, dtype {arr.dtype}).")
+  if arr.shape != () or not (
+    np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+  ):
+    raise ValueError(f"{name} must be a real scalar, got {value!r} (shape {arr.shape}, dtype {arr.dtype}).")
   return float(arr)

@@ -69,14 +69,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Any, Callable, Literal, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxweights._reduce import AxisName, as_mask, check_per_sample
+from jaxweights.core.reductions import AxisName, as_mask, check_per_sample
 
 PyTree = Any
 Method = Literal["ghost", "vmap", "jvp"]
@@ -96,7 +97,7 @@ class GradNorms(NamedTuple):
 
   total: jax.Array
   by_layer: dict[str, jax.Array]
-  stacked: dict[str, jax.Array] = {}
+  stacked: dict[str, jax.Array] = {}  # noqa: RUF012  (never mutated: read-only result)
 
 
 def _path_str(path) -> str:
@@ -107,16 +108,16 @@ def _path_str(path) -> str:
 
 
 class _Param(NamedTuple):
-  path: str      # canonical path, e.g. "blocks/0/fc/kernel" (first path of a shared Param)
-  owner: str     # canonical path of the module that owns it first
+  path: str  # canonical path, e.g. "blocks/0/fc/kernel" (first path of a shared Param)
+  owner: str  # canonical path of the module that owns it first
   shape: tuple
 
 
 class _Model(NamedTuple):
-  params: dict[str, _Param]          # canonical path -> info (nnx.state order)
-  modules: dict[str, nnx.Module]     # canonical module path -> module
-  own: dict[str, dict[str, str]]     # module path -> {attribute: canonical param path}
-  leaves: set[str]                   # module paths that can be tapped
+  params: dict[str, _Param]  # canonical path -> info (nnx.state order)
+  modules: dict[str, nnx.Module]  # canonical module path -> module
+  own: dict[str, dict[str, str]]  # module path -> {attribute: canonical param path}
+  leaves: set[str]  # module paths that can be tapped
 
 
 def _analyse(model: nnx.Module) -> _Model:
@@ -138,8 +139,7 @@ def _analyse(model: nnx.Module) -> _Model:
     if id(module) in seen:
       continue
     seen.add(id(module))
-    attrs = {k: canon[id(v)] for k, v in vars(module).items()
-             if isinstance(v, nnx.Param) and id(v) in canon}
+    attrs = {k: canon[id(v)] for k, v in vars(module).items() if isinstance(v, nnx.Param) and id(v) in canon}
     if attrs:
       own[mpath] = attrs
     inner = [n for p, n in nnx.iter_graph(module) if p and isinstance(n, (nnx.Module, nnx.RngStream))]
@@ -156,11 +156,11 @@ def _check_independent(model: nnx.Module) -> None:
     has_stats = any(isinstance(v, nnx.BatchStat) for v in vars(node).values())
     if has_stats and not getattr(node, "use_running_average", True):
       raise ValueError(
-          f"layer '{_path_str(path)}' ({type(node).__name__}) normalises with batch "
-          "statistics in training mode, so samples interact and per-sample "
-          "gradients are not defined. Compute norms on "
-          "nnx.view(model, use_running_average=True), or use a model without "
-          "batch normalisation (LayerNorm, GroupNorm, RMSNorm)."
+        f"layer '{_path_str(path)}' ({type(node).__name__}) normalises with batch "
+        "statistics in training mode, so samples interact and per-sample "
+        "gradients are not defined. Compute norms on "
+        "nnx.view(model, use_running_average=True), or use a model without "
+        "batch normalisation (LayerNorm, GroupNorm, RMSNorm)."
       )
 
 
@@ -178,8 +178,8 @@ _IN, _OUT, _MARK = "ghost_in__", "ghost_out__", "ghost_mark__"
 
 
 class _TapMode(NamedTuple):
-  mode: str                    # "capture" | "check"
-  counts: dict                 # id(module) -> {method: calls so far}
+  mode: str  # "capture" | "check"
+  counts: dict  # id(module) -> {method: calls so far}
 
 
 _TAP = contextvars.ContextVar("jaxweights_ghost_tap", default=None)
@@ -224,11 +224,14 @@ def _make_tap(name: str, orig: Callable) -> Callable:
     for leaf in jax.tree.leaves((args, kw)):
       if not isinstance(leaf, (jax.Array, np.ndarray)):
         raise _Untappable(
-            f"{type(self).__name__}.{name} was called with a non-array argument "
-            f"({type(leaf).__name__})")
+          f"{type(self).__name__}.{name} was called with a non-array argument ({type(leaf).__name__})"
+        )
     self.sow(nnx.Intermediate, _IN + tag, (args, kw))
-    self.sow(nnx.Intermediate, _MARK + tag,
-             {a: jnp.zeros((0, *v.get_value().shape), jnp.int8) for a, v in own.items()})
+    self.sow(
+      nnx.Intermediate,
+      _MARK + tag,
+      {a: jnp.zeros((0, *v.get_value().shape), jnp.int8) for a, v in own.items()},
+    )
     out = orig(self, *args, **kwargs)
     if not isinstance(out, jax.Array):
       raise _Untappable(f"{type(self).__name__}.{name} returned {type(out).__name__}, not an array")
@@ -291,7 +294,7 @@ class GhostCapture(NamedTuple):
     losses: ``[batch]`` per-sample losses (0 where invalid), not differentiable.
     valid: ``[batch]`` booleans (mask & finite).
     aux: the loss function's aux output.
-    rest: the model's non-parameter state after the pass.
+    model_vars: the model's non-parameter state after the pass.
   """
 
   calls: list[Call]
@@ -300,7 +303,7 @@ class GhostCapture(NamedTuple):
   losses: jax.Array
   valid: jax.Array
   aux: PyTree
-  rest: PyTree
+  model_vars: PyTree
 
 
 def _valid(out) -> jax.Array:
@@ -351,7 +354,7 @@ def _untapped_uses(loss_fn, graphdef, params, rest, batch, taps) -> set[str]:
 
   closed = jax.make_jaxpr(lambda p, t: jax.jvp(forward, (p,), (t,))[1])(values, values)
   _, used = pe.dce_jaxpr(closed.jaxpr, [True])
-  tangent_used = used[len(values):]
+  tangent_used = used[len(values) :]
   return {_path_str(k) for (k, _), u in zip(flat, tangent_used) if u}
 
 
@@ -400,16 +403,17 @@ def _plan(loss_fn, model, batch, wanted, info):
   def shapes_at(b):
     with _tapping("capture"):
       return jax.eval_shape(
-          lambda: nnx.capture(run, nnx.Perturbation, nnx.Intermediate)(
-              _tapped_model(graphdef, state, taps), b)[1:])
+        lambda: nnx.capture(run, nnx.Perturbation, nnx.Intermediate)(_tapped_model(graphdef, state, taps), b)[
+          1:
+        ]
+      )
 
   try:
     pert_shapes, inter_shapes = shapes_at(batch)
     double = jax.tree.map(lambda x: jnp.concatenate([x, x]), batch)
     pert2, inter2 = shapes_at(double)
   except _Untappable as e:
-    raise ValueError(
-        f"ghost norms could not tap a layer: {e}. Use method='vmap'.") from None
+    raise ValueError(f"ghost norms could not tap a layer: {e}. Use method='vmap'.") from None
 
   b = jax.tree.leaves(batch)[0].shape[0]
   out1, out2 = _flat(pert_shapes), _flat(pert2)
@@ -420,13 +424,15 @@ def _plan(loss_fn, model, batch, wanted, info):
   calls_meta = []
   for out_key, shape in out1.items():
     mpath, name = out_key.rsplit("/", 1)
-    tag = name[len(_OUT):]
+    tag = name[len(_OUT) :]
     marks = in1[f"{mpath}/{_MARK}{tag}"][0]
     # a mark is [*stack, 0, *inner parameter shape]: the zero-size axis ends the stack
     nstack = next(iter(marks.values())).shape.index(0) if marks else 0
     ok = True
-    for arr1, arr2 in zip(jax.tree.leaves((in1[f"{mpath}/{_IN}{tag}"], shape)),
-                          jax.tree.leaves((in2[f"{mpath}/{_IN}{tag}"], out2[out_key]))):
+    for arr1, arr2 in zip(
+      jax.tree.leaves((in1[f"{mpath}/{_IN}{tag}"], shape)),
+      jax.tree.leaves((in2[f"{mpath}/{_IN}{tag}"], out2[out_key])),
+    ):
       if arr1.ndim <= nstack or arr1.shape[nstack] != b or arr2.shape[nstack] != 2 * b:
         ok = False
     for attr, mark in marks.items():
@@ -435,13 +441,14 @@ def _plan(loss_fn, model, batch, wanted, info):
         fallback.setdefault(p, "its layer is applied repeatedly to an unstacked parameter")
       if not ok:
         fallback.setdefault(
-            p, f"layer '{mpath}' is called on an input whose leading axis is not the "
-            "batch (e.g. shared positions), so its output gradient is not per sample")
+          p,
+          f"layer '{mpath}' is called on an input whose leading axis is not the "
+          "batch (e.g. shared positions), so its output gradient is not per sample",
+        )
     calls_meta.append((mpath, tag, nstack))
 
   for p in _untapped_uses(loss_fn, graphdef, params, rest, batch, taps):
-    fallback.setdefault(
-        p, "it is read outside its layer's call (e.g. a kernel reused by other code)")
+    fallback.setdefault(p, "it is read outside its layer's call (e.g. a kernel reused by other code)")
   for m in taps:
     for p in info.own[m].values():
       if not any(mp == m for mp, _, _ in calls_meta):
@@ -460,7 +467,7 @@ def _remember(key, result):
 
 
 def ghost_capture(
-    loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
+  loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
 ) -> GhostCapture:
   """Runs ``loss_fn`` once with every tappable leaf layer tapped.
 
@@ -488,9 +495,15 @@ def ghost_capture(
   if not taps:  # nothing to tap (e.g. a linen module behind nnx.bridge): all exact vmap
     out = loss_fn(nnx.merge(graphdef, state, copy=True), batch)
     valid = _masked_sum(out)[1]
-    return GhostCapture([], (), {p: fallback.get(p, "no tappable layer") for p in wanted},
-                        jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0)), valid,
-                        jax.lax.stop_gradient(out.aux), rest)
+    return GhostCapture(
+      [],
+      (),
+      {p: fallback.get(p, "no tappable layer") for p in wanted},
+      jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0)),
+      valid,
+      jax.lax.stop_gradient(out.aux),
+      rest,
+    )
 
   zeros = _varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pert_shapes), axis_name)
 
@@ -508,20 +521,37 @@ def ghost_capture(
   for mpath, tag, nstack in sorted(calls_meta):
     args, kwargs = iflat[f"{mpath}/{_IN}{tag}"][0]
     method, index = _parse(_OUT + tag)
-    calls.append(Call(mpath, method, index, tuple(args), dict(kwargs),
-                      gflat[f"{mpath}/{_OUT}{tag}"].astype(jnp.float32), nstack))
+    calls.append(
+      Call(
+        mpath,
+        method,
+        index,
+        tuple(args),
+        dict(kwargs),
+        gflat[f"{mpath}/{_OUT}{tag}"].astype(jnp.float32),
+        nstack,
+      )
+    )
   exact = tuple(p for p in info.params if p in wanted and p not in fallback)
   losses = jax.lax.stop_gradient(jnp.where(valid, out.loss, 0.0))
   rest_out = _restore_rest_types(rest, new_rest)
-  return GhostCapture(calls, exact, {p: fallback[p] for p in wanted if p in fallback},
-                      losses, valid, jax.lax.stop_gradient(out.aux), rest_out)
+  return GhostCapture(
+    calls,
+    exact,
+    {p: fallback[p] for p in wanted if p in fallback},
+    losses,
+    valid,
+    jax.lax.stop_gradient(out.aux),
+    rest_out,
+  )
 
 
 def _restore_rest_types(rest, new_rest):
   """The updated non-parameter state, with the structure of ``rest``."""
   new = _flat(new_rest)
   return nnx.from_flat_state(
-      [(p, v.replace(new.get(_path_str(p), v.get_value()))) for p, v in nnx.to_flat_state(rest)])
+    [(p, v.replace(new.get(_path_str(p), v.get_value()))) for p, v in nnx.to_flat_state(rest)]
+  )
 
 
 # --- per-parameter terms ---------------------------------------------------------
@@ -570,20 +600,25 @@ def _terms(call: Call, module: nnx.Module, attrs: dict[str, str], axis_name) -> 
   x = call.args[0] if call.args else None
   plain = not call.kwargs and len(call.args) == 1
   if isinstance(module, nnx.Embed) and call.method == "attend" and plain:
-    out[attrs["embedding"]] = [_Outer(_as_seq(g), _as_seq(x.astype(jnp.float32)),
-                                      module.embedding.shape[0], module.embedding.shape)]
+    out[attrs["embedding"]] = [
+      _Outer(_as_seq(g), _as_seq(x.astype(jnp.float32)), module.embedding.shape[0], module.embedding.shape)
+    ]
     return out
   if isinstance(module, nnx.Embed) and call.method == "__call__" and plain:
-    out[attrs["embedding"]] = [_Outer(_as_seq(x, features=False), _as_seq(g),
-                                      module.embedding.shape[0], module.embedding.shape)]
+    out[attrs["embedding"]] = [
+      _Outer(_as_seq(x, features=False), _as_seq(g), module.embedding.shape[0], module.embedding.shape)
+    ]
     return out
   kernel_dims = None
   if isinstance(module, nnx.Linear) and plain:
     kernel_dims = (1, 1)
-  elif (isinstance(module, nnx.LinearGeneral) and plain and not module.batch_axis
-        and tuple(sorted(a % x.ndim for a in module.axis))
-        == tuple(range(x.ndim - len(module.axis), x.ndim))
-        and tuple(a % x.ndim for a in module.axis) == tuple(sorted(a % x.ndim for a in module.axis))):
+  elif (
+    isinstance(module, nnx.LinearGeneral)
+    and plain
+    and not module.batch_axis
+    and tuple(sorted(a % x.ndim for a in module.axis)) == tuple(range(x.ndim - len(module.axis), x.ndim))
+    and tuple(a % x.ndim for a in module.axis) == tuple(sorted(a % x.ndim for a in module.axis))
+  ):
     kernel_dims = (len(module.axis), len(module.out_features))
   if kernel_dims is not None:
     n_in, n_out = kernel_dims
@@ -696,14 +731,17 @@ def _weighted_grad(terms: list, calls_w) -> jax.Array:
       total = total + jnp.tensordot(w, t.grads, axes=1)
     elif t.left.ndim == 2:
       rows = (t.right * w[:, None, None]).reshape(-1, t.right.shape[-1])
-      total = total + jnp.zeros((t.d1, rows.shape[-1]), jnp.float32).at[t.left.reshape(-1)].add(rows).reshape(t.shape)
+      total = total + jnp.zeros((t.d1, rows.shape[-1]), jnp.float32).at[t.left.reshape(-1)].add(rows).reshape(
+        t.shape
+      )
     else:
       total = total + jnp.einsum("btd,btp->dp", t.left, t.right * w[:, None, None]).reshape(t.shape)
   return total
 
 
-def _param_terms(capture: GhostCapture, info: _Model, axis_name,
-                 reduce: Callable[[dict[str, list]], dict[str, jax.Array]]) -> dict[str, jax.Array]:
+def _param_terms(
+  capture: GhostCapture, info: _Model, axis_name, reduce: Callable[[dict[str, list]], dict[str, jax.Array]]
+) -> dict[str, jax.Array]:
   """Applies ``reduce`` to the terms of every exactly captured parameter.
 
   Parameters reached by the same calls are reduced together (a layer's kernel
@@ -720,7 +758,7 @@ def _param_terms(capture: GhostCapture, info: _Model, axis_name,
   for p, calls in reach.items():
     groups.setdefault(tuple((c.module, c.method, c.index) for c in calls), []).append(p)
   results = {}
-  for key, ps in groups.items():
+  for ps in groups.values():
     calls = reach[ps[0]]
     nstack = calls[0].nstack
     mods = sorted({c.module for c in calls})
@@ -739,19 +777,18 @@ def _param_terms(capture: GhostCapture, info: _Model, axis_name,
     fn = slice_fn
     for _ in range(nstack):
       fn = jax.vmap(fn)
-    results.update(fn([(c.args, c.kwargs, c.out_grad) for c in calls],
-                      {m: splits[m][1] for m in mods}))
+    results.update(fn([(c.args, c.kwargs, c.out_grad) for c in calls], {m: splits[m][1] for m in mods}))
   return results
 
 
 def ghost_norms_from_capture(
-    capture: GhostCapture,
-    model: nnx.Module,
-    *,
-    linear_rule: str = "auto",
-    microbatches: int | None = None,
-    axis_name: AxisName = None,
-    params: Sequence[str] | None = None,
+  capture: GhostCapture,
+  model: nnx.Module,
+  *,
+  linear_rule: str = "auto",
+  microbatches: int | None = None,
+  axis_name: AxisName = None,
+  params: Sequence[str] | None = None,
 ) -> GradNorms:
   """Squared gradient norms per sample (or microbatch) of the exactly captured params.
 
@@ -771,8 +808,11 @@ def ghost_norms_from_capture(
   want = set(capture.exact if params is None else params) & set(capture.exact)
 
   def reduce(terms):
-    return {p: _norm_sq([_grouped(t, microbatches) for t in ts], linear_rule)
-            for p, ts in terms.items() if p in want}
+    return {
+      p: _norm_sq([_grouped(t, microbatches) for t in ts], linear_rule)
+      for p, ts in terms.items()
+      if p in want
+    }
 
   sub = capture._replace(exact=tuple(p for p in capture.exact if p in want))
   per_param = _param_terms(sub, info, axis_name, reduce)
@@ -786,15 +826,17 @@ def ghost_norms_from_capture(
     by_layer[owner] = by_layer.get(owner, 0.0) + sq
   if microbatches is None:
     by_layer = {k: jnp.where(capture.valid, v, 0.0) for k, v in by_layer.items()}
-    stacked = {k: jnp.where(capture.valid.reshape((1,) * (v.ndim - 1) + (-1,)), v, 0.0)
-               for k, v in stacked.items()}
+    stacked = {
+      k: jnp.where(capture.valid.reshape((1,) * (v.ndim - 1) + (-1,)), v, 0.0) for k, v in stacked.items()
+    }
   n = capture.valid.shape[0] if microbatches is None else microbatches
   total = sum(by_layer.values()) if by_layer else jnp.zeros((n,), jnp.float32)
   return GradNorms(total, by_layer, stacked)
 
 
-def bookkeeping_grads(model: nnx.Module, capture: GhostCapture, weights: jax.Array,
-                      *, axis_name: AxisName = None) -> PyTree:
+def bookkeeping_grads(
+  model: nnx.Module, capture: GhostCapture, weights: jax.Array, *, axis_name: AxisName = None
+) -> PyTree:
   """The gradient of ``sum_i w_i l_i`` wrt all parameters, from a capture.
 
   Book-keeping (Bu et al.): ``dW = U^T diag(w) V`` per outer-product use and
@@ -842,19 +884,19 @@ def ghost_plan(loss_fn, model: nnx.Module, batch: PyTree) -> dict[str, str]:
 
 
 def per_sample_grad_norms(
-    loss_fn: Callable[[Any, PyTree], Any],
-    model: nnx.Module,
-    batch: PyTree,
-    *,
-    method: Method = "ghost",
-    layers: LayerSelector = None,
-    chunk_size: int | None = None,
-    num_probes: int = 16,
-    key: jax.Array | None = None,
-    fallback: Literal["error", "vmap"] = "vmap",
-    linear_rule: Literal["auto", "ghost", "direct"] = "auto",
-    microbatches: int | None = None,
-    axis_name: AxisName = None,
+  loss_fn: Callable[[Any, PyTree], Any],
+  model: nnx.Module,
+  batch: PyTree,
+  *,
+  method: Method = "ghost",
+  layers: LayerSelector = None,
+  chunk_size: int | None = None,
+  num_probes: int = 16,
+  key: jax.Array | None = None,
+  fallback: Literal["error", "vmap"] = "vmap",
+  linear_rule: Literal["auto", "ghost", "direct"] = "auto",
+  microbatches: int | None = None,
+  axis_name: AxisName = None,
 ) -> GradNorms:
   """Per-sample squared gradient norms of ``loss_fn(model, batch).loss``.
 
@@ -900,9 +942,7 @@ def per_sample_grad_norms(
   chosen = [p for p, prm in info.params.items() if _selected(prm.owner, layers)]
   if not chosen:
     owners = sorted({prm.owner for prm in info.params.values()})
-    raise ValueError(
-        f"layers={layers!r} selects no parameters; layers with parameters are: {owners}."
-    )
+    raise ValueError(f"layers={layers!r} selects no parameters; layers with parameters are: {owners}.")
   if method == "vmap":
     return _vmap_norms(loss_fn, model, batch, chosen, chunk_size, axis_name, microbatches)
   if method == "jvp":
@@ -914,9 +954,18 @@ def per_sample_grad_norms(
 
   def ghost(b, groups):
     capture = ghost_capture(loss_fn, model, b, chosen, axis_name=axis_name)
-    return norms_from_capture(capture, loss_fn, model, b, chosen, fallback=fallback,
-                              linear_rule=linear_rule, microbatches=groups,
-                              chunk_size=chunk_size, axis_name=axis_name)
+    return norms_from_capture(
+      capture,
+      loss_fn,
+      model,
+      b,
+      chosen,
+      fallback=fallback,
+      linear_rule=linear_rule,
+      microbatches=groups,
+      chunk_size=chunk_size,
+      axis_name=axis_name,
+    )
 
   n = jax.tree.leaves(batch)[0].shape[0]
   if chunk_size is None or chunk_size >= n:
@@ -937,8 +986,7 @@ def _ghost_chunked(ghost, batch, n, chunk_size, microbatches) -> GradNorms:
       raise ValueError(f"batch size {n} is not divisible into {microbatches} microbatches.")
     size = n // microbatches
     if chunk_size % size:
-      raise ValueError(
-          f"chunk_size ({chunk_size}) must hold whole microbatches of {size} samples.")
+      raise ValueError(f"chunk_size ({chunk_size}) must hold whole microbatches of {size} samples.")
     groups = chunk_size // size
   chunks = jax.tree.map(lambda x: x.reshape(n // chunk_size, chunk_size, *x.shape[1:]), batch)
   out = jax.lax.map(lambda b: ghost(b, groups), chunks)
@@ -947,20 +995,35 @@ def _ghost_chunked(ghost, batch, n, chunk_size, microbatches) -> GradNorms:
   return GradNorms(flat(out.total), {k: flat(v) for k, v in out.by_layer.items()}, stacked)
 
 
-def norms_from_capture(capture, loss_fn, model, batch, chosen, *, fallback="vmap",
-                       linear_rule="auto", microbatches=None, chunk_size=None,
-                       axis_name=None) -> GradNorms:
+def norms_from_capture(
+  capture,
+  loss_fn,
+  model,
+  batch,
+  chosen,
+  *,
+  fallback="vmap",
+  linear_rule="auto",
+  microbatches=None,
+  chunk_size=None,
+  axis_name=None,
+) -> GradNorms:
   """Ghost norms of the exact parameters plus ``vmap`` norms of the rest of ``chosen``."""
   missing = {p: why for p, why in capture.fallback.items() if p in chosen}
   if missing and fallback == "error":
     lines = "; ".join(f"'{p}': {why}" for p, why in missing.items())
     raise ValueError(
-        f"ghost norms cannot capture every use of these parameters exactly: {lines}. "
-        "Pass fallback='vmap' for exact vmap norms of just those parameters.")
+      f"ghost norms cannot capture every use of these parameters exactly: {lines}. "
+      "Pass fallback='vmap' for exact vmap norms of just those parameters."
+    )
   exact = [p for p in chosen if p in capture.exact]
-  result = ghost_norms_from_capture(capture, model, linear_rule=linear_rule,
-                                    microbatches=microbatches, axis_name=axis_name,
-                                    params=exact) if exact else None
+  result = (
+    ghost_norms_from_capture(
+      capture, model, linear_rule=linear_rule, microbatches=microbatches, axis_name=axis_name, params=exact
+    )
+    if exact
+    else None
+  )
   if not missing:
     return result
   extra = _vmap_norms(loss_fn, model, batch, list(missing), chunk_size, axis_name, microbatches)
@@ -1003,9 +1066,9 @@ def _per_sample_streams(rest, index):
     flat_keys = keys.reshape(-1)
     return jax.vmap(lambda k: jax.random.fold_in(k, index))(flat_keys).reshape(keys.shape)
 
-  return nnx.from_flat_state([
-      (p, v.replace(fold(v.get_value())) if isinstance(v, nnx.RngKey) else v)
-      for p, v in flat])
+  return nnx.from_flat_state(
+    [(p, v.replace(fold(v.get_value())) if isinstance(v, nnx.RngKey) else v) for p, v in flat]
+  )
 
 
 def _vmap_norms(loss_fn, model, batch, paths, chunk_size, axis_name, microbatches=None) -> GradNorms:
@@ -1017,8 +1080,7 @@ def _vmap_norms(loss_fn, model, batch, paths, chunk_size, axis_name, microbatche
     groups = jax.tree.map(lambda x: x[:, None], batch)  # [B, 1, ...]: one sample a group
   else:
     _group(jax.tree.leaves(batch)[0], microbatches, False)  # checks divisibility
-    groups = jax.tree.map(
-        lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+    groups = jax.tree.map(lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
   b = jax.tree.leaves(groups)[0].shape[0]
 
   def one(xs):

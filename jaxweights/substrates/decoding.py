@@ -56,9 +56,17 @@ def _sample(graphdef, state, key, tokens, lengths, *, max_new_tokens, temperatur
   return buf, lens
 
 
-def sample(model, key: jax.Array, tokens: jax.Array, lengths: jax.Array, *,
-           max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-           eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+def sample(
+  model,
+  key: jax.Array,
+  tokens: jax.Array,
+  lengths: jax.Array,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_p: float = 1.0,
+  eos_id: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Samples continuations of right-padded prompts.
 
   Args:
@@ -83,12 +91,21 @@ def sample(model, key: jax.Array, tokens: jax.Array, lengths: jax.Array, *,
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
   if tokens.shape[1] + max_new_tokens > model.cfg.max_len:
     raise ValueError(
-        f"prompt_len + max_new_tokens = {tokens.shape[1] + max_new_tokens} exceeds the "
-        f"model's max_len {model.cfg.max_len}.")
+      f"prompt_len + max_new_tokens = {tokens.shape[1] + max_new_tokens} exceeds the "
+      f"model's max_len {model.cfg.max_len}."
+    )
   graphdef, state = nnx.split(model)
-  return _sample(graphdef, state, key, jnp.asarray(tokens), jnp.asarray(lengths, jnp.int32),
-                 max_new_tokens=max_new_tokens, temperature=float(temperature),
-                 top_p=float(top_p), eos_id=eos_id)
+  return _sample(
+    graphdef,
+    state,
+    key,
+    jnp.asarray(tokens),
+    jnp.asarray(lengths, jnp.int32),
+    max_new_tokens=max_new_tokens,
+    temperature=float(temperature),
+    top_p=float(top_p),
+    eos_id=eos_id,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
@@ -98,8 +115,9 @@ def _last_hidden(graphdef, state, tokens, lengths, *, layer):
   return h[jnp.arange(tokens.shape[0]), lengths - 1].astype(jnp.float32)
 
 
-def last_token_embedding(model, tokens: jax.Array, lengths: jax.Array, *,
-                         layer: int | None = None) -> jax.Array:
+def last_token_embedding(
+  model, tokens: jax.Array, lengths: jax.Array, *, layer: int | None = None
+) -> jax.Array:
   """Hidden state of block ``layer`` at each sequence's last token -> ``[batch, d]``."""
   graphdef, state = nnx.split(model)
   return _last_hidden(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths, jnp.int32), layer=layer)

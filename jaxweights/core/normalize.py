@@ -3,7 +3,7 @@
 All functions take a ``[batch]`` array, an optional boolean ``mask`` of the same
 shape (False = padding: the entry takes no part in any statistic and gets 0 out),
 and an optional ``axis_name`` for use under ``jax.shard_map``/``jax.pmap`` (see
-:mod:`jaxweights._reduce`). Under plain ``jax.jit`` with sharded inputs leave
+:mod:`jaxweights.core.reductions`). Under plain ``jax.jit`` with sharded inputs leave
 ``axis_name=None``: the statistics are over the global batch either way.
 
 Degenerate batches are documented, not NaN:
@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar, gmax, gmin, gsum
+from jaxweights.core.reductions import AxisName, as_mask, check_per_sample, concrete_scalar, gmax, gmin, gsum
 
 _MINMAX_EPS = 1e-6
 
@@ -56,11 +56,11 @@ def masked_count(mask: jax.Array, axis_name: AxisName = None) -> jax.Array:
 
 
 def minmax(
-    x: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    axis_name: AxisName = None,
-    eps: float = _MINMAX_EPS,
+  x: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  axis_name: AxisName = None,
+  eps: float = _MINMAX_EPS,
 ) -> jax.Array:
   """Min-max normalises ``x`` to ``[-1, 1]`` over the global batch.
 
@@ -87,11 +87,11 @@ def minmax(
 
 
 def zscore(
-    x: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    axis_name: AxisName = None,
-    eps: float = 1e-8,
+  x: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  axis_name: AxisName = None,
+  eps: float = 1e-8,
 ) -> jax.Array:
   """Z-scores ``x`` over the global batch: ``(x - mean) / sqrt(var + eps)``.
 
@@ -114,11 +114,11 @@ def zscore(
 
 
 def softmax(
-    logits: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    temperature: jax.typing.ArrayLike = 1.0,
-    axis_name: AxisName = None,
+  logits: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  temperature: jax.typing.ArrayLike = 1.0,
+  axis_name: AxisName = None,
 ) -> jax.Array:
   """Masked softmax over the global batch: ``exp(x_i / T) / sum_j exp(x_j / T)``.
 
@@ -143,9 +143,7 @@ def softmax(
   return _safe_div(e, gsum(e, axis_name))
 
 
-def sum_to_one(
-    w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None
-) -> jax.Array:
+def sum_to_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None) -> jax.Array:
   """Scales non-negative ``w`` to sum to 1 over the valid global batch.
 
   All-zero (or all-masked) input returns zeros. Any finite float32 input works
@@ -158,9 +156,7 @@ def sum_to_one(
   return _safe_div(w, gsum(w, axis_name))
 
 
-def mean_one(
-    w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None
-) -> jax.Array:
+def mean_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None) -> jax.Array:
   """Scales non-negative ``w`` to mean 1 over the valid global batch.
 
   All-zero (or all-masked) input returns zeros.
@@ -170,17 +166,13 @@ def mean_one(
   return sum_to_one(w, mask, axis_name=axis_name) * masked_count(mask, axis_name)
 
 
-def uniform(
-    mask: jax.Array, *, axis_name: AxisName = None
-) -> jax.Array:
+def uniform(mask: jax.Array, *, axis_name: AxisName = None) -> jax.Array:
   """Uniform weights ``1 / n_valid`` on the valid entries (sum to 1)."""
   mask = jnp.asarray(mask, bool)
   return sum_to_one(mask.astype(jnp.float32), mask, axis_name=axis_name)
 
 
-def effective_sample_size(
-    w: jax.Array, *, axis_name: AxisName = None
-) -> jax.Array:
+def effective_sample_size(w: jax.Array, *, axis_name: AxisName = None) -> jax.Array:
   """Kish's effective sample size ``(sum w)^2 / sum w^2`` of ``[batch]`` weights."""
   w = jnp.asarray(w, jnp.float32)
   s = gsum(w, axis_name)
@@ -198,9 +190,7 @@ def check_temperature(temperature: jax.typing.ArrayLike):
   value = concrete_scalar(temperature, "temperature")
   if value is not None:
     if not value > 0:  # also catches NaN
-      raise ValueError(
-          f"temperature must be > 0 (use float('inf') for uniform), got {value}."
-      )
+      raise ValueError(f"temperature must be > 0 (use float('inf') for uniform), got {value}.")
     return value
   t = jnp.asarray(temperature, jnp.float32)
   return jnp.where(t >= 0, jnp.maximum(t, 1e-6), jnp.inf)

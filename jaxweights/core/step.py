@@ -22,26 +22,28 @@ Two data-parallel modes over a ``jax.sharding.Mesh`` give the same numbers:
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxweights import normalize
-from jaxweights._reduce import as_mask, check_per_sample, gmax, gmin, gsum
-from jaxweights.weighting import (
-    GradientContext,
-    GradientOutput,
-    PrepareContext,
-    WeightInputs,
-    Weighting,
-    check_weights_shape,
-    uniform_weighting,
+from jaxweights.core import normalize
+from jaxweights.core.contract import (
+  GradientContext,
+  GradientOutput,
+  PrepareContext,
+  Weighting,
+  WeightInputs,
+  check_weights_shape,
+  uniform_weighting,
 )
+from jaxweights.core.reductions import as_mask, check_per_sample, gmax, gmin, gsum
 
 PyTree = Any
 
@@ -70,7 +72,7 @@ class TrainState(NamedTuple):
 
   Attributes:
     params: the model's ``nnx.Param`` state.
-    rest: the model's other variables (e.g. running statistics).
+    model_vars: the model's other variables (e.g. running statistics).
     opt_state: the optax state.
     weighting_state: the weighting's own state.
     step: int32 scalar, the number of updates applied so far.
@@ -78,7 +80,7 @@ class TrainState(NamedTuple):
   """
 
   params: PyTree
-  rest: PyTree
+  model_vars: PyTree
   opt_state: PyTree
   weighting_state: PyTree
   step: jax.Array
@@ -86,11 +88,11 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(
-    model: nnx.Module,
-    optimizer: optax.GradientTransformation,
-    weighting: Weighting | None = None,
-    *,
-    seed: int = 0,
+  model: nnx.Module,
+  optimizer: optax.GradientTransformation,
+  weighting: Weighting | None = None,
+  *,
+  seed: int = 0,
 ) -> tuple[nnx.GraphDef, TrainState]:
   """Splits ``model`` and builds the initial :class:`TrainState`.
 
@@ -100,12 +102,12 @@ def init_train_state(
   weighting = weighting or uniform_weighting()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = TrainState(
-      params=params,
-      rest=rest,
-      opt_state=optimizer.init(params),
-      weighting_state=weighting.init(),
-      step=jnp.zeros((), jnp.int32),
-      key=jax.random.PRNGKey(seed),
+    params=params,
+    model_vars=rest,
+    opt_state=optimizer.init(params),
+    weighting_state=weighting.init(),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.PRNGKey(seed),
   )
   return graphdef, state
 
@@ -114,10 +116,10 @@ def data_mesh(devices=None, axis_name: str = "data") -> Mesh:
   """A 1-D mesh over ``devices`` (default: all) with one data axis (Auto type)."""
   devices = jax.devices() if devices is None else list(devices)
   return jax.make_mesh(
-      (len(devices),),
-      (axis_name,),
-      axis_types=(jax.sharding.AxisType.Auto,),
-      devices=devices,
+    (len(devices),),
+    (axis_name,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=devices,
   )
 
 
@@ -133,8 +135,8 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
   def put(x):
     if x.ndim == 0 or x.shape[0] % n:
       raise ValueError(
-          f"a batch leaf of shape {x.shape} cannot be split over {n} devices: "
-          f"the batch size must be a multiple of the '{axis_name}' axis size."
+        f"a batch leaf of shape {x.shape} cannot be split over {n} devices: "
+        f"the batch size must be a multiple of the '{axis_name}' axis size."
       )
     return _put(x, NamedSharding(mesh, P(axis_name)))
 
@@ -171,8 +173,7 @@ def _rest_of(model: nnx.Module) -> PyTree:
 
 
 def _stream_tags(rest: PyTree) -> list[str]:
-  tags = {getattr(v, "tag", None) for _, v in nnx.to_flat_state(rest)
-          if isinstance(v, nnx.RngKey)}
+  tags = {getattr(v, "tag", None) for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)}
   return sorted(t for t in tags if t is not None)
 
 
@@ -198,22 +199,21 @@ def reseed_streams(graphdef, params, rest, key: jax.Array, axis_name=None) -> Py
 
 def eval_view(model: nnx.Module) -> nnx.Module:
   """The model in evaluation mode (``deterministic=True``, ``use_running_average=True``)."""
-  return nnx.view(model, deterministic=True, use_running_average=True,
-                  raise_if_not_found=False)
+  return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    weighting: Weighting | None = None,
-    *,
-    mesh: Mesh | None = None,
-    mode: Literal["jit", "shard_map"] = "jit",
-    axis_name: str = "data",
-    donate: bool = False,
-    accumulate: int = 1,
-    weights_over: Literal["global", "microbatch"] = "global",
+  graphdef: nnx.GraphDef,
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  weighting: Weighting | None = None,
+  *,
+  mesh: Mesh | None = None,
+  mode: Literal["jit", "shard_map"] = "jit",
+  axis_name: str = "data",
+  donate: bool = False,
+  accumulate: int = 1,
+  weights_over: Literal["global", "microbatch"] = "global",
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, jax.Array]]]:
   """Builds one compiled weighted train step.
 
@@ -262,27 +262,25 @@ def make_train_step(
     raise ValueError(f"axis {axis_name!r} is not in the mesh axes {mesh.axis_names}.")
 
   inner = _build_step(
-      graphdef,
-      loss_fn,
-      optimizer,
-      weighting,
-      axis_name=axis_name if mode == "shard_map" else None,
-      accumulate=accumulate,
-      weights_over=weights_over,
+    graphdef,
+    loss_fn,
+    optimizer,
+    weighting,
+    axis_name=axis_name if mode == "shard_map" else None,
+    accumulate=accumulate,
+    weights_over=weights_over,
   )
   donate_argnums = (0,) if donate else ()
   if mode == "shard_map":
-    mapped = jax.shard_map(
-        inner, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=(P(), P())
-    )
+    mapped = jax.shard_map(inner, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=(P(), P()))
     return jax.jit(mapped, donate_argnums=donate_argnums)
   if mesh is None:
     return jax.jit(inner, donate_argnums=donate_argnums)
   replicated = NamedSharding(mesh, P())
   return jax.jit(
-      inner,
-      out_shardings=(replicated, replicated),
-      donate_argnums=donate_argnums,
+    inner,
+    out_shardings=(replicated, replicated),
+    donate_argnums=donate_argnums,
   )
 
 
@@ -295,9 +293,7 @@ def _split(tree, n: int):
 
   def f(x):
     if x.shape[0] % n:
-      raise ValueError(
-          f"a batch leaf of shape {x.shape} cannot be split into {n} microbatches."
-      )
+      raise ValueError(f"a batch leaf of shape {x.shape} cannot be split into {n} microbatches.")
     return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
 
   return jax.tree.map(f, tree)
@@ -305,13 +301,12 @@ def _split(tree, n: int):
 
 def _unsplit(tree):
   """Inverse of :func:`_split`: ``[n, B / n, ...]`` -> ``[B, ...]``."""
-  return jax.tree.map(
-      lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree
-  )
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
-def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
-                accumulate: int = 1, weights_over: str = "global"):
+def _build_step(
+  graphdef, loss_fn, optimizer, weighting, *, axis_name, accumulate: int = 1, weights_over: str = "global"
+):
   def reseed_micro(params, rest, model_key, a):
     """Microbatch ``a`` draws its own masks: the model streams reseeded from (key, a)."""
     return reseed_streams(graphdef, params, rest, jax.random.fold_in(model_key, a), axis_name)
@@ -320,9 +315,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     model = merge_model(graphdef, params, rest)
     out = loss_fn(model, batch)
     if not isinstance(out, LossOutput):
-      raise TypeError(
-          f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}."
-      )
+      raise TypeError(f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}.")
     losses = check_per_sample(out.loss, "loss_fn(...).loss")
     _check_batch_size(losses, batch)
     given = as_mask(out.mask, losses)
@@ -336,31 +329,38 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     out = None
     if weighting.gradient is not None:
       out = weighting.gradient(
-          GradientContext(
-              loss_fn=loss_fn, graphdef=graphdef, params=params, rest=rest,
-              batch=batch, state=wstate, step=step_, key=weight_key,
-              axis_name=axis_name,
-          )
+        GradientContext(
+          loss_fn=loss_fn,
+          graphdef=graphdef,
+          params=params,
+          model_vars=rest,
+          batch=batch,
+          state=wstate,
+          step=step_,
+          key=weight_key,
+          axis_name=axis_name,
+        )
       )
     if out is not None:
       if not isinstance(out, GradientOutput):
-        raise TypeError(
-            f"a weighting's gradient must return GradientOutput, got {type(out).__name__}."
-        )
+        raise TypeError(f"a weighting's gradient must return GradientOutput, got {type(out).__name__}.")
       detached = jax.lax.stop_gradient(out.losses)
-      weights = jax.lax.stop_gradient(
-          jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0)
-      )
+      weights = jax.lax.stop_gradient(jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0))
       zero = jnp.zeros((), jnp.float32)
-      new_rest = rest if out.rest is None else out.rest
+      new_rest = rest if out.model_vars is None else out.model_vars
       return out.grads, detached, out.mask, weights, out.state, new_rest, zero
 
     def objective(params):
       safe, mask, nonfinite, aux, model = per_sample(params, rest, batch)
       detached = jax.lax.stop_gradient(safe)
       inputs = WeightInputs(
-          losses=detached, mask=mask, aux=jax.lax.stop_gradient(aux), batch=batch,
-          step=step_, key=weight_key, axis_name=axis_name,
+        losses=detached,
+        mask=mask,
+        aux=jax.lax.stop_gradient(aux),
+        batch=batch,
+        step=step_,
+        key=weight_key,
+        axis_name=axis_name,
       )
       weights, new_wstate = weighting.update(inputs, wstate)
       weights = check_weights_shape(weights, safe)
@@ -376,8 +376,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     """Weights over the whole batch, gradient accumulated over microbatches."""
     if weighting.gradient is not None:
       raise ValueError(
-          "this weighting forms its own gradient; with accumulate > 1 use "
-          "weights_over='microbatch'."
+        "this weighting forms its own gradient; with accumulate > 1 use weights_over='microbatch'."
       )
     micro = _split(batch, accumulate)
     index = jnp.arange(accumulate)
@@ -390,13 +389,16 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     _, stacked = jax.lax.scan(forward, None, (micro, index))
     safe, mask, nonfinite, aux = _unsplit(stacked)
     inputs = WeightInputs(
-        losses=safe, mask=mask, aux=jax.lax.stop_gradient(aux), batch=batch,
-        step=step_, key=weight_key, axis_name=axis_name,
+      losses=safe,
+      mask=mask,
+      aux=jax.lax.stop_gradient(aux),
+      batch=batch,
+      step=step_,
+      key=weight_key,
+      axis_name=axis_name,
     )
     weights, new_wstate = weighting.update(inputs, wstate)
-    weights = jax.lax.stop_gradient(
-        jnp.where(mask, check_weights_shape(weights, safe), 0.0)
-    )
+    weights = jax.lax.stop_gradient(jnp.where(mask, check_weights_shape(weights, safe), 0.0))
 
     def backward(carry, xs):
       acc, r = carry
@@ -410,9 +412,7 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
       return (jax.tree.map(jnp.add, acc, g), r), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, new_rest), _ = jax.lax.scan(
-        backward, (zeros, rest), (micro, _split(weights, accumulate), index)
-    )
+    (grads, new_rest), _ = jax.lax.scan(backward, (zeros, rest), (micro, _split(weights, accumulate), index))
     n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
     return grads, safe, mask, weights, new_wstate, new_rest, n_nonfinite
 
@@ -429,11 +429,10 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grads, new_wstate, new_rest), (det, m, w, nf) = jax.lax.scan(
-        body, (zeros, wstate, rest), (micro, keys, jnp.arange(accumulate))
+      body, (zeros, wstate, rest), (micro, keys, jnp.arange(accumulate))
     )
     grads = jax.tree.map(lambda g: g / accumulate, grads)
-    return (grads, _unsplit(det), _unsplit(m), _unsplit(w) / accumulate,
-            new_wstate, new_rest, jnp.sum(nf))
+    return (grads, _unsplit(det), _unsplit(m), _unsplit(w) / accumulate, new_wstate, new_rest, jnp.sum(nf))
 
   def step(state: TrainState, batch):
     key, prepare_key, weight_key = jax.random.split(state.key, 3)
@@ -441,19 +440,19 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     # a resumed run draws the same masks, and every pass of one step (prepare,
     # weighted loss, a gradient override) sees the same masks.
     model_key = jax.random.fold_in(state.key, _MODEL_STREAM)
-    rest_in = reseed_streams(graphdef, state.params, state.rest, model_key, axis_name)
+    rest_in = reseed_streams(graphdef, state.params, state.model_vars, model_key, axis_name)
     if weighting.prepare is not None:
       model = merge_model(graphdef, state.params, rest_in)
       batch = weighting.prepare(
-          PrepareContext(
-              loss_fn=loss_fn,
-              model=model,
-              batch=batch,
-              state=state.weighting_state,
-              step=state.step,
-              key=prepare_key,
-              axis_name=axis_name,
-          )
+        PrepareContext(
+          loss_fn=loss_fn,
+          model=model,
+          batch=batch,
+          state=state.weighting_state,
+          step=state.step,
+          key=prepare_key,
+          axis_name=axis_name,
+        )
       )
     if accumulate == 1:
       compute = one_batch
@@ -462,8 +461,13 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     else:
       compute = microbatch_weights_accumulated
     grads, detached, mask, weights, wstate, rest, n_nonfinite = compute(
-        state.params, rest_in, batch, state.weighting_state, state.step, weight_key,
-        model_key,
+      state.params,
+      rest_in,
+      batch,
+      state.weighting_state,
+      state.step,
+      weight_key,
+      model_key,
     )
     local_obj = jnp.sum(weights * detached)
 
@@ -474,22 +478,23 @@ def _build_step(graphdef, loss_fn, optimizer, weighting, *, axis_name,
     has_valid = normalize.masked_count(mask, axis_name) > 0
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = (jnp.isfinite(grad_norm) & has_valid & _weights_ok(weights, axis_name)
-          & _all_finite(params) & _all_finite(opt_state))
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(ok, n, o), new, old
+    ok = (
+      jnp.isfinite(grad_norm)
+      & has_valid
+      & _weights_ok(weights, axis_name)
+      & _all_finite(params)
+      & _all_finite(opt_state)
     )
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = TrainState(
-        params=keep(params, state.params),
-        rest=keep(rest, state.rest),
-        opt_state=keep(opt_state, state.opt_state),
-        weighting_state=keep(wstate, state.weighting_state),
-        step=state.step + 1,
-        key=key,
+      params=keep(params, state.params),
+      model_vars=keep(rest, state.model_vars),
+      opt_state=keep(opt_state, state.opt_state),
+      weighting_state=keep(wstate, state.weighting_state),
+      step=state.step + 1,
+      key=key,
     )
-    metrics = _metrics(
-        detached, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_name
-    )
+    metrics = _metrics(detached, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_name)
     return new_state, metrics
 
   return step
@@ -500,8 +505,9 @@ def _check_batch_size(losses, batch) -> None:
   sizes = {x.shape[0] for x in jax.tree.leaves(batch) if getattr(x, "ndim", 0) > 0}
   if len(sizes) == 1 and losses.shape[0] not in sizes:
     raise ValueError(
-        f"loss_fn returned {losses.shape[0]} per-sample losses for a batch of "
-        f"{sizes.pop()} samples; it must return one loss per sample.")
+      f"loss_fn returned {losses.shape[0]} per-sample losses for a batch of "
+      f"{sizes.pop()} samples; it must return one loss per sample."
+    )
 
 
 def _weights_ok(weights, axis_name) -> jax.Array:
@@ -515,8 +521,11 @@ def _weights_ok(weights, axis_name) -> jax.Array:
 
 def _all_finite(tree) -> jax.Array:
   """True when every floating leaf of ``tree`` is finite (a scalar; True if none)."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  flags = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
@@ -526,33 +535,33 @@ def _metrics(losses, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_
   wmax = gmax(jnp.where(mask, weights, -jnp.inf), axis_name)
   wmin = gmin(jnp.where(mask, weights, jnp.inf), axis_name)
   return {
-      "loss_mean": gsum(losses, axis_name) / jnp.maximum(n_valid, 1.0),
-      "loss_weighted": gsum(local_obj, axis_name),
-      "weight_min": jnp.where(any_valid, wmin, 0.0),
-      "weight_max": jnp.where(any_valid, wmax, 0.0),
-      "weight_sum": gsum(weights, axis_name),
-      "ess": normalize.effective_sample_size(weights, axis_name=axis_name),
-      "n_valid": n_valid,
-      "n_nonfinite": n_nonfinite,
-      "grad_norm": grad_norm,
-      "update_skipped": 1.0 - ok.astype(jnp.float32),
+    "loss_mean": gsum(losses, axis_name) / jnp.maximum(n_valid, 1.0),
+    "loss_weighted": gsum(local_obj, axis_name),
+    "weight_min": jnp.where(any_valid, wmin, 0.0),
+    "weight_max": jnp.where(any_valid, wmax, 0.0),
+    "weight_sum": gsum(weights, axis_name),
+    "ess": normalize.effective_sample_size(weights, axis_name=axis_name),
+    "n_valid": n_valid,
+    "n_nonfinite": n_nonfinite,
+    "grad_norm": grad_norm,
+    "update_skipped": 1.0 - ok.astype(jnp.float32),
   }
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, loss_fn: LossFn, *, train: bool = False
+  graphdef: nnx.GraphDef, loss_fn: LossFn, *, train: bool = False
 ) -> Callable[[TrainState, PyTree], tuple[jax.Array, jax.Array]]:
   """A jitted ``eval(state, batch) -> (sum of valid losses, number valid)``.
 
   Sum and count (not a mean) so results over many batches combine exactly. The
   model runs in evaluation mode (``Dropout`` off, ``BatchNorm`` on the running
-  statistics carried in ``state.rest``) through :func:`flax.nnx.view`, unless
+  statistics carried in ``state.model_vars``) through :func:`flax.nnx.view`, unless
   ``train=True``. Nothing the forward pass writes is kept.
   """
 
   @jax.jit
   def evaluate(state: TrainState, batch):
-    model = merge_model(graphdef, state.params, state.rest)
+    model = merge_model(graphdef, state.params, state.model_vars)
     if not train:
       model = eval_view(model)
     out = loss_fn(model, batch)
@@ -566,11 +575,3 @@ def make_eval_step(
 def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
   """Fetches metrics to the host as Python floats (one device sync)."""
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def tree_equal(a: PyTree, b: PyTree) -> bool:
-  """Bitwise equality of two pytrees of arrays (same structure)."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
-  )

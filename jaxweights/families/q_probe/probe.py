@@ -23,7 +23,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxweights._reduce import concrete_scalar
-from jaxweights.train import LossOutput, init_train_state, make_train_step
+from jaxweights.core.reductions import concrete_scalar
+from jaxweights.core.step import LossOutput, init_train_state, make_train_step
 
 Objective = Literal["mse", "ce", "pg", "bt", "hinge"]
 
@@ -78,7 +79,7 @@ def _check_beta(beta):
   return value
 
 
-def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = None) -> jax.Array:
+def qprobe_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = None) -> jax.Array:
   """``softmax(q / beta)`` over each prompt's candidates; one-hot argmax at ``beta = 0``.
 
   Args:
@@ -111,8 +112,8 @@ def selection_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = 
 
 
 def select(key: jax.Array, q: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
-  """Draws one candidate index per prompt from :func:`selection_weights` -> ``[prompts]``."""
-  w = selection_weights(q, beta, mask)
+  """Draws one candidate index per prompt from :func:`qprobe_weights` -> ``[prompts]``."""
+  w = qprobe_weights(q, beta, mask)
   return jax.random.categorical(key, jnp.log(jnp.maximum(w, 1e-30)), axis=1)
 
 
@@ -127,7 +128,7 @@ def expected_reward(q: jax.Array, rewards: jax.Array, beta: float = 0.1, mask=No
   if rewards.shape != q.shape:
     raise ValueError(f"rewards shape {rewards.shape} does not match q {q.shape}.")
   rewards = rewards.astype(jnp.float32)
-  w = selection_weights(q, beta, mask)
+  w = qprobe_weights(q, beta, mask)
   # A candidate that cannot be selected contributes nothing, even a NaN reward;
   # a non-finite reward of a selectable candidate propagates (bad data is not hidden).
   return jnp.sum(jnp.where(w > 0, w * rewards, 0.0), axis=1)
@@ -153,8 +154,9 @@ def bce_loss(q: jax.Array, r: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(q, r)
 
 
-def pg_loss(q: jax.Array, r: jax.Array, *, baseline: float = 0.0, beta: float = 1.0,
-            mask: jax.Array | None = None) -> jax.Array:
+def pg_loss(
+  q: jax.Array, r: jax.Array, *, baseline: float = 0.0, beta: float = 1.0, mask: jax.Array | None = None
+) -> jax.Array:
   """L_PG per group: ``-sum_i softmax(Q / beta)_i (r_i - baseline)``.
 
   Args:
@@ -212,8 +214,7 @@ def pg_groups(prompt_ids, group_size: int, *, seed: int, epoch: int) -> np.ndarr
   for p in np.unique(prompt_ids):
     idx = np.flatnonzero(prompt_ids == p)
     if len(idx) < group_size:
-      raise ValueError(
-          f"prompt {p} has {len(idx)} samples, fewer than group_size={group_size}.")
+      raise ValueError(f"prompt {p} has {len(idx)} samples, fewer than group_size={group_size}.")
     idx = rng.permutation(idx)
     n = len(idx) // group_size * group_size
     groups.append(idx[:n].reshape(-1, group_size))
@@ -227,21 +228,21 @@ class ProbeResult(NamedTuple):
 
 
 def train_probe(
-    features,
-    rewards,
-    prompt_ids=None,
-    *,
-    objective: Objective = "pg",
-    pairs=None,
-    hidden: Sequence[int] = (),
-    epochs: int = 150,
-    learning_rate: float = 5e-5,
-    weight_decay: float = 0.0,
-    batch_size: int = 1000,
-    group_size: int = 10,
-    baseline: float = 0.0,
-    train_beta: float = 1.0,
-    seed: int = 0,
+  features,
+  rewards,
+  prompt_ids=None,
+  *,
+  objective: Objective = "pg",
+  pairs=None,
+  hidden: Sequence[int] = (),
+  epochs: int = 150,
+  learning_rate: float = 5e-5,
+  weight_decay: float = 0.0,
+  batch_size: int = 1000,
+  group_size: int = 10,
+  baseline: float = 0.0,
+  train_beta: float = 1.0,
+  seed: int = 0,
 ) -> ProbeResult:
   """Trains a probe with AdamW through the composition layer.
 
@@ -285,7 +286,8 @@ def train_probe(
     if prompt_ids is None:
       raise ValueError("objective='pg' needs prompt_ids.")
     loss_fn = lambda m, b: LossOutput(
-        pg_loss(m(b["x"]), b["r"], baseline=baseline, beta=train_beta), b["mask"])
+      pg_loss(m(b["x"]), b["r"], baseline=baseline, beta=train_beta), b["mask"]
+    )
     units = None
   else:
     if pairs is None:
@@ -303,7 +305,7 @@ def train_probe(
     order = np.random.default_rng((seed, epoch, 1)).permutation(len(units))
     losses = []
     for start in range(0, len(order), per_step):
-      idx = units[order[start:start + per_step]]
+      idx = units[order[start : start + per_step]]
       pad = per_step - len(idx)  # fixed shapes: one compilation
       mask = np.r_[np.ones(len(idx), bool), np.zeros(pad, bool)]
       idx = np.concatenate([idx, np.zeros((pad, idx.shape[1]), idx.dtype)])
@@ -313,58 +315,4 @@ def train_probe(
       state, metrics = step(state, {"x": x, "r": r, "mask": mask})
       losses.append(metrics["loss_mean"])
     history.append(float(np.mean(jax.device_get(losses))))
-  return ProbeResult(nnx.merge(graphdef, state.params, state.rest), history)
-
-
-# --- policies ------------------------------------------------------------------------------
-
-
-class Policy(Protocol):
-  """What Q-probing needs of a base model: sampling and embeddings.
-
-  ``sample(key, prompts, k)`` returns k completions per prompt (any
-  representation the same policy's ``embed`` accepts); ``embed(prompts,
-  completions)`` returns ``[prompts, k, d]`` float32 features of each
-  (prompt, completion) pair.
-  """
-
-  def sample(self, key: jax.Array, prompts, k: int): ...
-
-  def embed(self, prompts, completions) -> np.ndarray: ...
-
-
-class PrecomputedEmbeddings:
-  """The "API" mode: features stored on disk; the probe never touches the model.
-
-  ``save(path, features [P, k, d], rewards [P, k], mask=None)`` writes one
-  ``.npz``; ``load(path)`` returns an instance with ``features``, ``rewards`` and
-  ``mask`` arrays.
-  """
-
-  def __init__(self, features, rewards, mask=None):
-    self.features = np.asarray(features, np.float32)
-    self.rewards = np.asarray(rewards, np.float32)
-    self.mask = np.ones(self.rewards.shape, bool) if mask is None else np.asarray(mask, bool)
-    if self.features.ndim != 3 or self.features.shape[:2] != self.rewards.shape:
-      raise ValueError(
-          f"features must be [prompts, k, d] and rewards [prompts, k]; got "
-          f"{self.features.shape} and {self.rewards.shape}.")
-    if self.mask.shape != self.rewards.shape:
-      raise ValueError(f"mask shape {self.mask.shape} does not match rewards {self.rewards.shape}.")
-
-  @staticmethod
-  def save(path, features, rewards, mask=None) -> None:
-    e = PrecomputedEmbeddings(features, rewards, mask)
-    np.savez(path, features=e.features, rewards=e.rewards, mask=e.mask)
-
-  @classmethod
-  def load(cls, path) -> "PrecomputedEmbeddings":
-    with np.load(path) as f:
-      return cls(f["features"], f["rewards"], f["mask"])
-
-  def flat(self):
-    """``(features [N, d], rewards [N], prompt_ids [N])`` of the real candidates."""
-    p, k = self.rewards.shape
-    ids = np.repeat(np.arange(p), k).reshape(p, k)
-    m = self.mask
-    return self.features[m], self.rewards[m], ids[m]
+  return ProbeResult(nnx.merge(graphdef, state.params, state.model_vars), history)

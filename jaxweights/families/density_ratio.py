@@ -30,9 +30,9 @@ here (tests: ``test_correction_sign_not_negative_grad_d``,
 On the composition layer (:func:`tiw_dsm`): the frozen discriminator's
 parameters are the :class:`~jaxweights.Weighting`'s state (they checkpoint with
 the run); ``prepare`` draws the noise (``ctx.key``, keyed by global sample
-index: see :mod:`jaxweights.diffusion`) unless the batch carries it, and adds
+index: see :mod:`jaxweights.substrates.diffusion`) unless the batch carries it, and adds
 ``"ratio"`` (``w_t``) and ``"score_correction"`` (``grad_x log w_t``) for the
-batch's ``(x_t, t)``; :func:`jaxweights.diffusion.dsm_loss_fn` reads the
+batch's ``(x_t, t)``; :func:`jaxweights.substrates.diffusion.dsm_loss_fn` reads the
 correction; ``update`` returns ``w_t`` self-normalised to sum to 1 over the
 global batch (so the step minimises ``sum_i w_i l_i / sum_j w_j``).
 """
@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,21 +50,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxweights import normalize
-from jaxweights.data import batch_indices
-from jaxweights.diffusion import (
-    CORRECTION_KEY,
-    VPSDE,
-    Diffusion,
-    NoiseEmbedding,
-    VPDiffusion,
-    draw_perturbation,
-    expand_to,
-    is_concrete,
-    perturb_batch,
+from jaxweights.core import normalize
+from jaxweights.core.contract import PrepareContext, Weighting, WeightInputs
+from jaxweights.core.reductions import is_concrete
+from jaxweights.core.step import LossOutput, init_train_state, make_train_step
+from jaxweights.substrates.data import batch_indices
+from jaxweights.substrates.diffusion import (
+  CORRECTION_KEY,
+  VPSDE,
+  Diffusion,
+  NoiseEmbedding,
+  VPDiffusion,
+  draw_perturbation,
+  expand_to,
+  perturb_batch,
 )
-from jaxweights.train import LossOutput, init_train_state, make_train_step
-from jaxweights.weighting import PrepareContext, WeightInputs, Weighting
 
 PyTree = Any
 RATIO_KEY = "ratio"
@@ -82,8 +83,9 @@ class TimeDiscriminator(nnx.Module):
   ``grad`` of the summed log-ratio wrt the input is the per-sample gradient.
   """
 
-  def __init__(self, features: int, hidden: int = 128, depth: int = 2,
-               embed_dim: int = 32, *, rngs: nnx.Rngs):
+  def __init__(
+    self, features: int, hidden: int = 128, depth: int = 2, embed_dim: int = 32, *, rngs: nnx.Rngs
+  ):
     if depth < 1:
       raise ValueError(f"depth must be >= 1, got {depth}.")
     self.embed = NoiseEmbedding(embed_dim, hidden, rngs=rngs)
@@ -112,8 +114,7 @@ class RatioModel(NamedTuple):
   params: PyTree
 
   @classmethod
-  def from_module(cls, module_or_graphdef, params: PyTree | None = None,
-                  sde: VPSDE = VPSDE()) -> "RatioModel":
+  def from_module(cls, module_or_graphdef, params: PyTree | None = None, sde: VPSDE = VPSDE()) -> RatioModel:
     """Wraps a :class:`TimeDiscriminator` (or its ``(graphdef, state)``).
 
     A module is split whole (``nnx.split``), so non-parameter variables (e.g. a
@@ -146,8 +147,7 @@ def _check_fraction(ref_fraction) -> float:
   return float(ref_fraction)
 
 
-def log_ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0,
-                        eps: float = DEFAULT_EPS) -> jax.Array:
+def log_ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0, eps: float = DEFAULT_EPS) -> jax.Array:
   """``log w`` from discriminator probabilities ``d`` (reference = 1).
 
   ``d`` is clipped to ``[eps, 1 - eps]``, so 0 and 1 give finite ratios
@@ -175,8 +175,9 @@ def log_ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0,
   return mixture_log_ratio(log_r, pi)
 
 
-def log_ratio_from_logits(logits: jax.Array, *, ref_fraction: float = 0.0,
-                          eps: float = DEFAULT_EPS) -> jax.Array:
+def log_ratio_from_logits(
+  logits: jax.Array, *, ref_fraction: float = 0.0, eps: float = DEFAULT_EPS
+) -> jax.Array:
   """``log w`` from logits ``log(d/(1-d))`` (``d = sigmoid(logits)``, clipped as above)."""
   eps = _check_eps(eps)
   pi = _check_fraction(ref_fraction)
@@ -196,8 +197,7 @@ def mixture_log_ratio(log_r: jax.Array, ref_fraction: float) -> jax.Array:
   return log_r - jnp.logaddexp(np.log(pi) + log_r, np.log1p(-pi))
 
 
-def density_ratio(d: jax.Array, *, ref_fraction: float = 0.0,
-                  eps: float = DEFAULT_EPS) -> jax.Array:
+def ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0, eps: float = DEFAULT_EPS) -> jax.Array:
   """``w = r / (pi r + 1 - pi)``, ``r = d/(1-d)``, from probabilities ``d``."""
   return jnp.exp(log_ratio_from_prob(d, ref_fraction=ref_fraction, eps=eps))
 
@@ -207,24 +207,22 @@ def _check_t_range(t_range, sde: VPSDE):
     return None
   lo, hi = (float(v) for v in t_range)
   if not sde.t_min <= lo < hi <= sde.t_max:
-    raise ValueError(
-        f"t_range must satisfy {sde.t_min:g} <= lo < hi <= {sde.t_max:g}, got {t_range}."
-    )
+    raise ValueError(f"t_range must satisfy {sde.t_min:g} <= lo < hi <= {sde.t_max:g}, got {t_range}.")
   return lo, hi
 
 
 def ratio_and_correction(
-    ratio_model: RatioModel,
-    params: PyTree,
-    x: jax.Array,
-    t: jax.Array,
-    *,
-    sde: VPSDE = VPSDE(),
-    ref_fraction: float = 0.0,
-    eps: float = DEFAULT_EPS,
-    coordinate: str = "edm",
-    t_range: Sequence[float] | None = None,
-    with_correction: bool = True,
+  ratio_model: RatioModel,
+  params: PyTree,
+  x: jax.Array,
+  t: jax.Array,
+  *,
+  sde: VPSDE = VPSDE(),
+  ref_fraction: float = 0.0,
+  eps: float = DEFAULT_EPS,
+  coordinate: str = "edm",
+  t_range: Sequence[float] | None = None,
+  with_correction: bool = True,
 ) -> tuple[jax.Array, jax.Array | None]:
   """``w_t(x)`` and ``grad_x log w_t(x)``, both under ``stop_gradient``.
 
@@ -254,9 +252,7 @@ def ratio_and_correction(
   x = jnp.asarray(x, jnp.float32)
   t = jnp.asarray(t, jnp.float32)
   if x.ndim < 2 or t.shape != x.shape[:1]:
-    raise ValueError(
-        f"expected x [B, ...] and t [B]; got x {x.shape} and t {t.shape}."
-    )
+    raise ValueError(f"expected x [B, ...] and t [B]; got x {x.shape} and t {t.shape}.")
   t = sde.check_t(t)
   t_range = _check_t_range(t_range, sde)
   scale = expand_to(sde.alpha(t), x) if coordinate == "edm" else None
@@ -264,9 +260,7 @@ def ratio_and_correction(
   def log_w(z):
     logits = ratio_model.apply(params, z if scale is None else scale * z, t)
     if jnp.shape(logits) != t.shape:
-      raise ValueError(
-          f"the ratio model returned logits of shape {jnp.shape(logits)}; expected {t.shape}."
-      )
+      raise ValueError(f"the ratio model returned logits of shape {jnp.shape(logits)}; expected {t.shape}.")
     return log_ratio_from_logits(logits, ref_fraction=ref_fraction, eps=eps)
 
   if not with_correction:
@@ -289,19 +283,19 @@ def _self_normalised(inputs: WeightInputs, w: jax.Array) -> jax.Array:
   return normalize.sum_to_one(w, inputs.mask, axis_name=inputs.axis_name)
 
 
-def tiw_dsm(
-    ratio_model: RatioModel,
-    diffusion: Diffusion = VPDiffusion(),
-    *,
-    ref_fraction: float = 0.0,
-    weight: bool = True,
-    correction: bool = True,
-    t_range: Sequence[float] | None = None,
-    eps: float = DEFAULT_EPS,
+def tiw_dsm_weighting(
+  ratio_model: RatioModel,
+  diffusion: Diffusion = VPDiffusion(),
+  *,
+  ref_fraction: float = 0.0,
+  weight: bool = True,
+  correction: bool = True,
+  t_range: Sequence[float] | None = None,
+  eps: float = DEFAULT_EPS,
 ) -> Weighting:
   """TIW-DSM (and its ablations) as a :class:`~jaxweights.Weighting`.
 
-  Pair it with :func:`jaxweights.diffusion.dsm_loss_fn` of the same
+  Pair it with :func:`jaxweights.substrates.diffusion.dsm_loss_fn` of the same
   ``diffusion``. State: the ratio model's (frozen) parameters.
 
   ``prepare`` draws ``t``, ``sigma``, ``noise`` (unless the batch has them) and
@@ -323,8 +317,10 @@ def tiw_dsm(
     eps: clip margin of ``d``.
   """
   if not (weight or correction):
-    raise ValueError("tiw_dsm with weight=False and correction=False is plain DSM: "
-                     "use jaxweights.diffusion.dsm_weighting.")
+    raise ValueError(
+      "tiw_dsm with weight=False and correction=False is plain DSM: "
+      "use jaxweights.substrates.diffusion.dsm_weighting."
+    )
   _check_fraction(ref_fraction)
   _check_eps(eps)
   _check_t_range(t_range, diffusion.sde)
@@ -336,8 +332,16 @@ def tiw_dsm(
     batch = perturb_batch(diffusion, ctx.batch, ctx.key, axis_name=ctx.axis_name)
     x = batch["x"] + expand_to(batch["sigma"], batch["x"]) * batch["noise"]
     w, grad = ratio_and_correction(
-        ratio_model, ctx.state, x, batch["t"], sde=diffusion.sde,
-        ref_fraction=ref_fraction, eps=eps, t_range=t_range, with_correction=correction)
+      ratio_model,
+      ctx.state,
+      x,
+      batch["t"],
+      sde=diffusion.sde,
+      ref_fraction=ref_fraction,
+      eps=eps,
+      t_range=t_range,
+      with_correction=correction,
+    )
     out = {**batch, RATIO_KEY: w}
     if correction:
       out[CORRECTION_KEY] = grad
@@ -351,12 +355,12 @@ def tiw_dsm(
   return Weighting(init=init, update=update, prepare=prepare)
 
 
-def iw_dsm(
-    ratio_model: RatioModel,
-    diffusion: Diffusion = VPDiffusion(),
-    *,
-    ref_fraction: float = 0.0,
-    eps: float = DEFAULT_EPS,
+def iw_dsm_weighting(
+  ratio_model: RatioModel,
+  diffusion: Diffusion = VPDiffusion(),
+  *,
+  ref_fraction: float = 0.0,
+  eps: float = DEFAULT_EPS,
 ) -> Weighting:
   """IW-DSM: plain DSM weighted by a time-independent ratio ``w(x_0)``.
 
@@ -372,9 +376,9 @@ def iw_dsm(
     batch = perturb_batch(diffusion, ctx.batch, ctx.key, axis_name=ctx.axis_name)
     x0 = batch["x"]
     t0 = jnp.full(x0.shape[:1], sde.t_min, jnp.float32)
-    w, _ = ratio_and_correction(ratio_model, ctx.state, x0, t0, sde=sde,
-                                ref_fraction=ref_fraction, eps=eps,
-                                with_correction=False)
+    w, _ = ratio_and_correction(
+      ratio_model, ctx.state, x0, t0, sde=sde, ref_fraction=ref_fraction, eps=eps, with_correction=False
+    )
     return {**batch, RATIO_KEY: w}
 
   def update(inputs: WeightInputs, state):
@@ -419,8 +423,9 @@ class _DiscriminatorLevels:
     return t, self.sde.edm_sigma(t)
 
 
-def discriminator_weighting(sde: VPSDE = VPSDE(), *, t_sampling: str = "importance",
-                            time_independent: bool = False) -> Weighting:
+def discriminator_weighting(
+  sde: VPSDE = VPSDE(), *, t_sampling: str = "importance", time_independent: bool = False
+) -> Weighting:
   """Uniform weights; ``prepare`` draws ``t`` (shared by rows ``i`` and ``i + B/2``) and noise.
 
   The batch is ``[reference half; biased half]`` (:func:`discriminator_batch`),
@@ -431,8 +436,7 @@ def discriminator_weighting(sde: VPSDE = VPSDE(), *, t_sampling: str = "importan
     VPDiffusion(sde, t_sampling)  # validates t_sampling
 
   def prepare(ctx: PrepareContext):
-    draw = draw_perturbation(levels, ctx.key, ctx.batch["x"], axis_name=ctx.axis_name,
-                             pair_halves=True)
+    draw = draw_perturbation(levels, ctx.key, ctx.batch["x"], axis_name=ctx.axis_name, pair_halves=True)
     return {**ctx.batch, "t": draw["t"], "noise": draw["noise"]}
 
   def update(inputs: WeightInputs, state):
@@ -441,11 +445,12 @@ def discriminator_weighting(sde: VPSDE = VPSDE(), *, t_sampling: str = "importan
   return Weighting(init=tuple, update=update, prepare=prepare)
 
 
-def discriminator_batch(x_ref: np.ndarray, x_bias: np.ndarray, *, seed: int, step: int,
-                        batch_size: int) -> dict[str, np.ndarray]:
+def discriminator_batch(
+  x_ref: np.ndarray, x_bias: np.ndarray, *, seed: int, step: int, batch_size: int
+) -> dict[str, np.ndarray]:
   """A balanced batch ``[batch/2 reference; batch/2 biased]`` (the reference is tiled).
 
-  Both halves are epoch-wise permutations (:func:`jaxweights.data.batch_indices`),
+  Both halves are epoch-wise permutations (:func:`jaxweights.substrates.data.batch_indices`),
   a pure function of ``(seed, step)``.
   """
   if batch_size % 2:
@@ -462,24 +467,23 @@ def discriminator_batch(x_ref: np.ndarray, x_bias: np.ndarray, *, seed: int, ste
 def _discriminator_step(graphdef, sde, t_sampling, time_independent, learning_rate):
   """One compiled step per architecture and setting, reused across calls (seeds)."""
   tx = optax.adam(learning_rate)
-  weighting = discriminator_weighting(sde, t_sampling=t_sampling,
-                                      time_independent=time_independent)
+  weighting = discriminator_weighting(sde, t_sampling=t_sampling, time_independent=time_independent)
   return tx, weighting, make_train_step(graphdef, discriminator_loss_fn(sde), tx, weighting)
 
 
 def train_discriminator(
-    model: nnx.Module,
-    x_ref: np.ndarray,
-    x_bias: np.ndarray,
-    *,
-    num_steps: int,
-    batch_size: int = 256,
-    learning_rate: float = 3e-4,
-    sde: VPSDE = VPSDE(),
-    t_sampling: str = "importance",
-    time_independent: bool = False,
-    seed: int = 0,
-    log_every: int = 0,
+  model: nnx.Module,
+  x_ref: np.ndarray,
+  x_bias: np.ndarray,
+  *,
+  num_steps: int,
+  batch_size: int = 256,
+  learning_rate: float = 3e-4,
+  sde: VPSDE = VPSDE(),
+  t_sampling: str = "importance",
+  time_independent: bool = False,
+  seed: int = 0,
+  log_every: int = 0,
 ) -> tuple[RatioModel, list[dict]]:
   """Trains a discriminator (Adam, BCE, balanced batches) and freezes it.
 
@@ -503,18 +507,15 @@ def train_discriminator(
   x_ref, x_bias = np.asarray(x_ref, np.float32), np.asarray(x_bias, np.float32)
   if x_ref.shape[1:] != x_bias.shape[1:] or len(x_ref) == 0 or len(x_bias) == 0:
     raise ValueError(
-        f"x_ref and x_bias must be non-empty with equal sample shapes, got "
-        f"{x_ref.shape} and {x_bias.shape}."
+      f"x_ref and x_bias must be non-empty with equal sample shapes, got {x_ref.shape} and {x_bias.shape}."
     )
   graphdef = nnx.graphdef(model)
-  tx, weighting, step = _discriminator_step(graphdef, sde, t_sampling, time_independent,
-                                            float(learning_rate))
+  tx, weighting, step = _discriminator_step(graphdef, sde, t_sampling, time_independent, float(learning_rate))
   _, state = init_train_state(model, tx, weighting, seed=seed)
   history = []
   for i in range(num_steps):
-    state, metrics = step(state, discriminator_batch(x_ref, x_bias, seed=seed, step=i,
-                                                     batch_size=batch_size))
+    state, metrics = step(state, discriminator_batch(x_ref, x_bias, seed=seed, step=i, batch_size=batch_size))
     if log_every and ((i + 1) % log_every == 0 or i + 1 == num_steps):
       history.append({"step": i + 1, "bce": float(metrics["loss_mean"])})
-  frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state.params), state.rest)
+  frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state.params), state.model_vars)
   return RatioModel.from_module(frozen, sde=sde), history

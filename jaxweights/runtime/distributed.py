@@ -31,23 +31,42 @@ import jax
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """Adds ``--coordinator``, ``--num-processes``, ``--process-id``, ``--distributed``."""
   group = parser.add_argument_group("multi-process")
-  group.add_argument("--coordinator", default=os.environ.get("JAXWEIGHTS_COORDINATOR"),
-                     help="HOST:PORT of process 0 (env JAXWEIGHTS_COORDINATOR)")
-  group.add_argument("--num-processes", type=int,
-                     default=_env_int("JAXWEIGHTS_NUM_PROCESSES"),
-                     help="number of processes (env JAXWEIGHTS_NUM_PROCESSES)")
-  group.add_argument("--process-id", type=int, default=_env_int("JAXWEIGHTS_PROCESS_ID"),
-                     help="this process's index (env JAXWEIGHTS_PROCESS_ID)")
-  group.add_argument("--distributed", choices=("off", "flags", "auto"), default=None,
-                     help="auto: let jax.distributed detect a TPU pod / cluster")
+  group.add_argument(
+    "--coordinator",
+    default=os.environ.get("JAXWEIGHTS_COORDINATOR"),
+    help="HOST:PORT of process 0 (env JAXWEIGHTS_COORDINATOR)",
+  )
+  group.add_argument(
+    "--num-processes",
+    type=int,
+    default=_env_int("JAXWEIGHTS_NUM_PROCESSES"),
+    help="number of processes (env JAXWEIGHTS_NUM_PROCESSES)",
+  )
+  group.add_argument(
+    "--process-id",
+    type=int,
+    default=_env_int("JAXWEIGHTS_PROCESS_ID"),
+    help="this process's index (env JAXWEIGHTS_PROCESS_ID)",
+  )
+  group.add_argument(
+    "--distributed",
+    choices=("off", "flags", "auto"),
+    default=None,
+    help="auto: let jax.distributed detect a TPU pod / cluster",
+  )
 
 
 DEFAULT_TIMEOUT_S = 120
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool = False,
-               timeout_s: int | None = None) -> bool:
+def initialize(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool = False,
+  timeout_s: int | None = None,
+) -> bool:
   """Starts ``jax.distributed`` when more than one process is configured.
 
   Must run before any other JAX call that touches devices. On CPU the
@@ -71,25 +90,32 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return False
   if coordinator is None or num_processes is None or process_id is None:
     raise ValueError(
-        "a multi-process run needs the coordinator address, the process count and "
-        f"this process's id; got coordinator={coordinator!r}, "
-        f"num_processes={num_processes!r}, process_id={process_id!r}."
+      "a multi-process run needs the coordinator address, the process count and "
+      f"this process's id; got coordinator={coordinator!r}, "
+      f"num_processes={num_processes!r}, process_id={process_id!r}."
     )
   if not 0 <= process_id < num_processes:
     raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}.")
   host, _, port = coordinator.rpartition(":")
   if not host or not port.isdigit():
     raise ValueError(f"coordinator must be HOST:PORT, got {coordinator!r}.")
-  print(f"[jaxweights] process {process_id} of {num_processes}: joining the coordinator "
-        f"at {coordinator} (timeout {timeout_s} s). If this stops with a timeout, check "
-        "that every process was launched with the same --coordinator and "
-        "--num-processes and a distinct --process-id.", file=sys.stderr, flush=True)
+  print(
+    f"[jaxweights] process {process_id} of {num_processes}: joining the coordinator "
+    f"at {coordinator} (timeout {timeout_s} s). If this stops with a timeout, check "
+    "that every process was launched with the same --coordinator and "
+    "--num-processes and a distinct --process-id.",
+    file=sys.stderr,
+    flush=True,
+  )
   if process_id != 0:
     _wait_for(host, int(port), timeout_s, coordinator)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator,
-                             num_processes=num_processes, process_id=process_id,
-                             initialization_timeout=timeout_s)
+  jax.distributed.initialize(
+    coordinator_address=coordinator,
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=timeout_s,
+  )
   return True
 
 
@@ -103,8 +129,9 @@ def _wait_for(host: str, port: int, timeout_s: float, coordinator: str) -> None:
     except OSError:
       if time.monotonic() >= deadline:
         raise RuntimeError(
-            f"could not reach the coordinator at {coordinator} within {timeout_s} s: "
-            "is process 0 running, with the same --coordinator?") from None
+          f"could not reach the coordinator at {coordinator} within {timeout_s} s: "
+          "is process 0 running, with the same --coordinator?"
+        ) from None
       time.sleep(0.2)
 
 
@@ -113,8 +140,7 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
   mode = getattr(args, "distributed", None)
   if mode == "off":
     return False
-  return initialize(args.coordinator, args.num_processes, args.process_id,
-                    auto=mode == "auto")
+  return initialize(args.coordinator, args.num_processes, args.process_id, auto=mode == "auto")
 
 
 def is_main() -> bool:

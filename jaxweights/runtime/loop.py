@@ -1,7 +1,7 @@
 """A minimal host loop: batches by step, metrics to JSON lines, resumable.
 
 The loop owns nothing the step does not: batches come from ``batch_fn(step)``, a
-pure function of the step index (see :mod:`jaxweights.data`), so restarting from a
+pure function of the step index (see :mod:`jaxweights.substrates.data`), so restarting from a
 checkpoint at step ``k`` replays exactly the batches an uninterrupted run would
 have seen, and the result is bit-identical on CPU.
 """
@@ -12,12 +12,13 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 
-from jaxweights.checkpoint import Checkpointer
-from jaxweights.train import TrainState
+from jaxweights.core.step import TrainState
+from jaxweights.runtime.checkpoint import Checkpointer
 
 PyTree = Any
 
@@ -41,8 +42,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
-             initial: int = 0, enabled: bool | None = None):
+def progress(
+  iterable: Iterable,
+  *,
+  total: int | None = None,
+  desc: str = "",
+  initial: int = 0,
+  enabled: bool | None = None,
+):
   """A tqdm progress bar when available and stderr is a terminal (or forced)."""
   if enabled is None:
     enabled = sys.stderr.isatty()
@@ -56,19 +63,19 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
 
 
 def train_loop(
-    step_fn: Callable[[TrainState, PyTree], tuple[TrainState, dict]],
-    state: TrainState,
-    batch_fn: Callable[[int], PyTree],
-    num_steps: int,
-    *,
-    checkpointer: Checkpointer | None = None,
-    checkpoint_every: int = 0,
-    logger: JsonlLogger | None = None,
-    log_every: int = 1,
-    eval_fn: Callable[[TrainState], dict] | None = None,
-    eval_every: int = 0,
-    desc: str = "train",
-    show_progress: bool | None = None,
+  step_fn: Callable[[TrainState, PyTree], tuple[TrainState, dict]],
+  state: TrainState,
+  batch_fn: Callable[[int], PyTree],
+  num_steps: int,
+  *,
+  checkpointer: Checkpointer | None = None,
+  checkpoint_every: int = 0,
+  logger: JsonlLogger | None = None,
+  log_every: int = 1,
+  eval_fn: Callable[[TrainState], dict] | None = None,
+  eval_every: int = 0,
+  desc: str = "train",
+  show_progress: bool | None = None,
 ) -> tuple[TrainState, list[dict]]:
   """Runs ``step_fn`` from ``state.step`` up to ``num_steps``.
 
@@ -96,8 +103,11 @@ def train_loop(
   """
   if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
     raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
-  for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every),
-                      ("eval_every", eval_every)):
+  for name, value in (
+    ("checkpoint_every", checkpoint_every),
+    ("log_every", log_every),
+    ("eval_every", eval_every),
+  ):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
   if checkpointer is not None and checkpointer.latest_step() is not None:
@@ -105,9 +115,10 @@ def train_loop(
   start = int(jax.device_get(state.step))
   if start > num_steps:
     raise ValueError(
-        f"the run is already at step {start} (restored from "
-        f"{getattr(checkpointer, 'directory', 'the given state')}), past num_steps="
-        f"{num_steps}; pass num_steps >= {start} or use another checkpoint directory.")
+      f"the run is already at step {start} (restored from "
+      f"{getattr(checkpointer, 'directory', 'the given state')}), past num_steps="
+      f"{num_steps}; pass num_steps >= {start} or use another checkpoint directory."
+    )
   history: list[dict] = []
   t0 = time.perf_counter()
 
@@ -116,8 +127,9 @@ def train_loop(
     if logger is not None:
       logger.log(rec)
 
-  for step in progress(range(start, num_steps), total=num_steps, initial=start,
-                       desc=desc, enabled=show_progress):
+  for step in progress(
+    range(start, num_steps), total=num_steps, initial=start, desc=desc, enabled=show_progress
+  ):
     state, metrics = step_fn(state, batch_fn(step))
     done = step + 1
     if log_every and (done % log_every == 0 or done == num_steps):

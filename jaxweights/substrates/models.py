@@ -11,7 +11,7 @@ Per-sample gradient norms are exact on all three (see ``grad_norms``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +22,15 @@ class MLP(nnx.Module):
   """A ReLU multi-layer perceptron ``[batch, in] -> [batch, out]``."""
 
   def __init__(
-      self,
-      in_features: int,
-      hidden: Sequence[int],
-      out_features: int,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
   ):
     sizes = [in_features, *hidden, out_features]
-    self.layers = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
-    )
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for layer in self.layers[:-1]:
@@ -57,20 +55,18 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
 
   @classmethod
-  def small(cls, **kw) -> "TransformerConfig":
+  def small(cls, **kw) -> TransformerConfig:
     return cls(**kw)
 
   @classmethod
-  def tiny(cls, **kw) -> "TransformerConfig":
+  def tiny(cls, **kw) -> TransformerConfig:
     base = dict(vocab_size=1024, d_model=96, n_layers=2, n_heads=4, d_ff=384, max_len=64)
     base.update(kw)
     return cls(**base)
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
-      raise ValueError(
-          f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
-      )
+      raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}).")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
@@ -79,7 +75,6 @@ class TransformerConfig:
 
 
 class CausalSelfAttention(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.n_heads = cfg.n_heads
     self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, dtype=cfg.dtype, rngs=rngs)
@@ -94,7 +89,6 @@ class CausalSelfAttention(nnx.Module):
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.attn = CausalSelfAttention(cfg, rngs=rngs)
@@ -187,8 +181,9 @@ class LlamaConfig:
   def __post_init__(self):
     if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
       raise ValueError(
-          f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads "
-          "of even size (rotary embeddings rotate pairs).")
+        f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads "
+        "of even size (rotary embeddings rotate pairs)."
+      )
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -200,7 +195,7 @@ def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
   """Rotary position embedding of ``x`` ``[batch, seq, heads, head_dim]`` (half-split pairs)."""
   t, d = x.shape[1], x.shape[-1]
   inv = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
-  ang = jnp.arange(t, dtype=jnp.float32)[:, None] * inv[None, :]       # [seq, d/2]
+  ang = jnp.arange(t, dtype=jnp.float32)[:, None] * inv[None, :]  # [seq, d/2]
   cos, sin = jnp.cos(ang)[None, :, None, :], jnp.sin(ang)[None, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
@@ -248,6 +243,7 @@ class Llama(nnx.Module):
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     if cfg.scan:
+
       @nnx.split_rngs(splits=cfg.n_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def create(rngs):
@@ -258,8 +254,7 @@ class Llama(nnx.Module):
       self.blocks = nnx.List([LlamaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     if not cfg.tied:
-      self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
-                             dtype=cfg.dtype, rngs=rngs)
+      self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=cfg.dtype, rngs=rngs)
 
   def hidden_states(self, tokens: jax.Array) -> jax.Array:
     """The residual stream ``[batch, seq, d_model]`` after the last block."""
@@ -269,6 +264,7 @@ class Llama(nnx.Module):
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}.")
     x = self.embed(tokens)
     if self.cfg.scan:
+
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
       def run(block, x):
         return block(x)

@@ -28,7 +28,8 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,10 +39,18 @@ if TYPE_CHECKING:
 EOT = "<|endoftext|>"
 _CACHE_FORMAT = 1
 # Directory names never read by :func:`stdlib_corpus`.
-_STDLIB_SKIP_DIRS = frozenset({
-    "__pycache__", "site-packages", "dist-packages", "test", "tests",
-    "idle_test", "idlelib", "pydoc_data",
-})
+_STDLIB_SKIP_DIRS = frozenset(
+  {
+    "__pycache__",
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "pydoc_data",
+  }
+)
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -127,20 +136,17 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> dict[str, np.nd
   try:
     from sklearn import datasets, model_selection
   except ImportError as e:
-    raise ImportError(
-        "load_digits needs scikit-learn: pip install 'jaxweights[experiments]'"
-    ) from e
+    raise ImportError("load_digits needs scikit-learn: pip install 'jaxweights[experiments]'") from e
   digits = datasets.load_digits()
   x = (digits.data / 16.0).astype(np.float32)
   y = digits.target.astype(np.int32)
   x_train, x_test, y_train, y_test = model_selection.train_test_split(
-      x, y, test_size=test_fraction, random_state=seed, stratify=y
+    x, y, test_size=test_fraction, random_state=seed, stratify=y
   )
   return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-def digits_batch(data: dict, *, seed: int, step: int, batch_size: int,
-                 split: str = "train") -> dict:
+def digits_batch(data: dict, *, seed: int, step: int, batch_size: int, split: str = "train") -> dict:
   """Batch ``step`` of a :func:`load_digits` split (see :func:`batch_indices`).
 
   Returns:
@@ -173,7 +179,7 @@ class TextCorpus:
     test_files: the held-out documents' names; disjoint from ``train_files``.
   """
 
-  tokenizer: "tokenizers.Tokenizer"
+  tokenizer: tokenizers.Tokenizer
   train_tokens: np.ndarray
   test_tokens: np.ndarray
   train_files: list[str]
@@ -195,12 +201,12 @@ class TextCorpus:
     os.makedirs(directory, exist_ok=True)
     self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
     split = {
-        "vocab_size": self.vocab_size,
-        "eot_id": self.eot_id,
-        "n_train_tokens": int(self.train_tokens.size),
-        "n_test_tokens": int(self.test_tokens.size),
-        "train_files": list(self.train_files),
-        "test_files": list(self.test_files),
+      "vocab_size": self.vocab_size,
+      "eot_id": self.eot_id,
+      "n_train_tokens": int(self.train_tokens.size),
+      "n_test_tokens": int(self.test_tokens.size),
+      "train_files": list(self.train_files),
+      "test_files": list(self.test_files),
     }
     with open(os.path.join(directory, "split.json"), "w") as f:
       json.dump(split, f, indent=1)
@@ -228,10 +234,7 @@ def _stdlib_documents() -> list[tuple[str, int, Callable[[], str]]]:
   root = sysconfig.get_paths()["stdlib"]
   docs = []
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(
-        d for d in dirnames
-        if d not in _STDLIB_SKIP_DIRS and not d.startswith("config-")
-    )
+    dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP_DIRS and not d.startswith("config-"))
     for name in filenames:
       path = os.path.join(dirpath, name)
       if not name.endswith(".py") or os.path.getsize(path) == 0:
@@ -251,12 +254,13 @@ def _prose_documents() -> list[tuple[str, int, Callable[[], str]]]:
   from pydoc_data import topics
 
   return [
-      (f"topics/{k}", len(v.encode("utf-8")), functools.partial(lambda s: s, v))
-      for k, v in sorted(topics.topics.items()) if v
+    (f"topics/{k}", len(v.encode("utf-8")), functools.partial(lambda s: s, v))
+    for k, v in sorted(topics.topics.items())
+    if v
   ]
 
 
-def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> "tokenizers.Tokenizer":
+def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> tokenizers.Tokenizer:
   """A byte-level BPE with ``<|endoftext|>`` as id 0, trained on ``texts``."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -264,16 +268,16 @@ def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> "tokenizers.Token
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size,
-      special_tokens=[EOT],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False,
+    vocab_size=vocab_size,
+    special_tokens=[EOT],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
   )
   tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
   return tok
 
 
-def _encode_stream(tok: "tokenizers.Tokenizer", texts: Sequence[str]) -> np.ndarray:
+def _encode_stream(tok: tokenizers.Tokenizer, texts: Sequence[str]) -> np.ndarray:
   eot = tok.token_to_id(EOT)
   parts = []
   for enc in tok.encode_batch(list(texts), add_special_tokens=False):
@@ -282,30 +286,41 @@ def _encode_stream(tok: "tokenizers.Tokenizer", texts: Sequence[str]) -> np.ndar
   return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def _build_corpus(kind: str, list_docs: Callable[[], list], *, vocab_size: int,
-                  max_bytes: int | None, test_fraction: float, seed: int,
-                  cache_dir: str | None) -> TextCorpus:
+def _build_corpus(
+  kind: str,
+  list_docs: Callable[[], list],
+  *,
+  vocab_size: int,
+  max_bytes: int | None,
+  test_fraction: float,
+  seed: int,
+  cache_dir: str | None,
+) -> TextCorpus:
   try:
     import tokenizers
   except ImportError as e:
-    raise ImportError(
-        "text corpora need tokenizers: pip install 'jaxweights[experiments]'"
-    ) from e
+    raise ImportError("text corpora need tokenizers: pip install 'jaxweights[experiments]'") from e
   vocab_size = _nonneg_int(vocab_size, "vocab_size")
   if vocab_size < 257:
-    raise ValueError(
-        f"vocab_size must be >= 257 (256 byte tokens + {EOT}), got {vocab_size}."
-    )
+    raise ValueError(f"vocab_size must be >= 257 (256 byte tokens + {EOT}), got {vocab_size}.")
   if max_bytes is not None:
     max_bytes = _pos_int(max_bytes, "max_bytes")
   test_fraction = _check_fraction(test_fraction, "test_fraction")
   seed = _nonneg_int(seed, "seed")
 
-  key = json.dumps({
-      "kind": kind, "vocab_size": vocab_size, "max_bytes": max_bytes,
-      "test_fraction": test_fraction, "seed": seed, "python": sys.version,
-      "tokenizers": tokenizers.__version__, "format": _CACHE_FORMAT,
-  }, sort_keys=True)
+  key = json.dumps(
+    {
+      "kind": kind,
+      "vocab_size": vocab_size,
+      "max_bytes": max_bytes,
+      "test_fraction": test_fraction,
+      "seed": seed,
+      "python": sys.version,
+      "tokenizers": tokenizers.__version__,
+      "format": _CACHE_FORMAT,
+    },
+    sort_keys=True,
+  )
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
   target = os.path.join(cache_dir, f"{kind}-{digest}")
@@ -324,8 +339,7 @@ def _build_corpus(kind: str, list_docs: Callable[[], list], *, vocab_size: int,
     total += size
   if len(chosen) < 2:
     raise ValueError(
-        f"max_bytes={max_bytes} selects {len(chosen)} document(s); need at least 2 "
-        "for a train/test split."
+      f"max_bytes={max_bytes} selects {len(chosen)} document(s); need at least 2 for a train/test split."
     )
   n_test = min(max(1, round(test_fraction * len(chosen))), len(chosen) - 1)
   test = sorted(chosen[:n_test])
@@ -335,11 +349,11 @@ def _build_corpus(kind: str, list_docs: Callable[[], list], *, vocab_size: int,
 
   tok = _train_tokenizer(train_texts, vocab_size)
   corpus = TextCorpus(
-      tokenizer=tok,
-      train_tokens=_encode_stream(tok, train_texts),
-      test_tokens=_encode_stream(tok, test_texts),
-      train_files=[name for name, _ in train],
-      test_files=[name for name, _ in test],
+    tokenizer=tok,
+    train_tokens=_encode_stream(tok, train_texts),
+    test_tokens=_encode_stream(tok, test_texts),
+    train_files=[name for name, _ in train],
+    test_files=[name for name, _ in test],
   )
 
   # Write into a scratch folder and rename it into place: readers never see a
@@ -348,8 +362,9 @@ def _build_corpus(kind: str, list_docs: Callable[[], list], *, vocab_size: int,
   scratch = tempfile.mkdtemp(prefix=f".{kind}-{digest}-", dir=cache_dir)
   try:
     corpus.save(scratch)
-    np.savez(os.path.join(scratch, "tokens.npz"),
-             train_tokens=corpus.train_tokens, test_tokens=corpus.test_tokens)
+    np.savez(
+      os.path.join(scratch, "tokens.npz"), train_tokens=corpus.train_tokens, test_tokens=corpus.test_tokens
+    )
     try:
       os.rename(scratch, target)
     except OSError:
@@ -359,9 +374,14 @@ def _build_corpus(kind: str, list_docs: Callable[[], list], *, vocab_size: int,
   return corpus
 
 
-def stdlib_corpus(*, vocab_size: int = 1024, max_bytes: int | None = None,
-                  test_fraction: float = 0.1, seed: int = 0,
-                  cache_dir: str | None = None) -> TextCorpus:
+def stdlib_corpus(
+  *,
+  vocab_size: int = 1024,
+  max_bytes: int | None = None,
+  test_fraction: float = 0.1,
+  seed: int = 0,
+  cache_dir: str | None = None,
+) -> TextCorpus:
   """Python source: this interpreter's standard library, held out by file.
 
   Reads every ``.py`` file under ``sysconfig.get_paths()["stdlib"]`` (sorted,
@@ -385,22 +405,39 @@ def stdlib_corpus(*, vocab_size: int = 1024, max_bytes: int | None = None,
   Returns:
     A :class:`TextCorpus`.
   """
-  return _build_corpus("stdlib", _stdlib_documents, vocab_size=vocab_size,
-                       max_bytes=max_bytes, test_fraction=test_fraction, seed=seed,
-                       cache_dir=cache_dir)
+  return _build_corpus(
+    "stdlib",
+    _stdlib_documents,
+    vocab_size=vocab_size,
+    max_bytes=max_bytes,
+    test_fraction=test_fraction,
+    seed=seed,
+    cache_dir=cache_dir,
+  )
 
 
-def prose_corpus(*, vocab_size: int = 1024, max_bytes: int | None = None,
-                 test_fraction: float = 0.1, seed: int = 0,
-                 cache_dir: str | None = None) -> TextCorpus:
+def prose_corpus(
+  *,
+  vocab_size: int = 1024,
+  max_bytes: int | None = None,
+  test_fraction: float = 0.1,
+  seed: int = 0,
+  cache_dir: str | None = None,
+) -> TextCorpus:
   """English prose: the stdlib's ``pydoc_data.topics`` (~0.5 MB), held out by topic.
 
   Same recipe and arguments as :func:`stdlib_corpus`; each of the ~90 help
   topics is one document, named ``topics/<name>``.
   """
-  return _build_corpus("prose", _prose_documents, vocab_size=vocab_size,
-                       max_bytes=max_bytes, test_fraction=test_fraction, seed=seed,
-                       cache_dir=cache_dir)
+  return _build_corpus(
+    "prose",
+    _prose_documents,
+    vocab_size=vocab_size,
+    max_bytes=max_bytes,
+    test_fraction=test_fraction,
+    seed=seed,
+    cache_dir=cache_dir,
+  )
 
 
 def _check_window(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
@@ -409,15 +446,13 @@ def _check_window(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
     raise ValueError(f"tokens must be a 1-D stream, got shape {tokens.shape}.")
   seq_len = _pos_int(seq_len, "seq_len")
   if tokens.size < seq_len + 1:
-    raise ValueError(
-        f"seq_len={seq_len} needs a stream of at least {seq_len + 1} tokens, "
-        f"got {tokens.size}."
-    )
+    raise ValueError(f"seq_len={seq_len} needs a stream of at least {seq_len + 1} tokens, got {tokens.size}.")
   return tokens, seq_len
 
 
-def lm_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int,
-             seq_len: int) -> dict[str, np.ndarray]:
+def lm_batch(
+  tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int
+) -> dict[str, np.ndarray]:
   """Random windows of a token stream, a pure function of ``(seed, step)``.
 
   Start offsets are ``np.random.default_rng((seed, step)).integers(0, T - seq_len,
@@ -439,15 +474,14 @@ def lm_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int,
   batch_size = _pos_int(batch_size, "batch_size")
   seed = _nonneg_int(seed, "seed")
   step = _nonneg_int(step, "step")
-  starts = np.random.default_rng((seed, step)).integers(
-      0, tokens.size - seq_len, size=batch_size
-  )
+  starts = np.random.default_rng((seed, step)).integers(0, tokens.size - seq_len, size=batch_size)
   window = tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
   return {"tokens": window, "mask": np.ones(window.shape, bool)}
 
 
-def lm_eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
-                    max_batches: int | None = None) -> Iterator[dict]:
+def lm_eval_batches(
+  tokens: np.ndarray, *, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> Iterator[dict]:
   """Every window of a held-out stream once, in order, as fixed-shape batches.
 
   Window ``k`` is ``tokens[k * seq_len : k * seq_len + seq_len + 1]`` for
@@ -492,10 +526,17 @@ def lm_eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
 # Synthetic regression.
 
 
-def linear_regression_data(*, seed: int, n_train: int = 2000, n_test: int = 1000,
-                           dim: int = 20, easy_fraction: float = 0.4,
-                           noisy_fraction: float = 0.2, noise_std: float = 0.1,
-                           outlier_std: float = 3.0) -> dict[str, np.ndarray]:
+def linear_regression_data(
+  *,
+  seed: int,
+  n_train: int = 2000,
+  n_test: int = 1000,
+  dim: int = 20,
+  easy_fraction: float = 0.4,
+  noisy_fraction: float = 0.2,
+  noise_std: float = 0.1,
+  outlier_std: float = 3.0,
+) -> dict[str, np.ndarray]:
   """Linear regression with three kinds of training rows (after Sow et al.).
 
   ``w_true ~ N(0, I / dim)``, so ``x @ w_true`` has unit variance for
@@ -523,10 +564,7 @@ def linear_regression_data(*, seed: int, n_train: int = 2000, n_test: int = 1000
     if not 0.0 <= float(v) <= 1.0:
       raise ValueError(f"{name} must be in [0, 1], got {v!r}.")
   if easy_fraction + noisy_fraction > 1.0:
-    raise ValueError(
-        f"easy_fraction + noisy_fraction must be <= 1, got "
-        f"{easy_fraction} + {noisy_fraction}."
-    )
+    raise ValueError(f"easy_fraction + noisy_fraction must be <= 1, got {easy_fraction} + {noisy_fraction}.")
   for name, v in (("noise_std", noise_std), ("outlier_std", outlier_std)):
     if not float(v) >= 0.0:
       raise ValueError(f"{name} must be >= 0, got {v!r}.")
@@ -541,20 +579,19 @@ def linear_regression_data(*, seed: int, n_train: int = 2000, n_test: int = 1000
   x = rng.normal(size=(n_train, dim))
   prototypes = rng.normal(size=(5, dim))
   easy = kind == 1
-  x[easy] = prototypes[rng.integers(0, 5, size=n_easy)] + 0.01 * rng.normal(
-      size=(n_easy, dim))
+  x[easy] = prototypes[rng.integers(0, 5, size=n_easy)] + 0.01 * rng.normal(size=(n_easy, dim))
   noise_scale = np.where(kind == 2, outlier_std, noise_std)
   y = x @ w_true + noise_scale * rng.normal(size=n_train)
   perm = rng.permutation(n_train)
 
   x_test = rng.normal(size=(n_test, dim))
   return {
-      "x_train": x[perm].astype(np.float32),
-      "y_train": y[perm].astype(np.float32),
-      "x_test": x_test.astype(np.float32),
-      "y_test": (x_test @ w_true).astype(np.float32),
-      "w_true": w_true.astype(np.float32),
-      "kind_train": kind[perm],
+    "x_train": x[perm].astype(np.float32),
+    "y_train": y[perm].astype(np.float32),
+    "x_test": x_test.astype(np.float32),
+    "y_test": (x_test @ w_true).astype(np.float32),
+    "w_true": w_true.astype(np.float32),
+    "kind_train": kind[perm],
   }
 
 
@@ -584,14 +621,13 @@ class TfdsSource:
     keys: the features to return (default: all).
   """
 
-  def __init__(self, name: str, *, split: str, data_dir: str | None = None,
-               keys: Sequence[str] | None = None):
+  def __init__(
+    self, name: str, *, split: str, data_dir: str | None = None, keys: Sequence[str] | None = None
+  ):
     try:
       import tensorflow_datasets as tfds
     except ImportError as e:
-      raise ImportError(
-          "TfdsSource needs tensorflow-datasets: pip install 'jaxweights[tfds]'"
-      ) from e
+      raise ImportError("TfdsSource needs tensorflow-datasets: pip install 'jaxweights[tfds]'") from e
     if isinstance(keys, str):
       raise ValueError(f"keys must be a sequence of feature names, got {keys!r}.")
     self.name = name
@@ -623,8 +659,6 @@ class TfdsSource:
     if self.keys is not None:
       missing = [k for k in self.keys if k not in examples[0]]
       if missing:
-        raise ValueError(
-            f"features {missing} are not in {self.name}; it has {sorted(examples[0])}."
-        )
+        raise ValueError(f"features {missing} are not in {self.name}; it has {sorted(examples[0])}.")
       examples = [{k: ex[k] for k in self.keys} for ex in examples]
     return _stack(examples)

@@ -12,7 +12,7 @@ split into M groups, each scored by the squared norm of its summed gradient; eac
 sample then gets its group's weight shared among the group's valid samples).
 
 With ``method="ghost"`` on a model whose every parameter's every use is captured
-exactly (see :func:`jaxweights.grad_norms.ghost_plan`), the PRESENCE step uses book-keeping: one tapped forward/backward
+exactly (see :func:`jaxweights.families.self_influence.grad_norms.ghost_plan`), the PRESENCE step uses book-keeping: one tapped forward/backward
 pass yields the norms, and the weighted gradient is formed from the same stored
 activations and output gradients, so no second backward pass is needed.
 
@@ -26,35 +26,37 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Literal, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxweights import grad_norms, normalize
-from jaxweights.train import merge_model
-from jaxweights._reduce import AxisName, as_mask, check_per_sample, concrete_scalar, gsum
-from jaxweights.weighting import (
-    GradientContext,
-    GradientOutput,
-    PrepareContext,
-    WeightInputs,
-    Weighting,
+from jaxweights.core import normalize
+from jaxweights.core.contract import (
+  GradientContext,
+  GradientOutput,
+  PrepareContext,
+  Weighting,
+  WeightInputs,
 )
+from jaxweights.core.reductions import AxisName, as_mask, check_per_sample, concrete_scalar
+from jaxweights.core.step import merge_model
+from jaxweights.families.self_influence import grad_norms
 
 Schedule = Callable[[jax.Array], jax.Array]
 SCORE_KEY = "presence_scores"
 
 
 def presence_weights(
-    scores: jax.Array,
-    *,
-    tau: jax.typing.ArrayLike = 1.0,
-    mask: jax.Array | None = None,
-    axis_name: AxisName = None,
-    eps: float = 1e-8,
+  scores: jax.Array,
+  *,
+  tau: jax.typing.ArrayLike = 1.0,
+  mask: jax.Array | None = None,
+  axis_name: AxisName = None,
+  eps: float = 1e-8,
 ) -> jax.Array:
   """PRESENCE weights ``softmax(tau * zscore(scores))`` over the global batch.
 
@@ -109,16 +111,16 @@ def _weights(scores, sample_mask, tau, microbatches, axis_name):
   return _expand_group_weights(gw, sample_mask, microbatches, axis_name)
 
 
-def presence(
-    *,
-    tau: float | Schedule = 1.0,
-    method: grad_norms.Method = "ghost",
-    layers: grad_norms.LayerSelector = None,
-    microbatches: int | None = None,
-    bookkeeping: Literal["auto", "never"] = "auto",
-    fallback: Literal["vmap", "error"] = "vmap",
-    num_probes: int = 16,
-    chunk_size: int | None = None,
+def presence_weighting(
+  *,
+  tau: float | Schedule = 1.0,
+  method: grad_norms.Method = "ghost",
+  layers: grad_norms.LayerSelector = None,
+  microbatches: int | None = None,
+  bookkeeping: Literal["auto", "never"] = "auto",
+  fallback: Literal["vmap", "error"] = "vmap",
+  num_probes: int = 16,
+  chunk_size: int | None = None,
 ) -> Weighting:
   """The PRESENCE weighting for :func:`jaxweights.make_train_step`.
 
@@ -134,7 +136,7 @@ def presence(
       and with ``"never"``, the step takes a second, ordinary backward pass.
     fallback: for ``method="ghost"``, parameters that cannot be tapped exactly
       get exact ``"vmap"`` norms (default) or raise (``"error"``); see
-      :func:`jaxweights.grad_norms.ghost_plan`.
+      :func:`jaxweights.families.self_influence.grad_norms.ghost_plan`.
     num_probes: probes for ``method="jvp"``.
     chunk_size: samples per chunk of the norm computation (``vmap``, or
       ``ghost`` captured chunk by chunk, which bounds memory and then uses the
@@ -168,13 +170,20 @@ def presence(
       return ctx.batch  # the gradient override computes everything in one pass
     if not isinstance(ctx.batch, dict):
       raise TypeError(
-          f"PRESENCE's prepare pass adds '{SCORE_KEY}' to a dict batch, got "
-          f"{type(ctx.batch).__name__}."
+        f"PRESENCE's prepare pass adds '{SCORE_KEY}' to a dict batch, got {type(ctx.batch).__name__}."
       )
     norms = grad_norms.per_sample_grad_norms(
-        ctx.loss_fn, ctx.model, ctx.batch, method=method, layers=layers,
-        microbatches=microbatches, num_probes=num_probes, key=ctx.key,
-        chunk_size=chunk_size, axis_name=ctx.axis_name, fallback=fallback,
+      ctx.loss_fn,
+      ctx.model,
+      ctx.batch,
+      method=method,
+      layers=layers,
+      microbatches=microbatches,
+      num_probes=num_probes,
+      key=ctx.key,
+      chunk_size=chunk_size,
+      axis_name=ctx.axis_name,
+      fallback=fallback,
     )
     scores = norms.total
     if microbatches is not None:  # store per sample: each gets its group's score
@@ -190,22 +199,22 @@ def presence(
     return w, state
 
   def gradient(ctx: GradientContext) -> GradientOutput | None:
-    model = merge_model(ctx.graphdef, ctx.params, ctx.rest)
+    model = merge_model(ctx.graphdef, ctx.params, ctx.model_vars)
     if not use_bookkeeping(ctx.loss_fn, model, ctx.batch):
       return None  # decline: the step takes the ordinary weighted backward pass
     capture = grad_norms.ghost_capture(ctx.loss_fn, model, ctx.batch, axis_name=ctx.axis_name)
     info = grad_norms._analyse(model)  # pylint: disable=protected-access
-    chosen = [p for p, prm in info.params.items()
-              if grad_norms._selected(prm.owner, layers)]  # pylint: disable=protected-access
+    chosen = [p for p, prm in info.params.items() if grad_norms._selected(prm.owner, layers)]  # pylint: disable=protected-access
     if not chosen:
       raise ValueError(f"layers={layers!r} selects no parameters.")
     norms = grad_norms.ghost_norms_from_capture(
-        capture, model, microbatches=microbatches, axis_name=ctx.axis_name, params=chosen)
+      capture, model, microbatches=microbatches, axis_name=ctx.axis_name, params=chosen
+    )
     w = _weights(norms.total, capture.valid, tau_at(ctx.step), microbatches, ctx.axis_name)
     grads = grad_norms.bookkeeping_grads(model, capture, w, axis_name=ctx.axis_name)
     if ctx.axis_name is not None:
       grads = jax.lax.psum(grads, ctx.axis_name)
-    return GradientOutput(grads, capture.losses, capture.valid, w, ctx.state, capture.rest)
+    return GradientOutput(grads, capture.losses, capture.valid, w, ctx.state, capture.model_vars)
 
   return Weighting(init=tuple, update=update, prepare=prepare, gradient=gradient)
 
@@ -213,11 +222,11 @@ def presence(
 # --- offline scoring ------------------------------------------------------------------
 
 
-def self_influence(
-    loss_fn: Callable[[Any, Any], Any],
-    model: nnx.Module,
-    batches: Iterable[Any],
-    **norm_kwargs,
+def self_influence_scores(
+  loss_fn: Callable[[Any, Any], Any],
+  model: nnx.Module,
+  batches: Iterable[Any],
+  **norm_kwargs,
 ) -> np.ndarray:
   """Current-parameter self-influence of every sample in ``batches``.
 
@@ -225,7 +234,7 @@ def self_influence(
     loss_fn: ``loss_fn(model, batch) -> LossOutput``.
     model: the model at the parameters to score.
     batches: an iterable of batches (same shapes, so one compilation).
-    **norm_kwargs: passed to :func:`jaxweights.grad_norms.per_sample_grad_norms`
+    **norm_kwargs: passed to :func:`jaxweights.families.self_influence.grad_norms.per_sample_grad_norms`
       (``method``, ``layers``, ...).
 
   Returns:
@@ -249,18 +258,17 @@ def _scorer(graphdef, loss_fn, frozen_kwargs):
 
   @jax.jit
   def score(state, batch):
-    return grad_norms.per_sample_grad_norms(
-        loss_fn, nnx.merge(graphdef, state), batch, **kwargs).total
+    return grad_norms.per_sample_grad_norms(loss_fn, nnx.merge(graphdef, state), batch, **kwargs).total
 
   return score
 
 
 def tracin_self_influence(
-    loss_fn: Callable[[Any, Any], Any],
-    checkpoints: Sequence[nnx.Module],
-    learning_rates: Sequence[float],
-    batches: Sequence[Any],
-    **norm_kwargs,
+  loss_fn: Callable[[Any, Any], Any],
+  checkpoints: Sequence[nnx.Module],
+  learning_rates: Sequence[float],
+  batches: Sequence[Any],
+  **norm_kwargs,
 ) -> np.ndarray:
   """TracIn self-influence ``sum_c eta_c ||grad l(z; theta_c)||^2``.
 
@@ -276,11 +284,11 @@ def tracin_self_influence(
   """
   if len(checkpoints) != len(learning_rates) or not checkpoints:
     raise ValueError(
-        f"need one learning rate per checkpoint and at least one checkpoint, got "
-        f"{len(checkpoints)} checkpoints and {len(learning_rates)} rates."
+      f"need one learning rate per checkpoint and at least one checkpoint, got "
+      f"{len(checkpoints)} checkpoints and {len(learning_rates)} rates."
     )
   total = None
   for model, lr in zip(checkpoints, learning_rates):
-    s = lr * self_influence(loss_fn, model, batches, **norm_kwargs)
+    s = lr * self_influence_scores(loss_fn, model, batches, **norm_kwargs)
     total = s if total is None else total + s
   return total
