@@ -1,4 +1,4 @@
-"""Benchmark cases for Q-probes (issue 6): probe training and selection vs PyTorch.
+"""Benchmark cases for Q-probes: probe training and selection vs PyTorch.
 
 Both cases time jaxweights against a plain PyTorch re-implementation of the
 same computation on the same data, in the same process and in interleaved

@@ -1,4 +1,4 @@
-"""Benchmark cases for per-sample gradient norms and PRESENCE (issue 3).
+"""Benchmark cases for per-sample gradient norms and PRESENCE.
 
 Norms rows time a jitted function returning ``per_sample_grad_norms(...).total``
 for the batch at the current parameters, against the plain train step
@@ -139,7 +139,7 @@ QUICK_MLP_SIZES = (32, 16, 10)
 
 
 def _mlp(quick: bool):
-  """The methods sheet's MLP on batch 256 (32 -> 16 -> 10 on batch 32 when quick)."""
+  """The benchmark MLP on batch 256 (32 -> 16 -> 10 on batch 32 when quick)."""
   sizes, batch_size = (QUICK_MLP_SIZES, 32) if quick else (MLP_SIZES, 256)
   in_features, hidden, classes = sizes[0], sizes[1:-1], sizes[-1]
   model = jaxweights.MLP(in_features, hidden, classes, rngs=nnx.Rngs(0))

@@ -1,4 +1,4 @@
-"""Benchmark cases for TIW-DSM (Kim et al., ICLR 2024; issue 4).
+"""Benchmark cases for TIW-DSM (Kim et al., ICLR 2024).
 
 Each row times a whole train step of the *same* score network, optimiser (Adam)
 and batch against the plain DSM step (``make_train_step(..., weighting=None)``

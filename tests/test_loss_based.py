@@ -19,7 +19,7 @@ losses_st = hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(0.0, 5
 
 
 def reference_weights(losses, strategy, r, delta=1.0):
-  """The sheet's formulas in plain numpy (float64)."""
+  """The paper's formulas in plain numpy (float64)."""
   l = np.asarray(losses, np.float64)
   h = delta * (2 * l - l.max() - l.min()) / max(l.max() - l.min(), 1e-6)
   f = {

@@ -530,7 +530,7 @@ def mass_verdict(metrics, n, sw) -> str:
       kinds.append(f"{k} {m:.3g} ± {s:.2g} ({_direction(m, s, n)})")
     parts.append(f"{label}: " + ", ".join(kinds))
   return (
-    "Weight mass of injected rows relative to uniform (the sheet expects the "
+    "Weight mass of injected rows relative to uniform (the paper expects the "
     "inverse stage to down-weight noise; 'down/up-weighted' = |mean − 1| > 2 "
     f"standard errors, n={n}): " + "; ".join(parts) + "."
   )

@@ -488,6 +488,6 @@ FINDINGS: list[str] = [
   "correction-only equals TIW-DSM.",
   "DSM(ref) is not worse overall here: 200 reference points are plenty in 2-D (mode "
   "TV 0.035, best sliced W2 0.088). Its within-mode SW (0.050) is worse than "
-  "DSM(obs) (0.038) and the oracle (0.033): the sheet's 'DSM(ref) has worse sample "
+  "DSM(obs) (0.038) and the oracle (0.033): the paper's 'DSM(ref) has worse sample "
   "quality' shows only in mode shape at this scale.",
 ]

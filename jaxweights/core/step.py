@@ -22,7 +22,7 @@ Two data-parallel modes over a ``jax.sharding.Mesh`` give the same numbers:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -96,8 +96,26 @@ def init_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
   """Splits ``model`` and builds the initial :class:`TrainState`.
 
+  Args:
+    model: any Flax NNX model; its ``nnx.Param`` variables are trained, every
+      other variable (BatchNorm statistics, RNG streams) is carried in
+      ``state.model_vars``.
+    optimizer: the optax transformation the step will use (its state is
+      initialised here).
+    weighting: the :class:`~jaxweights.Weighting` the step will use (its state
+      is initialised here); None means uniform.
+    seed: seed of the state's PRNG key, split once per step.
+
   Returns:
     ``(graphdef, state)``; pass ``graphdef`` to :func:`make_train_step`.
+
+  Example:
+    >>> import optax
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> graphdef, state = jw.init_train_state(jw.MLP(4, [8], 2, rngs=nnx.Rngs(0)), optax.sgd(0.1))
+    >>> int(state.step), state.weighting_state
+    (0, ())
   """
   weighting = weighting or uniform_weighting()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -112,8 +130,24 @@ def init_train_state(
   return graphdef, state
 
 
-def data_mesh(devices=None, axis_name: str = "data") -> Mesh:
-  """A 1-D mesh over ``devices`` (default: all) with one data axis (Auto type)."""
+def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
+  """A 1-D mesh with one data axis of ``Auto`` type.
+
+  Args:
+    devices: the devices, in order (default: ``jax.devices()``, every device of
+      every process).
+    axis_name: the axis name.
+
+  Returns:
+    A :class:`jax.sharding.Mesh` of shape ``(len(devices),)``.
+
+  Example:
+    >>> import jax
+    >>> import jaxweights as jw
+    >>> mesh = jw.data_mesh(jax.devices()[:1])
+    >>> mesh.axis_names, mesh.size
+    (('data',), 1)
+  """
   devices = jax.devices() if devices is None else list(devices)
   return jax.make_mesh(
     (len(devices),),
@@ -129,6 +163,17 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
   In a multi-process run every process passes the same global batch (batches
   are pure functions of (seed, step)); each process only transfers the rows of
   its own devices.
+
+  Args:
+    batch: a pytree of ``[B, ...]`` arrays (numpy or jax).
+    mesh: the mesh; ``B`` must be a multiple of its ``axis_name`` size.
+    axis_name: the mesh axis the batch is split over.
+
+  Returns:
+    The same pytree of global ``jax.Array`` s sharded ``P(axis_name)``.
+
+  Raises:
+    ValueError: a leaf is a scalar or its leading axis is not divisible.
   """
   n = mesh.shape[axis_name]
 
@@ -144,7 +189,15 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  """Places every leaf of ``tree`` replicated over ``mesh`` (all processes)."""
+  """Places every leaf of ``tree`` replicated over ``mesh`` (all processes).
+
+  Args:
+    tree: a pytree of arrays, e.g. a :class:`TrainState`.
+    mesh: the mesh.
+
+  Returns:
+    The same pytree of ``jax.Array`` s with sharding ``P()`` on ``mesh``.
+  """
   return jax.tree.map(lambda x: _put(x, NamedSharding(mesh, P())), tree)
 
 
@@ -261,7 +314,7 @@ def make_train_step(
   if mesh is not None and axis_name not in mesh.axis_names:
     raise ValueError(f"axis {axis_name!r} is not in the mesh axes {mesh.axis_names}.")
 
-  inner = _build_step(
+  inner = _Step(
     graphdef,
     loss_fn,
     optimizer,
@@ -304,16 +357,29 @@ def _unsplit(tree):
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
-def _build_step(
-  graphdef, loss_fn, optimizer, weighting, *, axis_name, accumulate: int = 1, weights_over: str = "global"
-):
-  def reseed_micro(params, rest, model_key, a):
-    """Microbatch ``a`` draws its own masks: the model streams reseeded from (key, a)."""
-    return reseed_streams(graphdef, params, rest, jax.random.fold_in(model_key, a), axis_name)
+class _Step:
+  """The traced train step, in named stages.
 
-  def per_sample(params, rest, batch):
-    model = merge_model(graphdef, params, rest)
-    out = loss_fn(model, batch)
+  ``__call__(state, batch)`` reseeds the model's random streams, runs the
+  weighting's ``prepare`` pass, computes weights and gradient with one of
+  :meth:`one_batch`, :meth:`global_weights_accumulated` or
+  :meth:`microbatch_weights_accumulated`, then applies the update unless it must
+  be skipped (:meth:`apply`). ``axis_name`` is None under ``jit`` and the data
+  axis under ``shard_map``.
+  """
+
+  def __init__(self, graphdef, loss_fn, optimizer, weighting, *, axis_name, accumulate, weights_over):
+    self.graphdef, self.loss_fn, self.optimizer = graphdef, loss_fn, optimizer
+    self.weighting, self.axis_name = weighting, axis_name
+    self.accumulate, self.weights_over = accumulate, weights_over
+
+  # --- the forward pass ------------------------------------------------------------
+
+  def per_sample(self, params, rest, batch):
+    """``(safe losses [B], mask [B], non-finite [B], aux, model)`` of one forward pass;
+    NaN/inf losses are masked out and replaced by 0."""
+    model = merge_model(self.graphdef, params, rest)
+    out = self.loss_fn(model, batch)
     if not isinstance(out, LossOutput):
       raise TypeError(f"loss_fn must return jaxweights.LossOutput, got {type(out).__name__}.")
     losses = check_per_sample(out.loss, "loss_fn(...).loss")
@@ -321,83 +387,95 @@ def _build_step(
     given = as_mask(out.mask, losses)
     finite = jnp.isfinite(losses)
     mask = given & finite
-    safe = jnp.where(mask, losses, 0.0)
-    return safe, mask, given & ~finite, out.aux, model
+    return jnp.where(mask, losses, 0.0), mask, given & ~finite, out.aux, model
 
-  def one_batch(params, rest, batch, wstate, step_, weight_key, model_key=None):
-    """Weights and gradient for one (micro)batch: (grads, detached, mask, w, wstate, rest, n_nonfinite)."""
-    out = None
-    if weighting.gradient is not None:
-      out = weighting.gradient(
-        GradientContext(
-          loss_fn=loss_fn,
-          graphdef=graphdef,
-          params=params,
-          model_vars=rest,
-          batch=batch,
-          state=wstate,
-          step=step_,
-          key=weight_key,
-          axis_name=axis_name,
-        )
+  def weight_inputs(self, losses, mask, aux, batch, step, key) -> WeightInputs:
+    return WeightInputs(
+      losses=losses,
+      mask=mask,
+      aux=jax.lax.stop_gradient(aux),
+      batch=batch,
+      step=step,
+      key=key,
+      axis_name=self.axis_name,
+    )
+
+  def reseed_micro(self, params, rest, model_key, a):
+    """Microbatch ``a`` draws its own masks: the model streams reseeded from (key, a)."""
+    return reseed_streams(self.graphdef, params, rest, jax.random.fold_in(model_key, a), self.axis_name)
+
+  # --- weights and gradient ----------------------------------------------------------
+
+  def override(self, params, rest, batch, wstate, step, key):
+    """The weighting's own gradient (PRESENCE's book-keeping), or None when it has
+    none or declines at trace time."""
+    if self.weighting.gradient is None:
+      return None
+    out = self.weighting.gradient(
+      GradientContext(
+        loss_fn=self.loss_fn,
+        graphdef=self.graphdef,
+        params=params,
+        model_vars=rest,
+        batch=batch,
+        state=wstate,
+        step=step,
+        key=key,
+        axis_name=self.axis_name,
       )
+    )
+    if out is None:
+      return None
+    if not isinstance(out, GradientOutput):
+      raise TypeError(f"a weighting's gradient must return GradientOutput, got {type(out).__name__}.")
+    detached = jax.lax.stop_gradient(out.losses)
+    weights = jax.lax.stop_gradient(jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0))
+    new_rest = rest if out.model_vars is None else out.model_vars
+    return out.grads, detached, out.mask, weights, out.state, new_rest, jnp.zeros((), jnp.float32)
+
+  def one_batch(self, params, rest, batch, wstate, step, weight_key, model_key=None):
+    """Weights and gradient of one (micro)batch in one forward and one backward pass:
+    ``(grads, losses, mask, weights, weighting state, model vars, n_nonfinite)``."""
+    del model_key  # the streams were reseeded by the caller
+    out = self.override(params, rest, batch, wstate, step, weight_key)
     if out is not None:
-      if not isinstance(out, GradientOutput):
-        raise TypeError(f"a weighting's gradient must return GradientOutput, got {type(out).__name__}.")
-      detached = jax.lax.stop_gradient(out.losses)
-      weights = jax.lax.stop_gradient(jnp.where(out.mask, check_weights_shape(out.weights, detached), 0.0))
-      zero = jnp.zeros((), jnp.float32)
-      new_rest = rest if out.model_vars is None else out.model_vars
-      return out.grads, detached, out.mask, weights, out.state, new_rest, zero
+      return out
 
     def objective(params):
-      safe, mask, nonfinite, aux, model = per_sample(params, rest, batch)
+      safe, mask, nonfinite, aux, model = self.per_sample(params, rest, batch)
       detached = jax.lax.stop_gradient(safe)
-      inputs = WeightInputs(
-        losses=detached,
-        mask=mask,
-        aux=jax.lax.stop_gradient(aux),
-        batch=batch,
-        step=step_,
-        key=weight_key,
-        axis_name=axis_name,
-      )
-      weights, new_wstate = weighting.update(inputs, wstate)
+      inputs = self.weight_inputs(detached, mask, aux, batch, step, weight_key)
+      weights, new_wstate = self.weighting.update(inputs, wstate)
       weights = check_weights_shape(weights, safe)
       weights = jax.lax.stop_gradient(jnp.where(mask, weights, 0.0))
-      new_rest = _rest_of(model)
-      n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
-      return jnp.sum(weights * safe), (detached, mask, weights, new_wstate, new_rest, n_nonfinite)
+      n_nonfinite = gsum(nonfinite.astype(jnp.float32), self.axis_name)
+      return jnp.sum(weights * safe), (detached, mask, weights, new_wstate, _rest_of(model), n_nonfinite)
 
     grads, aux = jax.grad(objective, has_aux=True)(params)
     return (grads, *aux)
 
-  def global_weights_accumulated(params, rest, batch, wstate, step_, weight_key, model_key):
-    """Weights over the whole batch, gradient accumulated over microbatches."""
-    if weighting.gradient is not None:
+  def global_weights_accumulated(self, params, rest, batch, wstate, step, weight_key, model_key):
+    """Weights over the whole batch (a forward pass over every microbatch), then the
+    gradient accumulated microbatch by microbatch: equals the single-batch update."""
+    if self.weighting.gradient is not None:
       raise ValueError(
         "this weighting forms its own gradient; with accumulate > 1 use weights_over='microbatch'."
       )
-    micro = _split(batch, accumulate)
-    index = jnp.arange(accumulate)
+    micro = _split(batch, self.accumulate)
+    index = jnp.arange(self.accumulate)
 
     def forward(_, xs):
       b, a = xs
-      safe, mask, nonfinite, aux, _m = per_sample(params, reseed_micro(params, rest, model_key, a), b)
+      safe, mask, nonfinite, aux, _m = self.per_sample(
+        params, self.reseed_micro(params, rest, model_key, a), b
+      )
       return None, (safe, mask, nonfinite, aux)
 
     _, stacked = jax.lax.scan(forward, None, (micro, index))
     safe, mask, nonfinite, aux = _unsplit(stacked)
-    inputs = WeightInputs(
-      losses=safe,
-      mask=mask,
-      aux=jax.lax.stop_gradient(aux),
-      batch=batch,
-      step=step_,
-      key=weight_key,
-      axis_name=axis_name,
+    weights, new_wstate = self.weighting.update(
+      self.weight_inputs(safe, mask, aux, batch, step, weight_key), wstate
     )
-    weights, new_wstate = weighting.update(inputs, wstate)
     weights = jax.lax.stop_gradient(jnp.where(mask, check_weights_shape(weights, safe), 0.0))
 
     def backward(carry, xs):
@@ -405,83 +483,75 @@ def _build_step(
       b, w, a = xs
 
       def weighted(p):
-        out = per_sample(p, reseed_micro(params, r, model_key, a), b)
+        out = self.per_sample(p, self.reseed_micro(params, r, model_key, a), b)
         return jnp.sum(w * out[0]), _rest_of(out[4])
 
       g, r = jax.grad(weighted, has_aux=True)(params)
       return (jax.tree.map(jnp.add, acc, g), r), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, new_rest), _ = jax.lax.scan(backward, (zeros, rest), (micro, _split(weights, accumulate), index))
-    n_nonfinite = gsum(nonfinite.astype(jnp.float32), axis_name)
+    xs = (micro, _split(weights, self.accumulate), index)
+    (grads, new_rest), _ = jax.lax.scan(backward, (zeros, rest), xs)
+    n_nonfinite = gsum(nonfinite.astype(jnp.float32), self.axis_name)
     return grads, safe, mask, weights, new_wstate, new_rest, n_nonfinite
 
-  def microbatch_weights_accumulated(params, rest, batch, wstate, step_, weight_key, model_key):
+  def microbatch_weights_accumulated(self, params, rest, batch, wstate, step, weight_key, model_key):
     """Weights within each microbatch; the update averages the microbatch gradients."""
-    micro = _split(batch, accumulate)
-    keys = jax.random.split(weight_key, accumulate)
+    micro = _split(batch, self.accumulate)
+    keys = jax.random.split(weight_key, self.accumulate)
 
     def body(carry, xs):
       acc, ws, r = carry
       b, k, a = xs
-      g, det, m, w, ws, r, nf = one_batch(params, reseed_micro(params, r, model_key, a), b, ws, step_, k)
+      g, det, m, w, ws, r, nf = self.one_batch(
+        params, self.reseed_micro(params, r, model_key, a), b, ws, step, k
+      )
       return (jax.tree.map(jnp.add, acc, g), ws, r), (det, m, w, nf)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grads, new_wstate, new_rest), (det, m, w, nf) = jax.lax.scan(
-      body, (zeros, wstate, rest), (micro, keys, jnp.arange(accumulate))
+      body, (zeros, wstate, rest), (micro, keys, jnp.arange(self.accumulate))
     )
-    grads = jax.tree.map(lambda g: g / accumulate, grads)
-    return (grads, _unsplit(det), _unsplit(m), _unsplit(w) / accumulate, new_wstate, new_rest, jnp.sum(nf))
+    grads = jax.tree.map(lambda g: g / self.accumulate, grads)
+    return grads, _unsplit(det), _unsplit(m), _unsplit(w) / self.accumulate, new_wstate, new_rest, jnp.sum(nf)
 
-  def step(state: TrainState, batch):
-    key, prepare_key, weight_key = jax.random.split(state.key, 3)
-    # Random streams of the model (dropout...) are reseeded from the step key, so
-    # a resumed run draws the same masks, and every pass of one step (prepare,
-    # weighted loss, a gradient override) sees the same masks.
-    model_key = jax.random.fold_in(state.key, _MODEL_STREAM)
-    rest_in = reseed_streams(graphdef, state.params, state.model_vars, model_key, axis_name)
-    if weighting.prepare is not None:
-      model = merge_model(graphdef, state.params, rest_in)
-      batch = weighting.prepare(
-        PrepareContext(
-          loss_fn=loss_fn,
-          model=model,
-          batch=batch,
-          state=state.weighting_state,
-          step=state.step,
-          key=prepare_key,
-          axis_name=axis_name,
-        )
+  def compute(self):
+    if self.accumulate == 1:
+      return self.one_batch
+    if self.weights_over == "global":
+      return self.global_weights_accumulated
+    return self.microbatch_weights_accumulated
+
+  # --- the step ------------------------------------------------------------------------
+
+  def prepare(self, state: TrainState, batch, rest, key):
+    """The weighting's optional pre-pass, which may add per-sample signals to the batch."""
+    if self.weighting.prepare is None:
+      return batch
+    return self.weighting.prepare(
+      PrepareContext(
+        loss_fn=self.loss_fn,
+        model=merge_model(self.graphdef, state.params, rest),
+        batch=batch,
+        state=state.weighting_state,
+        step=state.step,
+        key=key,
+        axis_name=self.axis_name,
       )
-    if accumulate == 1:
-      compute = one_batch
-    elif weights_over == "global":
-      compute = global_weights_accumulated
-    else:
-      compute = microbatch_weights_accumulated
-    grads, detached, mask, weights, wstate, rest, n_nonfinite = compute(
-      state.params,
-      rest_in,
-      batch,
-      state.weighting_state,
-      state.step,
-      weight_key,
-      model_key,
     )
-    local_obj = jnp.sum(weights * detached)
 
+  def apply(self, state: TrainState, grads, mask, weights, wstate, rest, key):
+    """The optimiser update, kept only when it is safe: a finite gradient, at least
+    one valid sample in the global batch (an empty batch must not move momentum or
+    decay the weights), weights within the contract, and a finite result."""
     grad_norm = optax.tree.norm(grads)
-    # Skip (keep the state, say so) when the gradient is not finite, when no sample
-    # of the global batch is valid (an empty batch must not move momentum or decay
-    # the weights), or when the optimiser itself produced a non-finite value.
-    has_valid = normalize.masked_count(mask, axis_name) > 0
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    has_valid = normalize.masked_count(mask, self.axis_name) > 0
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = (
       jnp.isfinite(grad_norm)
       & has_valid
-      & _weights_ok(weights, axis_name)
+      & _weights_ok(weights, self.axis_name)
       & _all_finite(params)
       & _all_finite(opt_state)
     )
@@ -494,10 +564,23 @@ def _build_step(
       step=state.step + 1,
       key=key,
     )
-    metrics = _metrics(detached, mask, weights, local_obj, n_nonfinite, grad_norm, ok, axis_name)
-    return new_state, metrics
+    return new_state, grad_norm, ok
 
-  return step
+  def __call__(self, state: TrainState, batch):
+    key, prepare_key, weight_key = jax.random.split(state.key, 3)
+    # The model's random streams (dropout...) are reseeded from the step key, so a
+    # resumed run draws the same masks, and every pass of one step (prepare,
+    # weighted loss, a gradient override) sees the same masks.
+    model_key = jax.random.fold_in(state.key, _MODEL_STREAM)
+    rest = reseed_streams(self.graphdef, state.params, state.model_vars, model_key, self.axis_name)
+    batch = self.prepare(state, batch, rest, prepare_key)
+    grads, losses, mask, weights, wstate, rest, n_nonfinite = self.compute()(
+      state.params, rest, batch, state.weighting_state, state.step, weight_key, model_key
+    )
+    new_state, grad_norm, ok = self.apply(state, grads, mask, weights, wstate, rest, key)
+    local_obj = jnp.sum(weights * losses)
+    metrics = _metrics(losses, mask, weights, local_obj, n_nonfinite, grad_norm, ok, self.axis_name)
+    return new_state, metrics
 
 
 def _check_batch_size(losses, batch) -> None:
@@ -557,6 +640,15 @@ def make_eval_step(
   model runs in evaluation mode (``Dropout`` off, ``BatchNorm`` on the running
   statistics carried in ``state.model_vars``) through :func:`flax.nnx.view`, unless
   ``train=True``. Nothing the forward pass writes is kept.
+
+  Args:
+    graphdef: from :func:`init_train_state`.
+    loss_fn: ``loss_fn(model, batch) -> LossOutput`` with ``[batch]`` losses.
+    train: run the model in training mode instead.
+
+  Returns:
+    ``evaluate(state, batch) -> (loss_sum, n_valid)``, two float32 scalars over
+    the valid (unmasked, finite) samples.
   """
 
   @jax.jit
@@ -573,5 +665,12 @@ def make_eval_step(
 
 
 def host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
-  """Fetches metrics to the host as Python floats (one device sync)."""
+  """Fetches metrics to the host as Python floats (one device sync).
+
+  Args:
+    metrics: the step's metrics, a dict of scalar arrays.
+
+  Returns:
+    The same keys with Python ``float`` values.
+  """
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
