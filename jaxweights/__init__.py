@@ -31,6 +31,15 @@ from jaxweights.core.contract import (
 )
 from jaxweights.core.losses import cross_entropy, squared_error, token_mean_cross_entropy
 from jaxweights.core.normalize import effective_sample_size
+from jaxweights.core.sharding import (
+  BATCH_AXES,
+  DEFAULT_RULES,
+  bytes_per_device,
+  make_mesh,
+  place,
+  state_shardings,
+  tree_shardings,
+)
 from jaxweights.core.step import (
   LossOutput,
   TrainState,
@@ -139,6 +148,13 @@ __all__ = [
   "TrainState",
   "WeightInputs",
   "Weighting",
+  "BATCH_AXES",
+  "DEFAULT_RULES",
+  "bytes_per_device",
+  "make_mesh",
+  "place",
+  "state_shardings",
+  "tree_shardings",
   "cross_entropy",
   "data_mesh",
   "effective_sample_size",

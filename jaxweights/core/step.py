@@ -21,6 +21,7 @@ Two data-parallel modes over a ``jax.sharding.Mesh`` give the same numbers:
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -44,6 +45,7 @@ from jaxweights.core.contract import (
   uniform_weighting,
 )
 from jaxweights.core.reductions import as_mask, check_per_sample, gmax, gmin, gsum
+from jaxweights.core.sharding import batch_axes
 
 PyTree = Any
 
@@ -157,7 +159,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "dat
   )
 
 
-def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
+def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -> PyTree:
   """Places every leaf of the GLOBAL ``batch`` split along its leading axis.
 
   In a multi-process run every process passes the same global batch (batches
@@ -166,8 +168,10 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
 
   Args:
     batch: a pytree of ``[B, ...]`` arrays (numpy or jax).
-    mesh: the mesh; ``B`` must be a multiple of its ``axis_name`` size.
-    axis_name: the mesh axis the batch is split over.
+    mesh: the mesh; ``B`` must be a multiple of the batch axes' total size.
+    axis_name: the mesh axis or axes the batch is split over (default:
+      :func:`~jaxweights.core.sharding.batch_axes`: ``("data", "fsdp")`` on a
+      :func:`~jaxweights.make_mesh` mesh, the one axis of a data mesh).
 
   Returns:
     The same pytree of global ``jax.Array`` s sharded ``P(axis_name)``.
@@ -175,13 +179,14 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str = "data") -> PyTree:
   Raises:
     ValueError: a leaf is a scalar or its leading axis is not divisible.
   """
-  n = mesh.shape[axis_name]
+  axis_name = batch_axes(mesh) if axis_name is None else axis_name
+  n = _axis_size(mesh, axis_name)
 
   def put(x):
     if x.ndim == 0 or x.shape[0] % n:
       raise ValueError(
         f"a batch leaf of shape {x.shape} cannot be split over {n} devices: "
-        f"the batch size must be a multiple of the '{axis_name}' axis size."
+        f"the batch size must be a multiple of the {axis_name!r} axis size {n}."
       )
     return _put(x, NamedSharding(mesh, P(axis_name)))
 
@@ -199,6 +204,11 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     The same pytree of ``jax.Array`` s with sharding ``P()`` on ``mesh``.
   """
   return jax.tree.map(lambda x: _put(x, NamedSharding(mesh, P())), tree)
+
+
+def _axis_size(mesh: Mesh, axis_name: str | tuple[str, ...]) -> int:
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  return math.prod(mesh.shape[a] for a in names)
 
 
 def _put(x, sharding: NamedSharding):
@@ -263,7 +273,8 @@ def make_train_step(
   *,
   mesh: Mesh | None = None,
   mode: Literal["jit", "shard_map"] = "jit",
-  axis_name: str = "data",
+  axis_name: str | tuple[str, ...] | None = None,
+  state_shardings: PyTree | None = None,
   donate: bool = False,
   accumulate: int = 1,
   weights_over: Literal["global", "microbatch"] = "global",
@@ -277,7 +288,14 @@ def make_train_step(
     weighting: a :class:`~jaxweights.Weighting`; None means uniform (the plain step).
     mesh: a mesh with a data axis; None runs on the default device (``"jit"``).
     mode: ``"jit"`` (sharded global arrays) or ``"shard_map"`` (per-device code).
-    axis_name: the mesh's data axis.
+    axis_name: the mesh axis or axes the batch is split along (default:
+      ``("data", "fsdp")`` on a :func:`~jaxweights.make_mesh` mesh, the one axis
+      of a :func:`data_mesh`).
+    state_shardings: with ``mode="jit"``, the train state's shardings
+      (:func:`~jaxweights.state_shardings`: FSDP / tensor-parallel parameters
+      and optimiser state); the step returns the state with the same layout.
+      None keeps the state replicated. ``mode="shard_map"`` keeps the state
+      replicated and runs data parallel over the batch axes only.
     donate: donate the input state's buffers (saves memory; the input state
       must not be used again).
     accumulate: split each (per-device) batch into this many microbatches and
@@ -311,8 +329,23 @@ def make_train_step(
     raise ValueError(f"accumulate must be >= 1, got {accumulate}.")
   if weights_over not in ("global", "microbatch"):
     raise ValueError(f"weights_over must be 'global' or 'microbatch', got {weights_over!r}.")
-  if mesh is not None and axis_name not in mesh.axis_names:
-    raise ValueError(f"axis {axis_name!r} is not in the mesh axes {mesh.axis_names}.")
+  if mesh is not None:
+    axis_name = batch_axes(mesh) if axis_name is None else axis_name
+    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    if not set(names) <= set(mesh.axis_names):
+      raise ValueError(f"axis {axis_name!r} is not in the mesh axes {mesh.axis_names}.")
+    if mode == "shard_map":
+      others = {a: n for a, n in mesh.shape.items() if a not in names and n > 1}
+      if others or state_shardings is not None:
+        raise ValueError(
+          "mode='shard_map' runs data parallel with a replicated state; the mesh axes "
+          f"{sorted(others)} (or state_shardings) need mode='jit', where XLA partitions "
+          "the sharded parameters."
+        )
+  elif state_shardings is not None:
+    raise ValueError("state_shardings needs a mesh.")
+  else:
+    axis_name = "data"
 
   inner = _Step(
     graphdef,
@@ -332,7 +365,7 @@ def make_train_step(
   replicated = NamedSharding(mesh, P())
   return jax.jit(
     inner,
-    out_shardings=(replicated, replicated),
+    out_shardings=(replicated if state_shardings is None else state_shardings, replicated),
     donate_argnums=donate_argnums,
   )
 
