@@ -38,7 +38,7 @@ test-slow: $(STAMP)
 
 ## Compiled-step benchmarks, as ratios against the plain step in the same process.
 bench: $(STAMP)
-	$(PY) -m benchmarks --json bench_results/bench.json --md bench_results/bench.md
+	XLA_FLAGS="$${XLA_FLAGS:---xla_force_host_platform_device_count=8}" $(PY) -m benchmarks --json bench_results/bench.json --md bench_results/bench.md
 
 clean:
 	rm -rf $(VENV) results bench_results site .pytest_cache

@@ -17,6 +17,7 @@ FAMILY_MODULES: tuple[str, ...] = (
   "benchmarks.noisy_labels",
   "benchmarks.tiw_dsm",
   "benchmarks.q_probe",
+  "benchmarks.scale",
 )
 
 

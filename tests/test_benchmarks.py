@@ -89,3 +89,18 @@ def test_select_and_bad_settings():
   with pytest.raises(ValueError, match="repeats"):
     Settings(repeats=0)
   assert Case("x", lambda quick: None).target_time_ratio is None
+
+
+@pytest.mark.slow
+def test_fsdp_rows_shrink_per_device_memory(tmp_path):
+  # 8 fake devices (conftest): the FSDP-sharded state takes less memory per device
+  # than the replicated one, and the weighted step on it runs.
+  rows = main(
+    ["--quick", "--only", "scale/", "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")]
+  )
+  by = {(r["benchmark"], r["method"]): r for r in rows}
+  fsdp = by[("scale/fsdp_memory", "plain, state FSDP-sharded")]
+  assert "mesh 1x8x1" in fsdp["model"]
+  assert fsdp["peak_memory_ratio_vs_plain"] < 0.6
+  weighted = by[("scale/fsdp_linupper", "linupper")]
+  assert math.isfinite(weighted["time_ratio_vs_plain"]) and weighted["peak_memory_ratio_vs_plain"] > 0
