@@ -145,6 +145,19 @@ class Weighting(NamedTuple):
   depend on per-sample gradients cost one backward pass instead of two. It may
   return None (decided at trace time, e.g. for a model it cannot handle) to
   decline; the step then takes the ordinary path through ``update``.
+
+  Attributes:
+    init: ``init() -> state``, the weighting's initial pytree state (kept in the
+      train state, so it is jitted, sharded and checkpointed with it).
+    update: ``update(inputs, state) -> (weights, state)``: ``[batch]`` float32
+      weights that sum to 1 over the valid samples of the global batch, from a
+      :class:`WeightInputs`, and the new state.
+    prepare: optional ``prepare(ctx) -> batch`` pre-pass run before the
+      weighted forward pass on a :class:`PrepareContext`; it may add per-sample
+      signals to the batch. None skips it.
+    gradient: optional ``gradient(ctx) -> GradientOutput | None`` override of
+      the weighted gradient, given a :class:`GradientContext`; None (the field,
+      or the value it returns) keeps the step's own ``jax.grad``.
   """
 
   init: Callable[[], PyTree]
@@ -156,7 +169,41 @@ class Weighting(NamedTuple):
 def stateless(weight_fn: Callable[..., jax.Array], name: str | None = None) -> Weighting:
   """Wraps a pure ``weight_fn(losses, mask=, axis_name=) -> weights`` as a Weighting.
 
-  The state is an empty tuple.
+  The weighting's state is an empty tuple; ``update`` calls ``weight_fn`` on the
+  step's detached per-sample losses, mask and axis name and passes the state
+  through unchanged.
+
+  Args:
+    weight_fn: ``weight_fn(losses, *, mask, axis_name) -> weights`` mapping
+      ``[batch]`` float32 losses and a ``[batch]`` boolean mask to ``[batch]``
+      float32 weights that sum to 1 over the valid samples of the global batch.
+    name: the ``__name__`` given to ``update`` (shown in traces and profiles);
+      default ``weight_fn.__name__``.
+
+  Returns:
+    A stateless :class:`Weighting`: ``init() == ()``, no ``prepare``/``gradient``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> def inverse_loss(losses, *, mask, axis_name=None):
+    ...   return jw.normalize.sum_to_one(1.0 / (1.0 + losses), mask, axis_name=axis_name)
+    >>> weighting = jw.stateless(inverse_loss)
+    >>> state = weighting.init()
+    >>> state
+    ()
+    >>> inputs = jw.WeightInputs(
+    ...   losses=jnp.array([0.0, 1.0, 3.0]),
+    ...   mask=jnp.array([True, True, False]),
+    ...   aux=None,
+    ...   batch=None,
+    ...   step=jnp.int32(0),
+    ...   key=jax.random.key(0),
+    ... )
+    >>> weights, state = weighting.update(inputs, state)
+    >>> tuple(round(float(w), 4) for w in weights)
+    (0.6667, 0.3333, 0.0)
   """
 
   def update(inputs: WeightInputs, state):
@@ -168,7 +215,30 @@ def stateless(weight_fn: Callable[..., jax.Array], name: str | None = None) -> W
 
 
 def uniform_weighting() -> Weighting:
-  """Uniform ``1/n_valid`` weights: the plain mean-loss step."""
+  """Uniform ``1/n_valid`` weights: the plain mean-loss step.
+
+  Returns:
+    A stateless :class:`Weighting` whose ``update`` gives every valid sample of
+    the global batch the weight ``1 / n_valid`` (and padding 0), so the train
+    step minimises the plain mean loss.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> weighting = jw.uniform_weighting()
+    >>> inputs = jw.WeightInputs(
+    ...   losses=jnp.array([5.0, 1.0, 2.0, 0.0]),
+    ...   mask=jnp.array([True, True, True, False]),
+    ...   aux=None,
+    ...   batch=None,
+    ...   step=jnp.int32(0),
+    ...   key=jax.random.key(0),
+    ... )
+    >>> weights, _ = weighting.update(inputs, weighting.init())
+    >>> tuple(round(float(w), 4) for w in weights)
+    (0.3333, 0.3333, 0.3333, 0.0)
+  """
   from jaxweights.core import normalize
 
   def uniform_fn(losses, *, mask, axis_name=None):
@@ -178,7 +248,20 @@ def uniform_weighting() -> Weighting:
   return stateless(uniform_fn, "uniform")
 
 
-def check_weights_shape(weights: jax.Array, losses: jax.Array) -> jax.Array:
+def check_weights_shape(weights: jax.typing.ArrayLike, losses: jax.Array) -> jax.Array:
+  """Checks that a weighting returned one weight per sample.
+
+  Args:
+    weights: the weights a weighting's ``update`` returned; should be
+      ``[batch]`` like ``losses``.
+    losses: ``[batch]`` float per-sample losses.
+
+  Returns:
+    ``weights`` as a ``[batch]`` array (``jnp.asarray``, dtype unchanged).
+
+  Raises:
+    ValueError: ``weights`` does not have the shape of ``losses``.
+  """
   weights = jnp.asarray(weights)
   if weights.shape != losses.shape:
     raise ValueError(

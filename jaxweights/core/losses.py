@@ -31,7 +31,24 @@ def token_mean_cross_entropy(
   Returns:
     ``(losses, sample_mask)``: ``[batch]`` float32 mean CE over active tokens,
     and ``[batch]`` booleans, False for a sequence with no active token (its loss
-    is 0 and it must get weight 0; the train step does this).
+    is 0 and it must get weight 0; the train step does this). An active target
+    outside ``[0, vocab)`` gives its sequence a NaN loss under ``jit``.
+
+  Raises:
+    ValueError: ``logits`` is not rank 3, has an empty vocabulary axis, or
+      ``targets``/``token_mask`` do not match its ``[batch, seq]``; or a
+      concrete active target is outside ``[0, vocab)`` (e.g. -100 padding).
+    TypeError: ``logits`` is not floating point or ``targets`` not integer.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> logits = jnp.zeros((2, 3, 4))  # uniform over a vocabulary of 4
+    >>> targets = jnp.array([[1, 2, 3], [0, 0, 0]])
+    >>> token_mask = jnp.array([[True, True, False], [False, False, False]])
+    >>> losses, sample_mask = jw.token_mean_cross_entropy(logits, targets, token_mask)
+    >>> [round(float(l), 4) for l in losses], sample_mask.tolist()
+    ([1.3863, 0.0], [True, False])
   """
   logits, targets = jnp.asarray(logits), jnp.asarray(targets)
   if logits.ndim != 3:
@@ -54,7 +71,31 @@ def token_mean_cross_entropy(
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-sample softmax cross-entropy: ``[batch, classes]``, ``[batch]`` -> ``[batch]``."""
+  """Per-sample softmax cross-entropy: ``[batch, classes]``, ``[batch]`` -> ``[batch]``.
+
+  Args:
+    logits: ``[batch, classes]`` float unnormalised log-probabilities (computed
+      in float32).
+    labels: ``[batch]`` integer class ids in ``[0, classes)``.
+
+  Returns:
+    ``[batch]`` float32 per-sample losses ``-log softmax(logits)[label]``; NaN
+    for a traced label outside ``[0, classes)`` (the train step gives such a
+    sample weight 0).
+
+  Raises:
+    ValueError: the shapes are not ``[batch, classes]`` and ``[batch]``, the
+      class axis is empty, or a concrete label is outside ``[0, classes)``.
+    TypeError: ``logits`` is not floating point or ``labels`` not integer.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
+    >>> losses = jw.cross_entropy(logits, jnp.array([3, 0]))
+    >>> losses.shape, [round(float(l), 4) for l in losses]
+    ((2,), [1.3863, 0.0001])
+  """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(
@@ -74,6 +115,20 @@ def label_in_range(
   (``where``) raises a ``ValueError``: jax would otherwise wrap -1 to the last
   class silently. Under ``jit`` the caller gives such entries a NaN loss, which
   the train step treats as padding (weight 0) and counts in ``n_nonfinite``.
+
+  Args:
+    labels: ``[...]`` integer class ids, any shape.
+    num_classes: the number of classes.
+    name: the argument's name in the error message.
+    where: optional booleans of ``labels``' shape: only these entries are
+      checked (None checks all).
+
+  Returns:
+    Booleans of ``labels``' shape, True where the label is in range.
+
+  Raises:
+    ValueError: ``labels`` is concrete and has an out-of-range entry where
+      ``where`` is True.
   """
   ok = (labels >= 0) & (labels < num_classes)
   counts = concrete_array(ok if where is None else ok | ~jnp.asarray(where).astype(bool))
@@ -101,7 +156,28 @@ def _check_float_int(logits, targets):
 
 
 def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-sample mean squared error over all non-batch axes -> ``[batch]``."""
+  """Per-sample mean squared error over all non-batch axes -> ``[batch]``.
+
+  Args:
+    predictions: ``[batch, ...]`` float predictions (computed in float32).
+    targets: ``[batch, ...]`` targets of the same shape.
+
+  Returns:
+    ``[batch]`` float32 ``mean((predictions - targets)^2)`` over each sample's
+    elements.
+
+  Raises:
+    ValueError: ``predictions`` has no (or an empty) batch axis, no elements
+      per sample, or a different shape from ``targets``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> predictions = jnp.array([[1.0, 2.0], [0.0, 0.0]])
+    >>> targets = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+    >>> jw.squared_error(predictions, targets).tolist()
+    [2.0, 1.0]
+  """
   predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
   if predictions.ndim == 0 or predictions.shape[0] == 0:
     raise ValueError(f"predictions must have a non-empty batch axis, got shape {predictions.shape}.")

@@ -51,7 +51,15 @@ def _rescale(x, mask, axis_name, always: bool = False):
 
 
 def masked_count(mask: jax.Array, axis_name: AxisName = None) -> jax.Array:
-  """Number of valid entries in the global batch (float32 scalar)."""
+  """Number of valid entries in the global batch.
+
+  Args:
+    mask: ``[batch]`` booleans, True where an entry is valid.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    A float32 scalar: the number of True entries over the global batch.
+  """
   return gsum(mask.astype(jnp.float32), axis_name)
 
 
@@ -74,6 +82,18 @@ def minmax(
 
   Returns:
     ``[batch]`` float32 values in ``[-1, 1]``; 0 where masked.
+
+  Raises:
+    ValueError: ``x`` is not rank 1, is empty, or ``mask`` has another shape or
+      (concrete, non-boolean) holds values other than 0 and 1.
+    TypeError: ``x`` is not floating point.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> h = jw.normalize.minmax(jnp.array([1.0, 2.0, 3.0, 100.0]), jnp.array([True, True, True, False]))
+    >>> tuple(round(float(v), 4) for v in h)
+    (-1.0, 0.0, 1.0, 0.0)
   """
   x, mask = _prepare(x, mask)
   x = _rescale(x, mask, axis_name)
@@ -103,6 +123,18 @@ def zscore(
 
   Returns:
     ``[batch]`` float32 standardised values; 0 where masked.
+
+  Raises:
+    ValueError: ``x`` is not rank 1, is empty, or ``mask`` has another shape or
+      (concrete, non-boolean) holds values other than 0 and 1.
+    TypeError: ``x`` is not floating point.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> z = jw.normalize.zscore(jnp.array([1.0, 2.0, 3.0]))
+    >>> tuple(round(float(v), 4) for v in z)
+    (-1.2247, 0.0, 1.2247)
   """
   x, mask = _prepare(x, mask)
   x = _rescale(x, mask, axis_name)
@@ -132,6 +164,22 @@ def softmax(
   Returns:
     ``[batch]`` float32 weights, non-negative, summing to 1 over the valid
     entries of the global batch (all 0 if every entry is masked).
+
+  Raises:
+    ValueError: ``logits`` is not rank 1 or is empty; ``mask`` has another
+      shape or invalid values; or a concrete ``temperature`` is ``<= 0``, NaN or
+      not a real scalar.
+    TypeError: ``logits`` is not floating point.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> w = jw.normalize.softmax(jnp.log(jnp.array([1.0, 3.0, 4.0])))
+    >>> tuple(round(float(v), 4) for v in w)
+    (0.125, 0.375, 0.5)
+    >>> w = jw.normalize.softmax(jnp.array([1.0, 3.0, 4.0]), temperature=float("inf"))
+    >>> tuple(round(float(v), 4) for v in w)
+    (0.3333, 0.3333, 0.3333)
   """
   temperature = check_temperature(temperature)
   x, mask = _prepare(logits, mask, "logits")
@@ -149,6 +197,28 @@ def sum_to_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisNa
   All-zero (or all-masked) input returns zeros. Any finite float32 input works
   (rescaled by its max first); values below float32's normal range (~1.2e-38)
   count as 0, because XLA flushes denormals on CPU and GPU.
+
+  Args:
+    w: ``[batch]`` float non-negative values; negative entries are treated as
+      masked.
+    mask: optional ``[batch]`` booleans; masked entries get 0.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    ``[batch]`` float32 weights summing to 1 over the valid entries of the
+    global batch (all 0 if none is valid or all are 0).
+
+  Raises:
+    ValueError: ``w`` is not rank 1, is empty, or ``mask`` has another shape or
+      (concrete, non-boolean) holds values other than 0 and 1.
+    TypeError: ``w`` is not floating point.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> w = jw.normalize.sum_to_one(jnp.array([1.0, 3.0, 5.0]), jnp.array([True, True, False]))
+    >>> tuple(round(float(v), 4) for v in w)
+    (0.25, 0.75, 0.0)
   """
   w, mask = _prepare(w, mask, "w")
   mask = mask & (w >= 0)
@@ -160,6 +230,28 @@ def mean_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName
   """Scales non-negative ``w`` to mean 1 over the valid global batch.
 
   All-zero (or all-masked) input returns zeros.
+
+  Args:
+    w: ``[batch]`` float non-negative values; negative entries are treated as
+      masked.
+    mask: optional ``[batch]`` booleans; masked entries get 0.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    ``[batch]`` float32 weights with mean 1 over the valid entries of the
+    global batch (they sum to ``n_valid``); 0 where masked.
+
+  Raises:
+    ValueError: ``w`` is not rank 1, is empty, or ``mask`` has another shape or
+      (concrete, non-boolean) holds values other than 0 and 1.
+    TypeError: ``w`` is not floating point.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> w = jw.normalize.mean_one(jnp.array([1.0, 3.0]))
+    >>> tuple(round(float(v), 4) for v in w)
+    (0.5, 1.5)
   """
   w, mask = _prepare(w, mask, "w")
   mask = mask & (w >= 0)
@@ -167,25 +259,64 @@ def mean_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName
 
 
 def uniform(mask: jax.Array, *, axis_name: AxisName = None) -> jax.Array:
-  """Uniform weights ``1 / n_valid`` on the valid entries (sum to 1)."""
+  """Uniform weights ``1 / n_valid`` on the valid entries (sum to 1).
+
+  Args:
+    mask: ``[batch]`` booleans (or 0/1 values), True where an entry is valid.
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    ``[batch]`` float32 weights: ``1 / n_valid`` where valid, 0 elsewhere (all 0
+    if no entry is valid).
+  """
   mask = jnp.asarray(mask, bool)
   return sum_to_one(mask.astype(jnp.float32), mask, axis_name=axis_name)
 
 
 def effective_sample_size(w: jax.Array, *, axis_name: AxisName = None) -> jax.Array:
-  """Kish's effective sample size ``(sum w)^2 / sum w^2`` of ``[batch]`` weights."""
+  """Kish's effective sample size ``(sum w)^2 / sum w^2`` of ``[batch]`` weights.
+
+  It is ``n`` for uniform weights over ``n`` samples and 1 when one sample holds
+  all the weight (Kish, 1965, *Survey Sampling*).
+
+  Args:
+    w: ``[batch]`` float non-negative weights (padding entries should be 0).
+    axis_name: mapped axis name under ``shard_map``/``pmap``, else None.
+
+  Returns:
+    A float32 scalar in ``[1, n]`` over the global batch; 0 if every weight is 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> round(float(jw.effective_sample_size(jnp.full(4, 0.25))), 4)
+    4.0
+    >>> round(float(jw.effective_sample_size(jnp.array([1.0, 0.0, 0.0, 0.0]))), 4)
+    1.0
+  """
   w = jnp.asarray(w, jnp.float32)
   s = gsum(w, axis_name)
   return _safe_div(s * s, gsum(w * w, axis_name))
 
 
-def check_temperature(temperature: jax.typing.ArrayLike):
+def check_temperature(temperature: jax.typing.ArrayLike) -> float | jax.Array:
   """Validates a temperature given as a Python, numpy or jax scalar.
 
   A concrete value ``<= 0`` or NaN raises. A traced value cannot be checked at
   trace time: values in ``[0, 1e-6)`` are clamped to ``1e-6``, so a schedule that
   anneals to 0 degrades to (near) argmax; a negative or NaN value becomes ``inf``
   (exactly uniform weights: never NaN, never inverted weights).
+
+  Args:
+    temperature: a scalar temperature (``inf`` allowed), concrete or traced.
+
+  Returns:
+    The concrete value as a Python float, or for a traced value a float32
+    scalar clamped as described above.
+
+  Raises:
+    ValueError: a concrete ``temperature`` is ``<= 0``, NaN, or not a real
+      scalar.
   """
   value = concrete_scalar(temperature, "temperature")
   if value is not None:

@@ -72,6 +72,37 @@ class Checkpointer:
       stored with the checkpoints and compared on every later open, so a
       directory written under another config is refused.
     lock: hold ``<directory>/.jaxweights.lock`` while open (process 0).
+
+  Attributes:
+    directory: the absolute path of the checkpoint directory.
+    max_to_keep: as given.
+    save_interval_steps: as given.
+    restored_step: the step the last ``restore(target)`` without ``step``
+      loaded (None before any).
+
+  Raises:
+    ValueError: ``max_to_keep`` or ``save_interval_steps`` is not a positive
+      integer, or ``fingerprint`` differs from the one stored in ``directory``.
+    PermissionError: ``directory`` cannot be created or written.
+    CheckpointLockedError: another open checkpointer (of this or another
+      process) holds the lock on ``directory``.
+
+  Example:
+    >>> import os
+    >>> import tempfile
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> ckpt = jw.Checkpointer(os.path.join(tmp.name, "run"), max_to_keep=2)
+    >>> ckpt.save(10, {"w": jnp.arange(3.0), "step": jnp.int32(10)})
+    True
+    >>> ckpt.latest_step(), ckpt.all_steps()
+    (10, [10])
+    >>> restored = ckpt.restore({"w": jnp.zeros(3), "step": jnp.int32(0)})
+    >>> restored["w"].tolist(), int(restored["step"])
+    ([0.0, 1.0, 2.0], 10)
+    >>> ckpt.close()
+    >>> tmp.cleanup()
   """
 
   def __init__(
@@ -82,7 +113,7 @@ class Checkpointer:
     save_interval_steps: int = 1,
     fingerprint: Any = None,
     lock: bool = True,
-  ):
+  ) -> None:
     self.max_to_keep = _positive_int(max_to_keep, "max_to_keep", allow_none=True)
     self.save_interval_steps = _positive_int(save_interval_steps, "save_interval_steps")
     self.directory = os.path.abspath(os.fspath(directory))
@@ -108,15 +139,38 @@ class Checkpointer:
     )
 
   def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
-    """Saves ``state`` under ``step``; returns whether a checkpoint was written."""
+    """Saves ``state`` under ``step`` and waits until it is written.
+
+    In a multi-process run every process must call this (orbax's save is
+    collective).
+
+    Args:
+      step: the step number the checkpoint is saved under.
+      state: the pytree to save (e.g. a :class:`~jaxweights.TrainState`).
+      force: save even if ``step`` is not a multiple of
+        ``save_interval_steps``.
+
+    Returns:
+      Whether a checkpoint was written (False when skipped by the interval).
+    """
     saved = self._manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
     self._manager.wait_until_finished()
     return bool(saved)
 
   def latest_step(self) -> int | None:
+    """The newest saved step.
+
+    Returns:
+      The largest step with a checkpoint in the directory, or None if none.
+    """
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every saved step.
+
+    Returns:
+      The steps with a checkpoint in the directory.
+    """
     return list(self._manager.all_steps())
 
   def restore(self, target: PyTree, step: int | None = None) -> PyTree:
@@ -129,6 +183,17 @@ class Checkpointer:
     writes to a temporary folder and renames it only when complete. ``target``
     may be a live state or its ``jax.ShapeDtypeStruct`` tree; its shardings are
     kept.
+
+    Args:
+      target: a pytree like the saved one (arrays or ``jax.ShapeDtypeStruct``
+        leaves with the same tree, shapes and dtypes); it gives the restored
+        arrays their shardings.
+      step: the step to restore; None restores the newest readable one (and
+        records it in ``restored_step``).
+
+    Returns:
+      The restored pytree, with ``target``'s structure, shapes, dtypes and
+      shardings.
 
     Raises:
       CheckpointMismatchError: the newest readable checkpoint holds another tree,
@@ -200,7 +265,8 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()  # a failed restore can leave the manager's step cache stale
 
-  def close(self):
+  def close(self) -> None:
+    """Closes the orbax manager and releases the directory lock."""
     self._manager.close()
     if self._lock_fd is not None:
       import fcntl  # pylint: disable=import-outside-toplevel
@@ -209,10 +275,10 @@ class Checkpointer:
       os.close(self._lock_fd)
       self._lock_fd = None
 
-  def __enter__(self):
+  def __enter__(self) -> Checkpointer:
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: object) -> None:
     self.close()
 
   def __del__(self):

@@ -29,7 +29,23 @@ import jax
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds ``--coordinator``, ``--num-processes``, ``--process-id``, ``--distributed``."""
+  """Adds ``--coordinator``, ``--num-processes``, ``--process-id``, ``--distributed``.
+
+  The defaults of the first three come from ``JAXWEIGHTS_COORDINATOR``,
+  ``JAXWEIGHTS_NUM_PROCESSES`` and ``JAXWEIGHTS_PROCESS_ID`` (read now).
+
+  Args:
+    parser: the parser to extend (in a ``"multi-process"`` argument group).
+
+  Example:
+    >>> import argparse
+    >>> import jaxweights as jw
+    >>> parser = argparse.ArgumentParser()
+    >>> jw.distributed.add_arguments(parser)
+    >>> args = parser.parse_args(["--distributed", "off"])
+    >>> jw.distributed.initialize_from_args(args)
+    False
+  """
   group = parser.add_argument_group("multi-process")
   group.add_argument(
     "--coordinator",
@@ -78,8 +94,23 @@ def initialize(
   waits for processes that never come (more declared than launched) is stopped
   by jax after the same timeout, after the message printed here.
 
+  Args:
+    coordinator: ``HOST:PORT`` of process 0; None (with at most one process)
+      means a single-process run.
+    num_processes: the number of processes.
+    process_id: this process's index in ``[0, num_processes)``.
+    auto: let ``jax.distributed.initialize()`` detect the cluster (TPU pods,
+      SLURM...) and ignore the other arguments.
+    timeout_s: seconds to wait for the coordinator and the other processes.
+
   Returns:
     True if ``jax.distributed`` was initialised.
+
+  Raises:
+    ValueError: a multi-process run lacks the coordinator, the process count
+      or the process id, ``process_id`` is out of range, or ``coordinator`` is
+      not ``HOST:PORT``.
+    RuntimeError: a worker cannot reach the coordinator within ``timeout_s``.
   """
   if timeout_s is None:
     timeout_s = _env_int("JAXWEIGHTS_INIT_TIMEOUT") or DEFAULT_TIMEOUT_S
@@ -136,7 +167,20 @@ def _wait_for(host: str, port: int, timeout_s: float, coordinator: str) -> None:
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:
-  """:func:`initialize` from :func:`add_arguments`'s flags."""
+  """:func:`initialize` from :func:`add_arguments`'s flags.
+
+  Args:
+    args: parsed arguments holding ``coordinator``, ``num_processes``,
+      ``process_id`` and ``distributed`` (``"off"`` skips the set-up,
+      ``"auto"`` lets jax detect the cluster).
+
+  Returns:
+    True if ``jax.distributed`` was initialised.
+
+  Raises:
+    ValueError: see :func:`initialize`.
+    RuntimeError: see :func:`initialize`.
+  """
   mode = getattr(args, "distributed", None)
   if mode == "off":
     return False
@@ -144,7 +188,11 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
 
 
 def is_main() -> bool:
-  """Whether this is process 0 (the one that writes results)."""
+  """Whether this is process 0 (the one that writes results).
+
+  Returns:
+    True in process 0 (and in every single-process run).
+  """
   return jax.process_index() == 0
 
 

@@ -24,20 +24,72 @@ PyTree = Any
 
 
 class JsonlLogger:
-  """Appends one JSON object per line; ``None`` path logs nowhere."""
+  """Appends one JSON object per line; ``None`` path logs nowhere.
 
-  def __init__(self, path: str | os.PathLike | None):
+  Each record is written (keys sorted) and the file closed at once, so a crash
+  loses nothing already logged, and a resumed run appends to the same file.
+
+  Args:
+    path: the ``.jsonl`` file to append to (its folder is created if missing),
+      or None to discard every record.
+
+  Example:
+    >>> import os
+    >>> import tempfile
+    >>> import jaxweights as jw
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, "logs", "metrics.jsonl")
+    ...   logger = jw.JsonlLogger(path)
+    ...   logger.log({"step": 1, "loss": 0.5})
+    ...   logger.log({"step": 2, "loss": 0.25})
+    ...   records = jw.read_jsonl(path)
+    >>> records
+    [{'loss': 0.5, 'step': 1}, {'loss': 0.25, 'step': 2}]
+  """
+
+  def __init__(self, path: str | os.PathLike | None) -> None:
     self.path = None if path is None else os.fspath(path)
     if self.path:
       os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
   def log(self, record: dict) -> None:
+    """Appends ``record`` as one line of JSON (a no-op without a path).
+
+    Args:
+      record: a JSON-serialisable dict (e.g. host floats from the metrics).
+    """
     if self.path:
       with open(self.path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """Reads a JSON-lines file such as a :class:`JsonlLogger` writes.
+
+  Args:
+    path: the ``.jsonl`` file; blank lines are skipped.
+
+  Returns:
+    The records, one dict per non-blank line, in file order.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    json.JSONDecodeError: a line is not valid JSON.
+
+  Example:
+    >>> import os
+    >>> import tempfile
+    >>> import jaxweights as jw
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   path = os.path.join(tmp, "metrics.jsonl")
+    ...   with open(path, "w") as f:
+    ...     print('{"step": 1, "loss": 0.5}', file=f)
+    ...     print(file=f)  # blank lines are skipped
+    ...     print('{"step": 2, "loss": 0.25}', file=f)
+    ...   steps = [r["step"] for r in jw.read_jsonl(path)]
+    >>> steps
+    [1, 2]
+  """
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -49,8 +101,20 @@ def progress(
   desc: str = "",
   initial: int = 0,
   enabled: bool | None = None,
-):
-  """A tqdm progress bar when available and stderr is a terminal (or forced)."""
+) -> Iterable:
+  """A tqdm progress bar when available and stderr is a terminal (or forced).
+
+  Args:
+    iterable: what to iterate over.
+    total: the number of items expected (for the bar's length).
+    desc: the bar's label.
+    initial: the count the bar starts from (a resumed run's first step).
+    enabled: force the bar on or off; None shows it when stderr is a terminal.
+
+  Returns:
+    A ``tqdm`` wrapper of ``iterable``, or ``iterable`` itself when the bar is
+    off or tqdm (an ``experiments`` extra) is not installed.
+  """
   if enabled is None:
     enabled = sys.stderr.isatty()
   if not enabled:
@@ -100,6 +164,11 @@ def train_loop(
 
   Returns:
     ``(final_state, history)``: the logged records of this invocation.
+
+  Raises:
+    ValueError: ``num_steps``, ``checkpoint_every``, ``log_every`` or
+      ``eval_every`` is not an integer ``>= 0``, or the (restored) state is
+      already past ``num_steps``.
   """
   if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
     raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")

@@ -29,11 +29,15 @@ the last line with Flax models; the ``hf`` extra) built locally from a config:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+if TYPE_CHECKING:
+  import flax.linen as nn
+  from transformers import FlaxPreTrainedModel
 
 PyTree = Any
 
@@ -52,9 +56,19 @@ class _Static:
 
 
 class LinenLayer(nnx.Module):
-  """A proxy for one linen layer: its parameters as ``nnx.Param`` attributes."""
+  """A proxy for one linen layer: its parameters as ``nnx.Param`` attributes.
 
-  def __init__(self, definition, params: dict[str, jax.Array]):
+  Calling the proxy applies the linen layer with the proxy's current parameter
+  values, so gradients flow to the ``nnx.Param`` attributes.
+
+  Args:
+    definition: the unbound linen layer (``module.clone(parent=None)``), or
+      None for a parameter holder that is never called (its parameters are
+      read directly by the enclosing linen module).
+    params: the layer's own parameters, ``{name: array}``.
+  """
+
+  def __init__(self, definition: nn.Module | None, params: dict[str, jax.Array]) -> None:
     self.linen = _Static(definition)
     for name, value in params.items():
       setattr(self, name, nnx.Param(jnp.asarray(value)))
@@ -64,10 +78,28 @@ class LinenLayer(nnx.Module):
     params = {n: getattr(self, n)[...] for n in self.names}
     return self.linen.value.apply({"params": params}, *args, method=method, **kwargs)
 
-  def __call__(self, *args, **kwargs):
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    """Applies the linen layer's ``__call__`` with the proxy's parameters.
+
+    Args:
+      *args: the layer's positional arguments.
+      **kwargs: the layer's keyword arguments.
+
+    Returns:
+      The linen layer's output.
+    """
     return self._apply("__call__", *args, **kwargs)
 
-  def attend(self, *args, **kwargs):
+  def attend(self, *args: Any, **kwargs: Any) -> Any:
+    """Applies the linen layer's ``attend`` (e.g. ``linen.Embed.attend``).
+
+    Args:
+      *args: the method's positional arguments.
+      **kwargs: the method's keyword arguments.
+
+    Returns:
+      The method's output.
+    """
     return self._apply("attend", *args, **kwargs)
 
 
@@ -132,18 +164,36 @@ class LinenModel(nnx.Module):
 
   Calling the model runs the linen module with the proxies' parameters.
   ``model.layers`` maps ``"a.b.c"`` linen paths to the proxies (NNX layers).
+
+  Raises:
+    ValueError: ``params`` is not a non-empty nested dict, or holds other
+      collections than ``params`` (mutable collections are not supported).
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> module = nn.Dense(3)
+    >>> params = module.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+    >>> model = jw.LinenModel(module, params, (jnp.ones((1, 4)),))
+    >>> model(jnp.ones((2, 4))).shape
+    (2, 3)
+    >>> jw.count_params(model)  # 4 * 3 + 3, held by an nnx.Linear proxy
+    15
   """
 
   def __init__(
     self,
-    module,
+    module: nn.Module,
     params: PyTree,
     example_args: Sequence[Any] = (),
     *,
     call: Callable[..., Any] | None = None,
     dropout_seed: int = 0,
     example_kwargs: dict | None = None,
-  ):
+  ) -> None:
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
     params = jax.tree.map(jnp.asarray, _plain(params))
@@ -182,8 +232,13 @@ class LinenModel(nnx.Module):
     self.layers = nnx.Dict(layers)
     self.paths = _Static({name: tuple(name.split(".")) if name else () for name in layers})
 
-  def set_view(self, deterministic: bool | None = None):
-    """Used by ``nnx.view``: ``deterministic=True`` turns dropout off."""
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """Used by ``nnx.view``: ``deterministic=True`` turns dropout off.
+
+    Args:
+      deterministic: True for evaluation (no dropout), False for training;
+        None leaves the mode unchanged.
+    """
     if deterministic is not None:
       self.deterministic = deterministic
 
@@ -203,7 +258,18 @@ class LinenModel(nnx.Module):
       return self.module.value.apply(variables, *args, rngs=rngs, **kwargs)
     return call(self.module.value, variables, *args, deterministic=self.deterministic, rngs=rngs, **kwargs)
 
-  def __call__(self, *args, **kwargs):
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    """Runs the linen module with the proxies' parameters.
+
+    In training mode each call draws a fresh key from the ``"dropout"`` stream.
+
+    Args:
+      *args: the linen module's positional arguments.
+      **kwargs: the linen module's keyword arguments.
+
+    Returns:
+      The linen module's output (or ``call``'s, when given).
+    """
     import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
     by_path = {}
@@ -244,7 +310,7 @@ def _plain(tree):
   return tree
 
 
-def hf_causal_lm(hf_model, *, seq_len: int = 8, dropout_seed: int = 0) -> LinenModel:
+def hf_causal_lm(hf_model: FlaxPreTrainedModel, *, seq_len: int = 8, dropout_seed: int = 0) -> LinenModel:
   """A transformers Flax causal LM (e.g. ``FlaxGPT2LMHeadModel``) as an NNX model.
 
   ``model(ids)`` with ``ids`` int ``[batch, seq]`` returns float32 logits
@@ -258,6 +324,10 @@ def hf_causal_lm(hf_model, *, seq_len: int = 8, dropout_seed: int = 0) -> LinenM
       initialised ``.params``.
     seq_len: sequence length of the abstract example call.
     dropout_seed: seed of the dropout stream.
+
+  Returns:
+    The wrapping :class:`LinenModel`, mapping int ``[batch, seq]`` ids to float32
+    ``[batch, seq, vocab]`` logits.
   """
 
   def call(module, variables, ids, *, deterministic, rngs):

@@ -105,6 +105,21 @@ def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarra
 
   Returns:
     int64 ``[batch_size]`` indices in ``[0, n)``.
+
+  Raises:
+    ValueError: an argument is not an integer, or is out of range.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> idx = jw.data.batch_indices(10, 4, seed=0, step=0)
+    >>> idx.shape, str(idx.dtype)
+    ((4,), 'int64')
+    >>> epoch = np.concatenate([jw.data.batch_indices(10, 5, seed=0, step=s) for s in (0, 1)])
+    >>> sorted(epoch.tolist()) == list(range(10))  # one epoch visits every index once
+    True
+    >>> bool((jw.data.batch_indices(10, 4, seed=0, step=3) == jw.data.batch_indices(10, 4, seed=0, step=3)).all())
+    True
   """
   n = _pos_int(n, "n")
   batch_size = _pos_int(batch_size, "batch_size")
@@ -130,6 +145,10 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> dict[str, np.nd
     ``x_train`` float32 ``[N_train, 64]`` and ``x_test`` float32 ``[N_test, 64]``
     in ``[0, 1]`` (pixel / 16); ``y_train`` int32 ``[N_train]`` and ``y_test``
     int32 ``[N_test]`` in ``[0, 10)``. Class proportions agree across splits.
+
+  Raises:
+    ValueError: ``test_fraction`` is outside ``(0, 1)`` or ``seed`` is negative.
+    ImportError: scikit-learn is not installed.
   """
   test_fraction = _check_fraction(test_fraction, "test_fraction")
   seed = _nonneg_int(seed, "seed")
@@ -149,8 +168,19 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> dict[str, np.nd
 def digits_batch(data: dict, *, seed: int, step: int, batch_size: int, split: str = "train") -> dict:
   """Batch ``step`` of a :func:`load_digits` split (see :func:`batch_indices`).
 
+  Args:
+    data: the dict :func:`load_digits` returns.
+    seed: non-negative data seed.
+    step: non-negative step number.
+    batch_size: rows per batch (> 0).
+    split: ``"train"`` or ``"test"``.
+
   Returns:
     ``{"x": float32 [batch_size, 64], "y": int32 [batch_size]}``.
+
+  Raises:
+    ValueError: ``split`` is not ``"train"`` or ``"test"``, or a count is
+      invalid.
   """
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
@@ -196,7 +226,13 @@ class TextCorpus:
     return int(self.tokenizer.token_to_id(EOT))
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes ``tokenizer.json`` and ``split.json`` (file lists, sizes) to ``directory``."""
+    """Writes ``tokenizer.json`` and ``split.json`` (file lists, sizes) to ``directory``.
+
+    The token arrays are not written (a cache stores them beside these files).
+
+    Args:
+      directory: the output folder (created if missing).
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
@@ -403,7 +439,12 @@ def stdlib_corpus(
     cache_dir: cache folder.
 
   Returns:
-    A :class:`TextCorpus`.
+    The corpus, a :class:`TextCorpus`.
+
+  Raises:
+    ValueError: ``vocab_size < 257``, ``max_bytes`` selects fewer than 2 files,
+      ``test_fraction`` is outside ``(0, 1)`` or ``seed`` is negative.
+    ImportError: tokenizers is not installed.
   """
   return _build_corpus(
     "stdlib",
@@ -428,6 +469,20 @@ def prose_corpus(
 
   Same recipe and arguments as :func:`stdlib_corpus`; each of the ~90 help
   topics is one document, named ``topics/<name>``.
+
+  Args:
+    vocab_size: BPE vocabulary size (>= 257).
+    max_bytes: cap on the text bytes read; None reads every topic.
+    test_fraction: held-out fraction of topics, in (0, 1).
+    seed: seed of the topic shuffle (and thus of the split).
+    cache_dir: cache folder (default ``~/.cache/jaxweights``).
+
+  Returns:
+    The corpus, a :class:`TextCorpus`.
+
+  Raises:
+    ValueError: see :func:`stdlib_corpus`.
+    ImportError: tokenizers is not installed.
   """
   return _build_corpus(
     "prose",
@@ -469,6 +524,18 @@ def lm_batch(
     ``{"tokens": int32 [batch_size, seq_len + 1], "mask": bool [batch_size,
     seq_len + 1]}``; inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``;
     ``mask`` is all True (it exists so padded eval batches share the code path).
+
+  Raises:
+    ValueError: ``tokens`` is not 1-D or is too short, or a count is invalid.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> batch = jw.data.lm_batch(np.arange(100), seed=0, step=0, batch_size=2, seq_len=8)
+    >>> batch["tokens"].shape, bool(batch["mask"].all())
+    ((2, 9), True)
+    >>> bool((np.diff(batch["tokens"], axis=1) == 1).all())  # contiguous windows
+    True
   """
   tokens, seq_len = _check_window(tokens, seq_len)
   batch_size = _pos_int(batch_size, "batch_size")
@@ -496,9 +563,24 @@ def lm_eval_batches(
     seq_len: predicted positions per window (> 0).
     max_batches: stop after this many batches (None: all).
 
-  Yields:
-    ``{"tokens": int32 [batch_size, seq_len + 1], "mask": bool [batch_size,
-    seq_len + 1]}``; a row's mask is all True (a real window) or all False.
+  Returns:
+    An iterator of ``{"tokens": int32 [batch_size, seq_len + 1], "mask": bool
+    [batch_size, seq_len + 1]}`` batches; a row's mask is all True (a real
+    window) or all False.
+
+  Raises:
+    ValueError: ``tokens`` is not 1-D or is too short, or a count is invalid
+      (checked at the call, before iteration).
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> batches = list(jw.data.lm_eval_batches(np.arange(21), batch_size=3, seq_len=4))
+    >>> len(batches)  # 5 windows of 4 targets in batches of 3
+    2
+    >>> mask = batches.pop()["mask"]
+    >>> mask.shape, mask.all(axis=1).tolist()  # the last batch has one padding row
+    ((3, 5), [True, True, False])
   """
   tokens, seq_len = _check_window(tokens, seq_len)
   batch_size = _pos_int(batch_size, "batch_size")
@@ -551,10 +633,35 @@ def linear_regression_data(
   Test rows are clean and noise-free, so test MSE is ``||w - w_true||^2``
   (in expectation over x) for a linear model.
 
+  The setting follows the linear-regression experiment of Sow et al. (ICLR
+  2025, *Dynamic Loss-Based Sample Reweighting for Improved Large Language
+  Model Pretraining*).
+
+  Args:
+    seed: non-negative seed of every draw.
+    n_train: number of training rows (> 0).
+    n_test: number of test rows (> 0).
+    dim: input dimension (> 0).
+    easy_fraction: fraction of easy (redundant) training rows, in ``[0, 1]``.
+    noisy_fraction: fraction of noisy-label training rows, in ``[0, 1]``;
+      ``easy_fraction + noisy_fraction <= 1``.
+    noise_std: target noise of clean and easy rows (>= 0).
+    outlier_std: target noise of noisy rows (>= 0).
+
   Returns:
     ``x_train`` float32 ``[n_train, dim]``, ``y_train`` float32 ``[n_train]``,
     ``x_test`` float32 ``[n_test, dim]``, ``y_test`` float32 ``[n_test]``,
     ``w_true`` float32 ``[dim]`` and ``kind_train`` int8 ``[n_train]``.
+
+  Raises:
+    ValueError: a count is not a positive integer, a fraction is outside
+      ``[0, 1]`` (or the two sum above 1), or a standard deviation is negative.
+
+  Example:
+    >>> import jaxweights as jw
+    >>> d = jw.data.linear_regression_data(seed=0, n_train=10, n_test=4, dim=3)
+    >>> d["x_train"].shape, d["y_test"].shape, sorted(d["kind_train"].tolist())
+    ((10, 3), (4,), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
   """
   seed = _nonneg_int(seed, "seed")
   n_train = _pos_int(n_train, "n_train")
@@ -619,11 +726,15 @@ class TfdsSource:
     split: e.g. ``"train"`` or ``"test[:10%]"``.
     data_dir: tfds data folder (default: tfds's own default).
     keys: the features to return (default: all).
+
+  Raises:
+    ImportError: tensorflow-datasets is not installed.
+    ValueError: ``keys`` is a single string instead of a sequence of names.
   """
 
   def __init__(
     self, name: str, *, split: str, data_dir: str | None = None, keys: Sequence[str] | None = None
-  ):
+  ) -> None:
     try:
       import tensorflow_datasets as tfds
     except ImportError as e:
@@ -650,9 +761,17 @@ class TfdsSource:
   def batch(self, *, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """Batch ``step`` (rows from :func:`batch_indices`), features stacked.
 
+    Args:
+      seed: non-negative data seed.
+      step: non-negative step number.
+      batch_size: rows per batch (> 0).
+
     Returns:
       ``{feature: [batch_size, *feature_shape]}`` in the dataset's dtypes
       (nested feature dicts stay nested).
+
+    Raises:
+      ValueError: a requested feature is not in the dataset.
     """
     idx = batch_indices(len(self), batch_size, seed=seed, step=step)
     examples = self._get(idx)

@@ -9,14 +9,40 @@ the project's models are small, and causality makes the unfilled tail inert).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+if TYPE_CHECKING:
+  from jaxweights.substrates.models import TransformerLM
+
 
 def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
-  """Sets logits outside the smallest set with cumulative probability >= top_p to -inf."""
+  """Sets logits outside the smallest set with cumulative probability >= top_p to -inf.
+
+  Nucleus sampling's filter (Holtzman et al., 2020): the most likely tokens are
+  kept, in order, up to and including the first whose cumulative probability
+  reaches ``top_p``.
+
+  Args:
+    logits: ``[..., vocab]`` float logits.
+    top_p: the probability mass to keep, in ``(0, 1]``; 1 keeps every token.
+
+  Returns:
+    ``[..., vocab]`` logits, ``-inf`` outside the kept set.
+
+  Raises:
+    ValueError: ``top_p`` is outside ``(0, 1]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxweights.substrates import decoding
+    >>> logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))
+    >>> jnp.isfinite(decoding.top_p_filter(logits, 0.7)).tolist()
+    [True, True, False]
+  """
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
   if top_p == 1:
@@ -57,7 +83,7 @@ def _sample(graphdef, state, key, tokens, lengths, *, max_new_tokens, temperatur
 
 
 def sample(
-  model,
+  model: TransformerLM,
   key: jax.Array,
   tokens: jax.Array,
   lengths: jax.Array,
@@ -83,6 +109,11 @@ def sample(
   Returns:
     ``(buffer [batch, prompt_len + max_new_tokens], lengths [batch])``: each
     row holds its prompt then its completion up to ``lengths``.
+
+  Raises:
+    ValueError: ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
+      ``max_new_tokens < 1``, or ``prompt_len + max_new_tokens`` exceeds the
+      model's ``max_len``.
   """
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}.")
@@ -116,8 +147,21 @@ def _last_hidden(graphdef, state, tokens, lengths, *, layer):
 
 
 def last_token_embedding(
-  model, tokens: jax.Array, lengths: jax.Array, *, layer: int | None = None
+  model: TransformerLM, tokens: jax.Array, lengths: jax.Array, *, layer: int | None = None
 ) -> jax.Array:
-  """Hidden state of block ``layer`` at each sequence's last token -> ``[batch, d]``."""
+  """Hidden state of block ``layer`` at each sequence's last token -> ``[batch, d]``.
+
+  Args:
+    model: a :class:`~jaxweights.TransformerLM` (any model whose
+      ``hidden_states(tokens, layer)`` returns ``[batch, seq, d]``).
+    tokens: ``[batch, seq]`` int right-padded sequences.
+    lengths: ``[batch]`` sequence lengths (>= 1); the state is read at
+      position ``lengths - 1``.
+    layer: the number of blocks run (see ``TransformerLM.hidden_states``); None
+      means after the last block.
+
+  Returns:
+    ``[batch, d_model]`` float32 hidden states.
+  """
   graphdef, state = nnx.split(model)
   return _last_hidden(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths, jnp.int32), layer=layer)

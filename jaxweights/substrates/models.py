@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,27 @@ from flax import nnx
 
 
 class MLP(nnx.Module):
-  """A ReLU multi-layer perceptron ``[batch, in] -> [batch, out]``."""
+  """A ReLU multi-layer perceptron ``[batch, in] -> [batch, out]``.
+
+  ``nnx.Linear`` layers (with bias) of sizes ``in_features -> *hidden ->
+  out_features``, with a ReLU after every layer but the last.
+
+  Args:
+    in_features: input width.
+    hidden: the hidden layers' widths (empty for a linear model).
+    out_features: output width (e.g. the number of classes).
+    rngs: the parameter initialisation streams.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> model = jw.MLP(4, [8], 2, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((3, 4))).shape
+    (3, 2)
+    >>> jw.count_params(model)  # (4 * 8 + 8) + (8 * 2 + 2)
+    58
+  """
 
   def __init__(
     self,
@@ -28,11 +49,19 @@ class MLP(nnx.Module):
     out_features: int,
     *,
     rngs: nnx.Rngs,
-  ):
+  ) -> None:
     sizes = [in_features, *hidden, out_features]
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: ``[batch, in_features]`` float inputs.
+
+    Returns:
+      ``[batch, out_features]`` outputs (logits for a classifier).
+    """
     for layer in self.layers[:-1]:
       x = jax.nn.relu(layer(x))
     return self.layers[-1](x)
@@ -44,6 +73,26 @@ class TransformerConfig:
 
   ``small()`` (4 layers x 256, vocab 4096) is the benchmark model; ``tiny()`` is
   the quick-experiment model.
+
+  Attributes:
+    vocab_size: number of token ids (embedding rows and output logits).
+    d_model: width of the residual stream.
+    n_layers: number of transformer blocks.
+    n_heads: attention heads per block (must divide ``d_model``).
+    d_ff: hidden width of each block's MLP.
+    max_len: longest sequence (rows of the learned position embedding).
+    dtype: compute dtype, ``"float32"``, ``"bfloat16"`` (mixed precision) or
+      ``"float16"``; parameters stay float32.
+
+  Raises:
+    ValueError: a size is ``< 1``, ``n_heads`` does not divide ``d_model``, or
+      ``dtype`` is not one of the three above.
+
+  Example:
+    >>> import jaxweights as jw
+    >>> cfg = jw.TransformerConfig.tiny(n_layers=1)
+    >>> cfg.vocab_size, cfg.d_model, cfg.n_layers
+    (1024, 96, 1)
   """
 
   vocab_size: int = 4096
@@ -55,16 +104,32 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
 
   @classmethod
-  def small(cls, **kw) -> TransformerConfig:
+  def small(cls, **kw: Any) -> TransformerConfig:
+    """The benchmark model: 4 layers of width 256, 4 heads, vocab 4096.
+
+    Args:
+      **kw: field overrides.
+
+    Returns:
+      The config (the class defaults, updated with ``kw``).
+    """
     return cls(**kw)
 
   @classmethod
-  def tiny(cls, **kw) -> TransformerConfig:
+  def tiny(cls, **kw: Any) -> TransformerConfig:
+    """The quick-experiment model: 2 layers of width 96, 4 heads, vocab 1024, max_len 64.
+
+    Args:
+      **kw: field overrides.
+
+    Returns:
+      The config, updated with ``kw``.
+    """
     base = dict(vocab_size=1024, d_model=96, n_layers=2, n_heads=4, d_ff=384, max_len=64)
     base.update(kw)
     return cls(**base)
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if self.d_model % self.n_heads:
       raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}).")
     if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -75,12 +140,27 @@ class TransformerConfig:
 
 
 class CausalSelfAttention(nnx.Module):
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  """Multi-head causal self-attention with a fused QKV projection.
+
+  Args:
+    cfg: the model sizes (``d_model``, ``n_heads``, ``dtype``).
+    rngs: the parameter initialisation streams.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs) -> None:
     self.n_heads = cfg.n_heads
     self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.out = nnx.Linear(cfg.d_model, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Attends causally within each sequence.
+
+    Args:
+      x: ``[batch, seq, d_model]`` inputs.
+
+    Returns:
+      ``[batch, seq, d_model]`` outputs.
+    """
     b, t, d = x.shape
     q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
     heads = lambda z: z.reshape(b, t, self.n_heads, d // self.n_heads)
@@ -89,7 +169,14 @@ class CausalSelfAttention(nnx.Module):
 
 
 class Block(nnx.Module):
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  """A pre-LayerNorm transformer block: causal attention and a GELU MLP, with residuals.
+
+  Args:
+    cfg: the model sizes.
+    rngs: the parameter initialisation streams.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs) -> None:
     self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.attn = CausalSelfAttention(cfg, rngs=rngs)
     self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
@@ -97,6 +184,14 @@ class Block(nnx.Module):
     self.proj = nnx.Linear(cfg.d_ff, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: ``[batch, seq, d_model]`` residual stream.
+
+    Returns:
+      ``[batch, seq, d_model]`` residual stream.
+    """
     x = x + self.attn(self.ln1(x))
     return x + self.proj(jax.nn.gelu(self.fc(self.ln2(x))))
 
@@ -108,9 +203,13 @@ class TransformerLM(nnx.Module):
   ``cfg.dtype="bfloat16"`` computes in bf16 with float32 parameters (mixed
   precision); the loss helpers cast logits to float32, so per-sample losses and
   the weights computed from them stay float32.
+
+  Args:
+    cfg: the model sizes and compute dtype.
+    rngs: the parameter initialisation streams.
   """
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs) -> None:
     self.cfg = cfg
     self.tok = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     self.pos = nnx.Embed(cfg.max_len, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
@@ -119,6 +218,17 @@ class TransformerLM(nnx.Module):
     self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, dtype=cfg.dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: ``[batch, seq]`` integer token ids, ``seq <= max_len``.
+
+    Returns:
+      ``[batch, seq, vocab_size]`` logits in the compute dtype.
+
+    Raises:
+      ValueError: ``tokens`` is not rank 2 or is longer than ``max_len``.
+    """
     return self.head(self.ln_f(self.hidden_states(tokens)))
 
   def hidden_states(self, tokens: jax.Array, layer: int | None = None) -> jax.Array:
@@ -126,6 +236,17 @@ class TransformerLM(nnx.Module):
 
     ``layer=None`` means after the last block (before the final LayerNorm); 0 is
     the embeddings. Q-probes read a late layer's state at the last token.
+
+    Args:
+      tokens: ``[batch, seq]`` integer token ids, ``seq <= max_len``.
+      layer: the number of blocks to run, in ``[0, n_layers]``; None runs all.
+
+    Returns:
+      ``[batch, seq, d_model]`` hidden states in the compute dtype.
+
+    Raises:
+      ValueError: ``tokens`` is not rank 2 or is longer than ``max_len``, or
+        ``layer`` is out of range.
     """
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
@@ -145,7 +266,21 @@ class TransformerLM(nnx.Module):
 
 
 def count_params(model: nnx.Module) -> int:
-  """Number of scalar parameters in ``model``."""
+  """Number of scalar parameters in ``model``.
+
+  Args:
+    model: any NNX module.
+
+  Returns:
+    The total size of its ``nnx.Param`` leaves (other variables, such as RNG
+    state or batch statistics, do not count).
+
+  Example:
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> jw.count_params(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))  # 3 * 2 + 2
+    8
+  """
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -157,13 +292,22 @@ class LlamaConfig:
   """Sizes and options of :class:`Llama`.
 
   Attributes:
-    vocab_size, d_model, n_layers, n_heads, d_ff, max_len: the usual sizes.
+    vocab_size: number of token ids (embedding rows and output logits).
+    d_model: width of the residual stream.
+    n_layers: number of blocks.
+    n_heads: attention heads; ``d_model / n_heads`` must be even.
+    d_ff: hidden width of the SwiGLU MLP.
+    max_len: longest sequence accepted.
     tied: the output head is the token embedding (``embed.attend``).
     scan: stack the blocks with ``nnx.vmap`` and run them with ``nnx.scan``
       (compile time flat in depth; parameters get a leading layer axis).
     dropout: dropout rate after attention and MLP (0 = none).
     rope_base: rotary embedding base.
     dtype: compute dtype; parameters stay float32.
+
+  Raises:
+    ValueError: a size is ``< 1``, the heads are not of even size, or
+      ``dropout`` is outside ``[0, 1)``.
   """
 
   vocab_size: int = 4096
@@ -178,7 +322,7 @@ class LlamaConfig:
   rope_base: float = 10000.0
   dtype: str = "float32"
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
       raise ValueError(
         f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads "
@@ -192,7 +336,19 @@ class LlamaConfig:
 
 
 def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
-  """Rotary position embedding of ``x`` ``[batch, seq, heads, head_dim]`` (half-split pairs)."""
+  """Rotary position embedding of ``x`` ``[batch, seq, heads, head_dim]`` (half-split pairs).
+
+  Position ``p`` rotates the pair ``(x[..., i], x[..., i + head_dim / 2])`` by the
+  angle ``p * base^(-i / (head_dim / 2))`` (Su et al., 2021, *RoFormer*).
+
+  Args:
+    x: ``[batch, seq, heads, head_dim]`` queries or keys, ``head_dim`` even.
+    base: the frequency base.
+
+  Returns:
+    ``[batch, seq, heads, head_dim]`` rotated values in ``x``'s dtype (computed
+    in float32).
+  """
   t, d = x.shape[1], x.shape[-1]
   inv = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
   ang = jnp.arange(t, dtype=jnp.float32)[:, None] * inv[None, :]  # [seq, d/2]
@@ -203,9 +359,14 @@ def rotary(x: jax.Array, base: float = 10000.0) -> jax.Array:
 
 class LlamaBlock(nnx.Module):
   """RMSNorm -> rotary causal attention (stock ``nnx.LinearGeneral`` projections)
-  -> RMSNorm -> SwiGLU MLP, with residuals."""
+  -> RMSNorm -> SwiGLU MLP, with residuals.
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+  Args:
+    cfg: the model sizes and options.
+    rngs: the parameter initialisation and dropout streams.
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs) -> None:
     h, hd = cfg.n_heads, cfg.d_model // cfg.n_heads
     kw = dict(use_bias=False, dtype=cfg.dtype, rngs=rngs)
     self.base = cfg.rope_base
@@ -221,6 +382,14 @@ class LlamaBlock(nnx.Module):
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: ``[batch, seq, d_model]`` residual stream.
+
+    Returns:
+      ``[batch, seq, d_model]`` residual stream.
+    """
     h = self.attn_norm(x)
     q, k = rotary(self.q(h), self.base), rotary(self.k(h), self.base)
     y = jax.nn.dot_product_attention(q, k, self.v(h), is_causal=True)
@@ -237,9 +406,13 @@ class Llama(nnx.Module):
   (``cfg.scan``) by default. Every parameter's per-sample gradient norm is exact
   under ``method="ghost"`` (the tied embedding gets the norm of the sum of its
   lookup and head gradients; stacked blocks get per-layer-slice norms).
+
+  Args:
+    cfg: the model sizes and options.
+    rngs: the parameter initialisation and dropout streams.
   """
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs) -> None:
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
     if cfg.scan:
@@ -257,7 +430,17 @@ class Llama(nnx.Module):
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=cfg.dtype, rngs=rngs)
 
   def hidden_states(self, tokens: jax.Array) -> jax.Array:
-    """The residual stream ``[batch, seq, d_model]`` after the last block."""
+    """The residual stream ``[batch, seq, d_model]`` after the last block.
+
+    Args:
+      tokens: ``[batch, seq]`` integer token ids, ``seq <= max_len``.
+
+    Returns:
+      ``[batch, seq, d_model]`` hidden states (before the final RMSNorm).
+
+    Raises:
+      ValueError: ``tokens`` is not rank 2 or is longer than ``max_len``.
+    """
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
     if tokens.shape[1] > self.cfg.max_len:
@@ -275,5 +458,16 @@ class Llama(nnx.Module):
     return x
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: ``[batch, seq]`` integer token ids, ``seq <= max_len``.
+
+    Returns:
+      ``[batch, seq, vocab_size]`` logits in the compute dtype.
+
+    Raises:
+      ValueError: ``tokens`` is not rank 2 or is longer than ``max_len``.
+    """
     h = self.norm(self.hidden_states(tokens))
     return self.embed.attend(h) if self.cfg.tied else self.head(h)

@@ -12,7 +12,26 @@ from flax import nnx
 
 
 def sinusoidal_embedding(c: jax.Array, dim: int, max_freq: float = 100.0) -> jax.Array:
-  """``[B]`` -> ``[B, dim]`` sin/cos features at geometric frequencies in ``[1, max_freq]``."""
+  """``[B]`` -> ``[B, dim]`` sin/cos features at geometric frequencies in ``[1, max_freq]``.
+
+  Args:
+    c: ``[B]`` float noise conditions (e.g. ``log(sigma) / 4``).
+    dim: number of features, even: ``dim / 2`` sines then ``dim / 2`` cosines.
+    max_freq: the highest frequency (the lowest is 1).
+
+  Returns:
+    ``[B, dim]`` float32 features.
+
+  Raises:
+    ValueError: ``dim`` is odd.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxweights import diffusion
+    >>> e = diffusion.sinusoidal_embedding(jnp.zeros(3), 8)
+    >>> e.shape, e[0].tolist()
+    ((3, 8), [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+  """
   if dim % 2:
     raise ValueError(f"embedding dim must be even, got {dim}.")
   freqs = jnp.exp(jnp.linspace(0.0, math.log(max_freq), dim // 2, dtype=jnp.float32))
@@ -21,14 +40,28 @@ def sinusoidal_embedding(c: jax.Array, dim: int, max_freq: float = 100.0) -> jax
 
 
 class NoiseEmbedding(nnx.Module):
-  """Sinusoidal features of the noise condition ``c`` followed by a 2-layer MLP."""
+  """Sinusoidal features of the noise condition ``c`` followed by a 2-layer MLP.
 
-  def __init__(self, dim: int, out: int, *, rngs: nnx.Rngs):
+  Args:
+    dim: number of sinusoidal features (even).
+    out: output width.
+    rngs: the parameter initialisation streams.
+  """
+
+  def __init__(self, dim: int, out: int, *, rngs: nnx.Rngs) -> None:
     self.dim = dim
     self.fc1 = nnx.Linear(dim, out, rngs=rngs)
     self.fc2 = nnx.Linear(out, out, rngs=rngs)
 
   def __call__(self, c: jax.Array) -> jax.Array:
+    """Embeds the noise conditions.
+
+    Args:
+      c: ``[B]`` float noise conditions.
+
+    Returns:
+      ``[B, out]`` embeddings.
+    """
     return self.fc2(jax.nn.silu(self.fc1(sinusoidal_embedding(c, self.dim))))
 
 
@@ -37,11 +70,22 @@ class ScoreMLP(nnx.Module):
 
   The noise embedding is added to every hidden block. Used for 2-D toy data and
   as the quick score network for flattened 8x8 digits.
+
+  Args:
+    features: number of input (and output) features per sample: the product
+      of the trailing shape.
+    hidden: hidden width.
+    depth: number of residual blocks (>= 1).
+    embed_dim: number of sinusoidal features of the noise condition.
+    rngs: the parameter initialisation streams.
+
+  Raises:
+    ValueError: ``depth < 1``.
   """
 
   def __init__(
     self, features: int, hidden: int = 128, depth: int = 3, embed_dim: int = 32, *, rngs: nnx.Rngs
-  ):
+  ) -> None:
     if depth < 1:
       raise ValueError(f"depth must be >= 1, got {depth}.")
     self.features = features
@@ -52,6 +96,15 @@ class ScoreMLP(nnx.Module):
     self.out = nnx.Linear(hidden, features, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """The network's output for noisy inputs at noise conditions ``c``.
+
+    Args:
+      x: ``[B, ...]`` float inputs with ``features`` elements per sample.
+      c: ``[B]`` float noise conditions.
+
+    Returns:
+      An array of ``x``'s shape ``[B, ...]``.
+    """
     shape = x.shape
     h = self.inp(jnp.reshape(x, (shape[0], -1)))
     e = jax.nn.silu(self.embed(c))
@@ -83,11 +136,20 @@ class ScoreUNet(nnx.Module):
   channels -> two residual blocks -> nearest upsampling, skip concatenation,
   residual block -> ``C`` channels. GroupNorm acts per sample, so per-sample
   losses stay per-sample.
+
+  Args:
+    image_shape: ``(H, W, C)`` with even ``H`` and ``W``.
+    channels: channels at full resolution (twice that at half resolution).
+    embed_dim: number of sinusoidal features of the noise condition.
+    rngs: the parameter initialisation streams.
+
+  Raises:
+    ValueError: ``H`` or ``W`` is odd.
   """
 
   def __init__(
     self, image_shape: Sequence[int] = (8, 8, 1), channels: int = 32, embed_dim: int = 32, *, rngs: nnx.Rngs
-  ):
+  ) -> None:
     h, w, c = image_shape
     if h % 2 or w % 2:
       raise ValueError(f"image height and width must be even, got {image_shape}.")
@@ -104,6 +166,15 @@ class ScoreUNet(nnx.Module):
     self.conv_out = nnx.Conv(ch, c, (3, 3), rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """The network's output for noisy images at noise conditions ``c``.
+
+    Args:
+      x: ``[B, H, W, C]`` (or flat ``[B, H*W*C]``) float images.
+      c: ``[B]`` float noise conditions.
+
+    Returns:
+      An array of ``x``'s shape.
+    """
     shape = x.shape
     b = shape[0]
     x = jnp.reshape(x, (b,) + self.image_shape)

@@ -4,6 +4,7 @@ index, that a weighting's prepare pass adds to the batch."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +16,22 @@ from jaxweights.core.reductions import AxisName
 from jaxweights.core.step import LossOutput
 from jaxweights.substrates.diffusion.sde import Diffusion
 
+PyTree = Any
+
 PERTURBATION_KEYS = ("t", "sigma", "noise")
 CORRECTION_KEY = "score_correction"
 
 
-def check_perturbed_batch(batch) -> None:
-  """Raises a clear ``ValueError`` unless ``batch`` is a dict with a full draw."""
+def check_perturbed_batch(batch: PyTree) -> None:
+  """Raises a clear ``ValueError`` unless ``batch`` is a dict with a full draw.
+
+  Args:
+    batch: the DSM batch: ``"x"`` ``[B, ...]``, ``"t"`` and ``"sigma"`` ``[B]``,
+      ``"noise"`` like ``x`` and optionally ``"score_correction"`` like ``x``.
+
+  Raises:
+    ValueError: ``batch`` is not a dict, lacks a key, or has a mis-shaped entry.
+  """
   if not isinstance(batch, dict):
     raise ValueError(f"a DSM batch must be a dict, got {type(batch).__name__}.")
   missing = [k for k in ("x",) + PERTURBATION_KEYS if k not in batch]
@@ -46,6 +57,16 @@ def dsm_loss_fn(diffusion: Diffusion) -> Callable[[nnx.Module, dict], LossOutput
 
   Reads ``x``, ``t``, ``sigma``, ``noise`` and, when present,
   ``score_correction`` (TIW-DSM's ``grad_x log w_t``; absent = plain DSM).
+  The correction is under ``stop_gradient``.
+
+  Args:
+    diffusion: the parameterisation (:class:`VPDiffusion` or
+      :class:`EDMDiffusion`) whose ``loss`` is evaluated.
+
+  Returns:
+    ``loss_fn(model, batch) -> LossOutput`` with ``[B]`` float32 per-sample
+    losses; it raises ``ValueError`` (at trace time) for a batch without a full
+    noise draw.
   """
 
   def loss_fn(model, batch):
@@ -59,7 +80,16 @@ def dsm_loss_fn(diffusion: Diffusion) -> Callable[[nnx.Module, dict], LossOutput
 
 
 def global_indices(n_local: int, axis_name: AxisName = None) -> jax.Array:
-  """Global batch positions of this device's ``n_local`` rows (``arange`` off shard_map)."""
+  """Global batch positions of this device's ``n_local`` rows (``arange`` off shard_map).
+
+  Args:
+    n_local: the number of rows on this device.
+    axis_name: the ``shard_map`` data axis, else None.
+
+  Returns:
+    int32 ``[n_local]``: ``axis_index * n_local + arange(n_local)``, or
+    ``arange(n_local)`` without an axis.
+  """
   idx = jnp.arange(n_local, dtype=jnp.int32)
   if axis_name is None:
     return idx
@@ -67,6 +97,15 @@ def global_indices(n_local: int, axis_name: AxisName = None) -> jax.Array:
 
 
 def global_batch_size(n_local: int, axis_name: AxisName = None) -> int:
+  """The global batch size from this device's row count.
+
+  Args:
+    n_local: the number of rows on this device.
+    axis_name: the ``shard_map`` data axis, else None.
+
+  Returns:
+    ``n_local`` times the size of ``axis_name`` (``n_local`` without an axis).
+  """
   return n_local if axis_name is None else n_local * jax.lax.axis_size(axis_name)
 
 
@@ -94,6 +133,9 @@ def draw_perturbation(
 
   Returns:
     ``{"t": [B], "sigma": [B], "noise": [B, ...]}`` (float32).
+
+  Raises:
+    ValueError: ``x`` has rank < 2, or ``pair_halves`` with an odd global batch.
   """
   x = jnp.asarray(x)
   if x.ndim < 2:
@@ -120,6 +162,21 @@ def perturb_batch(
 
   A batch that already has all of ``t``, ``sigma`` and ``noise`` is returned as
   is; one with only some of them raises (a half-given draw is a bug).
+
+  Args:
+    diffusion: the parameterisation whose ``sample_level`` draws the levels.
+    batch: a dict batch with the clean samples ``"x"`` ``[B, ...]``.
+    key: a PRNG key (e.g. ``PrepareContext.key``).
+    axis_name: the ``shard_map`` data axis, else None.
+    pair_halves: see :func:`draw_perturbation`.
+
+  Returns:
+    ``batch`` with ``"t"`` ``[B]``, ``"sigma"`` ``[B]`` and ``"noise"``
+    ``[B, ...]`` added (a new dict; the input is not modified).
+
+  Raises:
+    ValueError: ``batch`` is not a dict with ``"x"``, holds only part of a draw
+      or a mis-shaped one.
   """
   if not isinstance(batch, dict) or "x" not in batch:
     raise ValueError("a DSM batch must be a dict with the clean samples under 'x'.")
@@ -136,7 +193,15 @@ def perturb_batch(
 
 
 def dsm_weighting(diffusion: Diffusion) -> Weighting:
-  """The plain DSM step: uniform weights, noise drawn in ``prepare`` from ``ctx.key``."""
+  """The plain DSM step: uniform weights, noise drawn in ``prepare`` from ``ctx.key``.
+
+  Args:
+    diffusion: the parameterisation whose ``sample_level`` draws the levels.
+
+  Returns:
+    A stateless :class:`~jaxweights.Weighting` whose ``prepare`` adds a noise
+    draw (:func:`perturb_batch`) and whose ``update`` gives uniform weights.
+  """
 
   def prepare(ctx: PrepareContext):
     return perturb_batch(diffusion, ctx.batch, ctx.key, axis_name=ctx.axis_name)

@@ -20,7 +20,33 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 def karras_sigmas(
   num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> jax.Array:
-  """EDM's ``num_steps`` decreasing levels from ``sigma_max`` to ``sigma_min``, then 0."""
+  """EDM's ``num_steps`` decreasing levels from ``sigma_max`` to ``sigma_min``, then 0.
+
+  ``s_i = (sigma_max^(1/rho) + i / (num_steps - 1) (sigma_min^(1/rho) -
+  sigma_max^(1/rho)))^rho`` (Karras et al., 2022, Eq. 5).
+
+  Args:
+    num_steps: number of nonzero levels (>= 1; with 1, only ``sigma_max``).
+    sigma_min: the last nonzero level (> 0).
+    sigma_max: the first level (> ``sigma_min``).
+    rho: the schedule's curvature (EDM: 7).
+
+  Returns:
+    float32 ``[num_steps + 1]`` decreasing levels ending in 0.
+
+  Raises:
+    ValueError: ``num_steps < 1`` or not ``0 < sigma_min < sigma_max``.
+
+  Example:
+    >>> from jaxweights import diffusion
+    >>> s = diffusion.karras_sigmas(4)
+    >>> s.shape
+    (5,)
+    >>> round(float(s[0]), 3), round(float(s[-2]), 3), float(s[-1])
+    (80.0, 0.002, 0.0)
+    >>> bool((s[1:] < s[:-1]).all())
+    True
+  """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
   if not 0 < sigma_min < sigma_max:
@@ -47,12 +73,19 @@ def heun_sampler(
   EDM coordinate; ``2 num_steps - 1`` denoiser calls.
 
   Args:
-    denoise_fn: ``D(x [B, ...], s [B]) -> [B, ...]``.
+    denoise_fn: ``D(x [B, ...], s [B]) -> [B, ...]`` (see :func:`denoiser`).
     key: PRNG key of the initial draw.
     shape: ``(B, ...)``.
+    num_steps: number of noise levels (see :func:`karras_sigmas`).
+    sigma_min: the last nonzero level.
+    sigma_max: the first level (the initial draw's standard deviation).
+    rho: the schedule's curvature.
 
   Returns:
-    ``[B, ...]`` samples.
+    ``[B, ...]`` float32 samples in the EDM (data) coordinate.
+
+  Raises:
+    ValueError: invalid schedule arguments (see :func:`karras_sigmas`).
   """
   sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho)
   b = shape[0]
@@ -87,6 +120,17 @@ def euler_maruyama_sampler(
 
   Args:
     score_fn: ``s(x_t [B, ...], t [B]) -> [B, ...]`` (see :func:`vp_score_fn`).
+    sde: the VP-SDE (its ``beta`` and ``t_max``).
+    key: PRNG key of the initial draw and the per-step noise.
+    shape: ``(B, ...)``.
+    num_steps: number of Euler-Maruyama steps (>= 1).
+    t_end: the final time, in ``(0, t_max)``.
+
+  Returns:
+    ``[B, ...]`` float32 samples in the VP coordinate at ``t_end``.
+
+  Raises:
+    ValueError: ``num_steps < 1`` or ``t_end`` outside ``(0, t_max)``.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -112,7 +156,19 @@ def euler_maruyama_sampler(
 
 
 def vp_score_fn(denoise_fn: DenoiseFn, sde: VPSDE) -> ScoreFn:
-  """The VP score ``s(x_t, t) = (D(x_t / alpha; s) - x_t / alpha) / (alpha s^2)``."""
+  """The VP score ``s(x_t, t) = (D(x_t / alpha; s) - x_t / alpha) / (alpha s^2)``.
+
+  Here ``alpha = alpha(t)`` and ``s = sde.edm_sigma(t)``: the score of the VP
+  marginal from an EDM-coordinate denoiser.
+
+  Args:
+    denoise_fn: ``D(x [B, ...], s [B]) -> [B, ...]`` in the EDM coordinate.
+    sde: the VP-SDE that maps ``t`` to ``alpha(t)`` and ``s``.
+
+  Returns:
+    ``score(x_t [B, ...], t [B]) -> [B, ...]`` for
+    :func:`euler_maruyama_sampler`.
+  """
 
   def score(x_t, t):
     alpha, s = sde.alpha(t), sde.edm_sigma(t)
@@ -124,7 +180,18 @@ def vp_score_fn(denoise_fn: DenoiseFn, sde: VPSDE) -> ScoreFn:
 
 
 def denoiser(diffusion: Diffusion, graphdef: nnx.GraphDef, params: PyTree, rest: PyTree = None) -> DenoiseFn:
-  """``D(x, s)`` of a trained model from its split state (for the samplers)."""
+  """``D(x, s)`` of a trained model from its split state (for the samplers).
+
+  Args:
+    diffusion: the parameterisation the model was trained with.
+    graphdef: the model's graph definition (``nnx.split``).
+    params: the model's ``nnx.Param`` state.
+    rest: the model's other state, if any.
+
+  Returns:
+    ``denoise_fn(x [B, ...], sigma [B]) -> [B, ...]``, the denoiser in the EDM
+    coordinate (``diffusion.denoise`` of the merged model).
+  """
 
   def denoise_fn(x, sigma):
     model = nnx.merge(graphdef, params) if rest is None else nnx.merge(graphdef, params, rest)

@@ -4,6 +4,7 @@ experiments."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +22,29 @@ class GaussianMixture:
 
   Attributes:
     weights: ``[K]`` mixture weights (normalised on construction).
-    means: ``[K, D]``.
+    means: ``[K, D]`` component means.
     stds: ``[K]`` per-component standard deviations.
+
+  Raises:
+    ValueError: the shapes disagree, a weight is negative (or all are 0), or a
+      standard deviation is not ``> 0``.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxweights import diffusion
+    >>> gm = diffusion.GaussianMixture(weights=(1, 3), means=((-1.0, 0.0), (1.0, 0.0)), stds=(0.5, 0.5))
+    >>> gm.weights, gm.dim
+    ((0.25, 0.75), 2)
+    >>> x, component = gm.sample(np.random.default_rng(0), 5)
+    >>> x.shape, component.shape
+    ((5, 2), (5,))
   """
 
   weights: tuple
   means: tuple
   stds: tuple
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     w = np.asarray(self.weights, np.float64)
     m = np.asarray(self.means, np.float64)
     s = np.asarray(self.stds, np.float64)
@@ -43,12 +58,19 @@ class GaussianMixture:
 
   @property
   def dim(self) -> int:
+    """The data dimension ``D``."""
     return len(self.means[0])
 
-  def log_prob(self, x: jax.Array, a=1.0, b=0.0) -> jax.Array:
+  def log_prob(self, x: jax.Array, a: jax.typing.ArrayLike = 1.0, b: jax.typing.ArrayLike = 0.0) -> jax.Array:
     """``[B]`` log density of ``x`` (``[B, D]``) perturbed by ``a x0 + b z``.
 
-    ``a``, ``b``: scalars or ``[B]``.
+    Args:
+      x: ``[B, D]`` points.
+      a: the signal scale, a scalar or ``[B]``.
+      b: the noise scale, a scalar or ``[B]``.
+
+    Returns:
+      ``[B]`` float32 log densities of the perturbed mixture.
     """
     x = jnp.asarray(x, jnp.float32)
     a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), x.shape[:1])[:, None]
@@ -60,22 +82,59 @@ class GaussianMixture:
     log_w = jnp.log(jnp.asarray(self.weights, jnp.float32))[None, :]
     return jax.nn.logsumexp(logn + log_w, axis=-1)
 
-  def score(self, x: jax.Array, a=1.0, b=0.0) -> jax.Array:
-    """``[B, D]`` ``grad_x log p`` of the perturbed mixture."""
+  def score(self, x: jax.Array, a: jax.typing.ArrayLike = 1.0, b: jax.typing.ArrayLike = 0.0) -> jax.Array:
+    """``[B, D]`` ``grad_x log p`` of the perturbed mixture.
+
+    Args:
+      x: ``[B, D]`` points.
+      a: the signal scale, a scalar or ``[B]``.
+      b: the noise scale, a scalar or ``[B]``.
+
+    Returns:
+      ``[B, D]`` float32 scores.
+    """
     return jax.grad(lambda z: jnp.sum(self.log_prob(z, a, b)))(jnp.asarray(x, jnp.float32))
 
   def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` draws: ``(x float32 [n, D], component int32 [n])``."""
+    """``n`` draws: ``(x float32 [n, D], component int32 [n])``.
+
+    Args:
+      rng: the numpy generator to draw from.
+      n: the number of draws.
+
+    Returns:
+      ``(x, component)``: float32 ``[n, D]`` samples and int32 ``[n]`` indices
+      of the component each came from.
+    """
     k = rng.choice(len(self.weights), size=n, p=np.asarray(self.weights))
     mu, s = np.asarray(self.means)[k], np.asarray(self.stds)[k]
     x = mu + s[:, None] * rng.standard_normal((n, self.dim))
     return x.astype(np.float32), k.astype(np.int32)
 
-  def with_weights(self, weights) -> GaussianMixture:
+  def with_weights(self, weights: Sequence[float]) -> GaussianMixture:
+    """The same components with other mixture weights.
+
+    Args:
+      weights: ``[K]`` non-negative weights (normalised on construction).
+
+    Returns:
+      A new :class:`GaussianMixture`.
+    """
     return GaussianMixture(tuple(weights), self.means, self.stds)
 
   def mix(self, other: GaussianMixture, fraction: float) -> GaussianMixture:
-    """``fraction * other + (1 - fraction) * self`` (same components)."""
+    """``fraction * other + (1 - fraction) * self`` (same components).
+
+    Args:
+      other: a mixture with the same means and standard deviations.
+      fraction: the weight of ``other``, in ``[0, 1]``.
+
+    Returns:
+      A new :class:`GaussianMixture` with the interpolated weights.
+
+    Raises:
+      ValueError: the two mixtures have different components.
+    """
     if self.means != other.means or self.stds != other.stds:
       raise ValueError("mix needs mixtures with the same components.")
     w = (1 - fraction) * np.asarray(self.weights) + fraction * np.asarray(other.weights)
