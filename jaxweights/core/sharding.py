@@ -108,6 +108,29 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...] | str:
   return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Keeps ``x [batch, ...]`` split along the batch axes of the mesh being traced.
+
+  Models call it on their activations (the residual stream) so that, with
+  parameters sharded along ``fsdp``, XLA gathers the parameters rather than the
+  batch. Outside a mesh context, or when the batch does not divide, it returns
+  ``x`` unchanged. :func:`~jaxweights.make_train_step` traces under its mesh.
+
+  Args:
+    x: an activation with the batch as its leading axis.
+
+  Returns:
+    ``x``, with a sharding constraint when a mesh is in context.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or getattr(x, "ndim", 0) == 0:
+    return x
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes))
+
+
 def _default_spec(shape: tuple[int, ...], mesh: Mesh) -> P:
   """The largest dimension divisible by the ``fsdp`` axis is sharded along it."""
   n = mesh.shape.get("fsdp", 1)

@@ -355,6 +355,7 @@ def make_train_step(
     axis_name=axis_name if mode == "shard_map" else None,
     accumulate=accumulate,
     weights_over=weights_over,
+    grad_shardings=None if state_shardings is None else state_shardings.params,
   )
   donate_argnums = (0,) if donate else ()
   if mode == "shard_map":
@@ -363,8 +364,14 @@ def make_train_step(
   if mesh is None:
     return jax.jit(inner, donate_argnums=donate_argnums)
   replicated = NamedSharding(mesh, P())
+
+  def traced(state, batch):
+    # Models may read the mesh (constrain_batch) to keep activations batch-split.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return inner(state, batch)
+
   return jax.jit(
-    inner,
+    traced,
     out_shardings=(replicated if state_shardings is None else state_shardings, replicated),
     donate_argnums=donate_argnums,
   )
@@ -401,8 +408,11 @@ class _Step:
   axis under ``shard_map``.
   """
 
-  def __init__(self, graphdef, loss_fn, optimizer, weighting, *, axis_name, accumulate, weights_over):
+  def __init__(
+    self, graphdef, loss_fn, optimizer, weighting, *, axis_name, accumulate, weights_over, grad_shardings=None
+  ):
     self.graphdef, self.loss_fn, self.optimizer = graphdef, loss_fn, optimizer
+    self.grad_shardings = grad_shardings
     self.weighting, self.axis_name = weighting, axis_name
     self.accumulate, self.weights_over = accumulate, weights_over
 
@@ -577,6 +587,8 @@ class _Step:
     """The optimiser update, kept only when it is safe: a finite gradient, at least
     one valid sample in the global batch (an empty batch must not move momentum or
     decay the weights), weights within the contract, and a finite result."""
+    if self.grad_shardings is not None:  # FSDP: reduce-scatter into the parameters' layout
+      grads = jax.lax.with_sharding_constraint(grads, self.grad_shardings)
     grad_norm = optax.tree.norm(grads)
     has_valid = normalize.masked_count(mask, self.axis_name) > 0
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)

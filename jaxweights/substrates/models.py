@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxweights.core.sharding import constrain_batch
+
 
 class MLP(nnx.Module):
   """A ReLU multi-layer perceptron ``[batch, in] -> [batch, out]``.
@@ -390,6 +392,7 @@ class LlamaBlock(nnx.Module):
     Returns:
       ``[batch, seq, d_model]`` residual stream.
     """
+    x = constrain_batch(x)
     h = self.attn_norm(x)
     q, k = rotary(self.q(h), self.base), rotary(self.k(h), self.base)
     y = jax.nn.dot_product_attention(q, k, self.v(h), is_causal=True)
@@ -445,17 +448,17 @@ class Llama(nnx.Module):
       raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}.")
     if tokens.shape[1] > self.cfg.max_len:
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}.")
-    x = self.embed(tokens)
+    x = constrain_batch(self.embed(tokens))
     if self.cfg.scan:
 
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
       def run(block, x):
         return block(x)
 
-      return run(self.blocks, x)
+      return constrain_batch(run(self.blocks, x))
     for block in self.blocks:
       x = block(x)
-    return x
+    return constrain_batch(x)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """Next-token logits.
@@ -470,4 +473,4 @@ class Llama(nnx.Module):
       ValueError: ``tokens`` is not rank 2 or is longer than ``max_len``.
     """
     h = self.norm(self.hidden_states(tokens))
-    return self.embed.attend(h) if self.cfg.tied else self.head(h)
+    return constrain_batch(self.embed.attend(h) if self.cfg.tied else self.head(h))
