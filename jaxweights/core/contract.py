@@ -183,7 +183,7 @@ def stateless(weight_fn: Callable[..., jax.Array], name: str | None = None) -> W
   Returns:
     A stateless :class:`Weighting`: ``init() == ()``, no ``prepare``/``gradient``.
 
-  Example:
+  Examples:
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
@@ -222,7 +222,7 @@ def uniform_weighting() -> Weighting:
     the global batch the weight ``1 / n_valid`` (and padding 0), so the train
     step minimises the plain mean loss.
 
-  Example:
+  Examples:
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw

@@ -40,7 +40,7 @@ def token_mean_cross_entropy(
       concrete active target is outside ``[0, vocab)`` (e.g. -100 padding).
     TypeError: ``logits`` is not floating point or ``targets`` not integer.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> logits = jnp.zeros((2, 3, 4))  # uniform over a vocabulary of 4
@@ -88,7 +88,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       class axis is empty, or a concrete label is outside ``[0, classes)``.
     TypeError: ``logits`` is not floating point or ``labels`` not integer.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
@@ -170,7 +170,7 @@ def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     ValueError: ``predictions`` has no (or an empty) batch axis, no elements
       per sample, or a different shape from ``targets``.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> predictions = jnp.array([[1.0, 2.0], [0.0, 0.0]])

@@ -88,7 +88,7 @@ def minmax(
       (concrete, non-boolean) holds values other than 0 and 1.
     TypeError: ``x`` is not floating point.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> h = jw.normalize.minmax(jnp.array([1.0, 2.0, 3.0, 100.0]), jnp.array([True, True, True, False]))
@@ -129,7 +129,7 @@ def zscore(
       (concrete, non-boolean) holds values other than 0 and 1.
     TypeError: ``x`` is not floating point.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> z = jw.normalize.zscore(jnp.array([1.0, 2.0, 3.0]))
@@ -171,7 +171,7 @@ def softmax(
       not a real scalar.
     TypeError: ``logits`` is not floating point.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> w = jw.normalize.softmax(jnp.log(jnp.array([1.0, 3.0, 4.0])))
@@ -213,7 +213,7 @@ def sum_to_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisNa
       (concrete, non-boolean) holds values other than 0 and 1.
     TypeError: ``w`` is not floating point.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> w = jw.normalize.sum_to_one(jnp.array([1.0, 3.0, 5.0]), jnp.array([True, True, False]))
@@ -246,7 +246,7 @@ def mean_one(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName
       (concrete, non-boolean) holds values other than 0 and 1.
     TypeError: ``w`` is not floating point.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> w = jw.normalize.mean_one(jnp.array([1.0, 3.0]))
@@ -286,7 +286,7 @@ def effective_sample_size(w: jax.Array, *, axis_name: AxisName = None) -> jax.Ar
   Returns:
     A float32 scalar in ``[1, n]`` over the global batch; 0 if every weight is 0.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> round(float(jw.effective_sample_size(jnp.full(4, 0.25))), 4)

@@ -111,7 +111,7 @@ def init_train_state(
   Returns:
     ``(graphdef, state)``; pass ``graphdef`` to :func:`make_train_step`.
 
-  Example:
+  Examples:
     >>> import optax
     >>> from flax import nnx
     >>> import jaxweights as jw
@@ -143,7 +143,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "dat
   Returns:
     A :class:`jax.sharding.Mesh` of shape ``(len(devices),)``.
 
-  Example:
+  Examples:
     >>> import jax
     >>> import jaxweights as jw
     >>> mesh = jw.data_mesh(jax.devices()[:1])

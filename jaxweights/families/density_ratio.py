@@ -27,14 +27,19 @@ the per-sample weight ``w_t lambda(s)``. The authors' public code instead uses
 here (tests: ``test_correction_sign_not_negative_grad_d``,
 ``test_per_sample_weights_not_collapsed_to_batch_mean``).
 
-On the composition layer (:func:`tiw_dsm`): the frozen discriminator's
+On the composition layer (:func:`tiw_dsm_weighting`): the frozen discriminator's
 parameters are the :class:`~jaxweights.Weighting`'s state (they checkpoint with
 the run); ``prepare`` draws the noise (``ctx.key``, keyed by global sample
 index: see :mod:`jaxweights.substrates.diffusion`) unless the batch carries it, and adds
 ``"ratio"`` (``w_t``) and ``"score_correction"`` (``grad_x log w_t``) for the
 batch's ``(x_t, t)``; :func:`jaxweights.substrates.diffusion.dsm_loss_fn` reads the
 correction; ``update`` returns ``w_t`` self-normalised to sum to 1 over the
-global batch (so the step minimises ``sum_i w_i l_i / sum_j w_j``).
+valid samples of the global batch, under ``stop_gradient`` (so the step
+minimises ``sum_i w_i l_i / sum_j w_j``).
+
+References:
+  Kim, Na, Park, Jang, Kim, Kang, Moon. "Training Unbiased Diffusion Models From
+  Biased Dataset." ICLR 2024.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from flax import nnx
 from jaxweights.core import normalize
 from jaxweights.core.contract import PrepareContext, Weighting, WeightInputs
 from jaxweights.core.reductions import is_concrete
-from jaxweights.core.step import LossOutput, init_train_state, make_train_step
+from jaxweights.core.step import LossFn, LossOutput, init_train_state, make_train_step
 from jaxweights.substrates.data import batch_indices
 from jaxweights.substrates.diffusion import (
   CORRECTION_KEY,
@@ -67,7 +72,9 @@ from jaxweights.substrates.diffusion import (
 )
 
 PyTree = Any
+#: The batch key under which ``prepare`` stores the ``[batch]`` ratios ``w_t``.
 RATIO_KEY = "ratio"
+#: The default clip margin of discriminator probabilities, ``[eps, 1 - eps]``.
 DEFAULT_EPS = 1e-5
 
 
@@ -81,6 +88,16 @@ class TimeDiscriminator(nnx.Module):
   ``c`` is the noise condition ``log(edm_sigma(t)) / 4`` (:meth:`VPSDE.condition`).
   Inputs of any trailing shape are flattened. No layer mixes samples, so
   ``grad`` of the summed log-ratio wrt the input is the per-sample gradient.
+
+  Args:
+    features: the flattened sample size (``prod`` of ``x_t.shape[1:]``).
+    hidden: width of the hidden layers.
+    depth: number of residual blocks, ``>= 1``.
+    embed_dim: size of the sinusoidal noise embedding.
+    rngs: the initialisation PRNG streams.
+
+  Raises:
+    ValueError: ``depth < 1``.
   """
 
   def __init__(
@@ -95,6 +112,15 @@ class TimeDiscriminator(nnx.Module):
     self.out = nnx.Linear(hidden, 1, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """The log-odds ``log(d / (1 - d))`` that each sample is from the reference set.
+
+    Args:
+      x: ``[B, ...]`` noisy samples (VP coordinate).
+      c: ``[B]`` noise conditions (:meth:`VPSDE.condition` of the VP times).
+
+    Returns:
+      ``[B]`` logits.
+    """
     h = self.inp(jnp.reshape(x, (x.shape[0], -1)))
     e = jax.nn.silu(self.embed(c))
     for block, proj in zip(self.blocks, self.emb_proj):
@@ -108,17 +134,33 @@ class RatioModel(NamedTuple):
   ``logits`` are ``log(d / (1 - d))`` of a discriminator (reference = 1) at VP
   time ``t`` on VP-coordinate ``x_t``; an oracle may return the true
   ``log p_data^t / p_bias^t`` instead. ``params`` become the weighting state.
+
+  Attributes:
+    apply: ``apply(params, x_t [B, ...], t [B]) -> [B]`` logits; it must not mix
+      samples (the score correction is the gradient of the summed log-ratio).
+    params: the pytree passed to ``apply`` (frozen; the weighting's state).
   """
 
   apply: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
   params: PyTree
 
   @classmethod
-  def from_module(cls, module_or_graphdef, params: PyTree | None = None, sde: VPSDE = VPSDE()) -> RatioModel:
+  def from_module(
+    cls, module_or_graphdef: nnx.Module | nnx.GraphDef, params: PyTree | None = None, sde: VPSDE = VPSDE()
+  ) -> RatioModel:
     """Wraps a :class:`TimeDiscriminator` (or its ``(graphdef, state)``).
 
     A module is split whole (``nnx.split``), so non-parameter variables (e.g. a
     fixed input projection) travel in ``params`` too.
+
+    Args:
+      module_or_graphdef: a ``(x_t, c) -> logits [B]`` NNX module, or its graph
+        definition when ``params`` is given.
+      params: the module's state when a graph definition is passed.
+      sde: the VP-SDE whose :meth:`~VPSDE.condition` maps times to ``c``.
+
+    Returns:
+      A :class:`RatioModel` calling the module on ``(x_t, sde.condition(t))``.
     """
     if params is None:
       graphdef, params = nnx.split(module_or_graphdef)
@@ -163,6 +205,10 @@ def log_ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0, eps: float =
 
   Returns:
     ``log w``, like ``d``, float32.
+
+  Raises:
+    ValueError: concrete ``d`` outside ``[0, 1]`` or NaN, ``ref_fraction``
+      outside ``[0, 1]``, or ``eps`` outside ``(0, 0.5)``.
   """
   eps = _check_eps(eps)
   pi = _check_fraction(ref_fraction)
@@ -178,7 +224,20 @@ def log_ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0, eps: float =
 def log_ratio_from_logits(
   logits: jax.Array, *, ref_fraction: float = 0.0, eps: float = DEFAULT_EPS
 ) -> jax.Array:
-  """``log w`` from logits ``log(d/(1-d))`` (``d = sigmoid(logits)``, clipped as above)."""
+  """``log w`` from logits ``log(d/(1-d))`` (``d = sigmoid(logits)``, clipped as above).
+
+  Args:
+    logits: discriminator log-odds (any shape); clipped to
+      ``±log((1 - eps) / eps)``, which equals clipping ``d`` to ``[eps, 1 - eps]``.
+    ref_fraction: ``pi`` in ``[0, 1]``.
+    eps: clip margin in ``(0, 0.5)``.
+
+  Returns:
+    ``log w``, like ``logits``, float32.
+
+  Raises:
+    ValueError: ``ref_fraction`` outside ``[0, 1]`` or ``eps`` outside ``(0, 0.5)``.
+  """
   eps = _check_eps(eps)
   pi = _check_fraction(ref_fraction)
   bound = float(np.log1p(-eps) - np.log(eps))
@@ -188,7 +247,18 @@ def log_ratio_from_logits(
 
 
 def mixture_log_ratio(log_r: jax.Array, ref_fraction: float) -> jax.Array:
-  """``log [r / (pi r + 1 - pi)]`` from ``log r`` (stable: a ``logaddexp``)."""
+  """``log [r / (pi r + 1 - pi)]`` from ``log r`` (stable: a ``logaddexp``).
+
+  Args:
+    log_r: ``log r``, the log density ratio to the biased distribution (any shape).
+    ref_fraction: ``pi`` in ``[0, 1]``: 0 returns ``log_r``, 1 returns zeros.
+
+  Returns:
+    ``log w``, like ``log_r``: the log ratio to the training mixture.
+
+  Raises:
+    ValueError: ``ref_fraction`` outside ``[0, 1]``.
+  """
   pi = _check_fraction(ref_fraction)
   if pi == 0.0:
     return log_r
@@ -198,7 +268,34 @@ def mixture_log_ratio(log_r: jax.Array, ref_fraction: float) -> jax.Array:
 
 
 def ratio_from_prob(d: jax.Array, *, ref_fraction: float = 0.0, eps: float = DEFAULT_EPS) -> jax.Array:
-  """``w = r / (pi r + 1 - pi)``, ``r = d/(1-d)``, from probabilities ``d``."""
+  """``w = r / (pi r + 1 - pi)``, ``r = d/(1-d)``, from probabilities ``d``.
+
+  The density ratio of the reference distribution to the score model's
+  training mixture, from a discriminator's probability ``d`` that a sample is
+  from the reference set. Unnormalised (the weightings normalise it per batch).
+
+  Args:
+    d: probabilities in ``[0, 1]`` (any shape), clipped to ``[eps, 1 - eps]``.
+    ref_fraction: ``pi`` in ``[0, 1]``, the share of the reference set in the
+      training data (0: the biased set only, ``w = r``; 1/2: ``w = 2 d``).
+    eps: clip margin in ``(0, 0.5)``.
+
+  Returns:
+    ``w``, like ``d``, float32, ``> 0``.
+
+  Raises:
+    ValueError: concrete ``d`` outside ``[0, 1]`` or NaN, ``ref_fraction``
+      outside ``[0, 1]``, or ``eps`` outside ``(0, 0.5)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> d = jnp.array([0.5, 0.8, 0.2])
+    >>> [round(float(w), 4) for w in jw.ratio_from_prob(d)]
+    [1.0, 4.0, 0.25]
+    >>> [round(float(w), 4) for w in jw.ratio_from_prob(d, ref_fraction=0.5)]  # w = 2 d
+    [1.0, 1.6, 0.4]
+  """
   return jnp.exp(log_ratio_from_prob(d, ref_fraction=ref_fraction, eps=eps))
 
 
@@ -245,7 +342,13 @@ def ratio_and_correction(
     with_correction: False skips the gradient (returns None for it).
 
   Returns:
-    ``(w [B], grad [B, ...] | None)``, float32.
+    ``(w [B], grad [B, ...] | None)``, float32, under ``stop_gradient``; ``w``
+    is unnormalised.
+
+  Raises:
+    ValueError: a bad ``coordinate``, ``t_range``, ``ref_fraction`` or ``eps``;
+      shapes other than ``x [B, ...]`` and ``t [B]``; concrete ``t`` outside
+      ``[t_min, t_max]``; or logits of another shape than ``[B]``.
   """
   if coordinate not in ("edm", "vp"):
     raise ValueError(f"coordinate must be 'edm' or 'vp', got {coordinate!r}.")
@@ -315,6 +418,23 @@ def tiw_dsm_weighting(
     t_range: optional ``(lo, hi)`` in VP time; the correction is 0 outside
       (``grad log w`` is noisy at small ``t``). The weight is kept.
     eps: clip margin of ``d``.
+
+  Returns:
+    A :class:`~jaxweights.Weighting` whose state is ``ratio_model.params`` and
+    whose ``update`` returns ``[B]`` float32 weights under ``stop_gradient``,
+    summing to 1 over the valid samples of the global batch.
+
+  Raises:
+    ValueError: ``weight`` and ``correction`` both False (plain DSM), or a bad
+      ``ref_fraction``, ``eps`` or ``t_range``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> oracle = jw.RatioModel(lambda params, x_t, t: jnp.zeros(t.shape), params=())  # w_t = 1
+    >>> weighting = jw.tiw_dsm_weighting(oracle, jw.diffusion.VPDiffusion(), t_range=(0.05, 1.0))
+    >>> weighting.init(), weighting.prepare is not None
+    ((), True)
   """
   if not (weight or correction):
     raise ValueError(
@@ -366,7 +486,32 @@ def iw_dsm_weighting(
 
   The ratio model (a discriminator trained at ``t = t_min`` only, see
   :func:`train_discriminator` with ``time_independent=True``) is evaluated on the
-  clean sample at ``t_min``; no score correction.
+  clean sample at ``t_min``; no score correction. This is the time-independent
+  baseline of Kim et al. (ICLR 2024).
+
+  Args:
+    ratio_model: the frozen time-independent discriminator (or an oracle).
+    diffusion: the score model's parameterisation (and VP-SDE).
+    ref_fraction: ``pi`` = share of the reference set in the score model's
+      training data (``w = r / (pi r + 1 - pi)``).
+    eps: clip margin of ``d``.
+
+  Returns:
+    A :class:`~jaxweights.Weighting` whose state is ``ratio_model.params``;
+    ``prepare`` adds ``"ratio"`` ``[B]`` = ``w(x_0)`` to the batch and
+    ``update`` returns it normalised to sum to 1 over the valid samples of the
+    global batch, under ``stop_gradient``.
+
+  Raises:
+    ValueError: ``ref_fraction`` outside ``[0, 1]`` or ``eps`` outside ``(0, 0.5)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> oracle = jw.RatioModel(lambda params, x_t, t: jnp.zeros(t.shape), params=())  # w = 1
+    >>> weighting = jw.iw_dsm_weighting(oracle)
+    >>> weighting.init()
+    ()
   """
   _check_fraction(ref_fraction)
   _check_eps(eps)
@@ -391,11 +536,18 @@ def iw_dsm_weighting(
 # Training the discriminator (through the same composition layer).
 
 
-def discriminator_loss_fn(sde: VPSDE = VPSDE()):
+def discriminator_loss_fn(sde: VPSDE = VPSDE()) -> LossFn:
   """Per-sample BCE ``loss_fn(model, batch)`` on ``alpha(t) x + sigma(t) noise``.
 
   Batch: ``x`` ``[B, ...]``, ``label`` ``[B]`` (1 = reference, 0 = biased),
   ``t`` ``[B]``, ``noise`` like ``x`` (drawn by :func:`discriminator_weighting`).
+
+  Args:
+    sde: the VP-SDE of the perturbation.
+
+  Returns:
+    ``loss_fn(model, batch) -> LossOutput`` with ``[B]`` BCE losses of the
+    model's logits ``model(x_t, sde.condition(t))``.
   """
 
   def loss_fn(model, batch):
@@ -430,6 +582,19 @@ def discriminator_weighting(
 
   The batch is ``[reference half; biased half]`` (:func:`discriminator_batch`),
   so every reference row is paired with a biased row at the same ``t``.
+
+  Args:
+    sde: the VP-SDE of the perturbation.
+    t_sampling: ``"importance"`` (``∝ beta(t) / sigma(t)^2``) or ``"uniform"``.
+    time_independent: draw ``t = t_min`` for every row (for IW-DSM).
+
+  Returns:
+    A stateless :class:`~jaxweights.Weighting` with uniform weights (``1 /
+    n_valid``) whose ``prepare`` adds ``"t"`` ``[B]`` and ``"noise"`` (like
+    ``x``) to the batch.
+
+  Raises:
+    ValueError: an unknown ``t_sampling``.
   """
   levels = _DiscriminatorLevels(sde, t_sampling, time_independent)
   if not time_independent:
@@ -452,6 +617,20 @@ def discriminator_batch(
 
   Both halves are epoch-wise permutations (:func:`jaxweights.substrates.data.batch_indices`),
   a pure function of ``(seed, step)``.
+
+  Args:
+    x_ref: ``[N_ref, ...]`` reference samples.
+    x_bias: ``[N_bias, ...]`` biased samples.
+    seed: the permutation seed.
+    step: the step whose batch to return.
+    batch_size: the batch size, even.
+
+  Returns:
+    ``{"x": [batch_size, ...] float32, "label": [batch_size] float32}``, labels
+    1 for the reference half and 0 for the biased half.
+
+  Raises:
+    ValueError: ``batch_size`` is odd.
   """
   if batch_size % 2:
     raise ValueError(f"batch_size must be even, got {batch_size}.")
@@ -489,7 +668,8 @@ def train_discriminator(
 
   Args:
     model: e.g. :class:`TimeDiscriminator` (``(x, c) -> logits [B]``).
-    x_ref, x_bias: ``[N, ...]`` float32 reference and biased samples.
+    x_ref: ``[N_ref, ...]`` float32 reference (unbiased) samples.
+    x_bias: ``[N_bias, ...]`` float32 biased samples, of the same sample shape.
     num_steps: Adam steps.
     batch_size: global batch (half reference, half biased).
     learning_rate: Adam's (authors: 3e-4).
@@ -500,7 +680,12 @@ def train_discriminator(
     log_every: record the step metrics every this many steps (0: never).
 
   Returns:
-    ``(RatioModel, history)``.
+    ``(RatioModel, history)``: the frozen discriminator and, every
+    ``log_every`` steps, ``{"step": int, "bce": float}``.
+
+  Raises:
+    ValueError: ``num_steps < 0``, an empty set, sample shapes that differ, or
+      an odd ``batch_size``.
   """
   if num_steps < 0:
     raise ValueError(f"num_steps must be >= 0, got {num_steps}.")

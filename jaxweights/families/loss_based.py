@@ -12,7 +12,8 @@ Each sample is weighted by where its loss sits in the global batch:
    * ``"extremes"``:  ``f = |h|`` (favours both ends),
    * ``"uniform"``:   no reweighting (the baseline);
 
-3. ``w = softmax(f / r)`` over the valid samples of the global batch (sums to 1).
+3. ``w = softmax(f / r)`` over the valid samples of the global batch: weights
+   ``>= 0`` summing to 1, under ``stop_gradient``.
    ``r`` is the temperature of the closed-form maximiser of
    ``sum_i w_i f_i - r KL(w || uniform)``; ``r -> inf`` gives uniform weights and
    ``max w / min w <= exp(delta / r)`` for LinUpper and Extremes.
@@ -88,9 +89,15 @@ _WEIGHTS_DOC = """{title} weights ``softmax(f(h) / r)`` with ``f(h) = {formula}`
 
   Returns:
     ``[batch]`` float32 weights under ``stop_gradient``, ``>= 0``, summing to 1
-    over the valid samples (all 0 if none is valid).
+    over the valid samples of the global batch (all 0 if none is valid).
 
-  Example:
+  Raises:
+    ValueError: ``losses`` is not a non-empty ``[batch]`` vector, ``mask`` does
+      not match it, a concrete ``r`` is ``<= 0`` or NaN, or a concrete ``delta``
+      is not finite and ``> 0``.
+    TypeError: ``losses`` is not floating point.
+
+  Examples:
     >>> import jax.numpy as jnp
     >>> import jaxweights as jw
     >>> w = jw.{name}(jnp.array([0.5, 1.0, 3.0, 4.0]), r=1.0)
@@ -157,9 +164,13 @@ def warmup_temperature(r: float | Schedule, warmup_steps: int) -> Schedule:
     warmup_steps: number of initial steps with exactly uniform weights.
 
   Returns:
-    ``schedule(step) -> r``, a float32 scalar.
+    ``schedule(step) -> r``: a float32 scalar, ``inf`` while
+    ``step < warmup_steps``.
 
-  Example:
+  Raises:
+    ValueError: ``warmup_steps < 0``, or a constant ``r`` is ``<= 0`` or NaN.
+
+  Examples:
     >>> import jaxweights as jw
     >>> schedule = jw.warmup_temperature(1.0, warmup_steps=100)
     >>> float(schedule(0)), float(schedule(100))
@@ -184,15 +195,23 @@ _WEIGHTING_DOC = """The {title} :class:`~jaxweights.Weighting` for the train ste
   per-sample losses the step's loss function returns.
 
   Args:
-    r: a temperature, or a schedule ``step -> r`` (see
+    r: the temperature ``> 0`` (``inf``: uniform weights), or a schedule
+      ``step -> r`` evaluated at each step's int32 step counter (see
       :func:`~jaxweights.warmup_temperature`).
-    delta: see :func:`~jaxweights.{weights}`.
+    delta: scale of the normalised losses, finite and ``> 0`` (see
+      :func:`~jaxweights.{weights}`).
 
   Returns:
     A stateless :class:`~jaxweights.Weighting` (its state is an empty tuple; the
-    step counter lives in the train state).
+    step counter lives in the train state) whose ``update`` returns ``[batch]``
+    weights under ``stop_gradient`` summing to 1 over the valid samples of the
+    global batch.
 
-  Example:
+  Raises:
+    ValueError: a constant ``r`` is ``<= 0`` or NaN, or a concrete ``delta`` is
+      not finite and ``> 0`` (checked here, before any step is traced).
+
+  Examples:
     >>> import jaxweights as jw
     >>> weighting = jw.{name}(r=jw.warmup_temperature(1.0, warmup_steps=100))
     >>> weighting.init()

@@ -1,4 +1,4 @@
-"""Noisy labels: transition matrices, importance weights, DWS and RENT (Bae et al.).
+"""Noisy labels: transition matrices, importance weights, DWS and RENT (Bae et al., ICLR 2024).
 
 Convention, everywhere in this module: ``T[noisy, clean] = P(noisy | clean)``, so
 every COLUMN of ``T`` sums to 1 and ``P(noisy | x) = T @ f(x)`` for the clean
@@ -7,9 +7,11 @@ learned-T variants use rows = clean while their sampler indexes rows by the nois
 label: a silent transposition for asymmetric noise. Here a row-stochastic,
 non-column-stochastic matrix is rejected with a message saying so.)
 
-Weights (all under ``stop_gradient``, summing to 1 over valid samples):
+Weights (all under ``stop_gradient``, summing to 1 over the valid samples of
+the global batch, except the raw importance weights):
 
-* importance weight ``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}``;
+* importance weight ``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}`` (unnormalised:
+  ``P(y = y~ | x) / P(y~ | x)``);
 * Reweight: ``w / sum w``;
 * DWS: the mean of ``M`` draws ``pi ~ Dirichlet(alpha * w / sum w)``, sampled
   in log space (:func:`log_gamma` + logsumexp) so concentrations down to
@@ -21,6 +23,8 @@ Weights (all under ``stop_gradient``, summing to 1 over valid samples):
 References:
   Bae, Shin, Na, Moon. "Dirichlet-based Per-Sample Weighting by Transition Matrix
   for Noisy Label Learning." ICLR 2024.
+  Liu, Tao. "Classification with Noisy Labels by Importance Reweighting." IEEE
+  TPAMI 2016 (Reweight).
   Patrini et al. "Making Deep Neural Networks Robust to Label Noise: a Loss
   Correction Approach." CVPR 2017 (anchor points, Forward).
   Li, Liu, Han, Tao, Liu. "Provably End-to-end Label-noise Learning without
@@ -29,18 +33,20 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from jaxweights.core import normalize
 from jaxweights.core.contract import Weighting, WeightInputs
-from jaxweights.core.losses import label_in_range
+from jaxweights.core.losses import cross_entropy, label_in_range
 from jaxweights.core.reductions import AxisName, as_mask, check_per_sample, concrete_scalar
+from jaxweights.core.step import LossFn, LossOutput
 
 _EPS = 1e-12
 
@@ -48,8 +54,18 @@ _EPS = 1e-12
 # --- transition matrices --------------------------------------------------------------
 
 
-def check_transition_matrix(T, num_classes: int | None = None, *, atol: float = 1e-4) -> np.ndarray:
+def check_transition_matrix(
+  T: jax.typing.ArrayLike, num_classes: int | None = None, *, atol: float = 1e-4
+) -> np.ndarray:
   """Validates ``T[noisy, clean]``; returns it as float32 numpy.
+
+  Args:
+    T: ``[C, C]`` transition matrix, ``T[noisy, clean] = P(noisy | clean)``.
+    num_classes: the expected ``C`` (default: not checked).
+    atol: tolerance of the column sums.
+
+  Returns:
+    ``[C, C]`` float32 numpy copy of ``T``.
 
   Raises:
     ValueError: not square, wrong class count, negative or non-finite entries, or
@@ -72,7 +88,29 @@ def check_transition_matrix(T, num_classes: int | None = None, *, atol: float = 
 
 
 def symmetric_transition(num_classes: int, rate: float) -> np.ndarray:
-  """``(1 - rate) I + rate / (C - 1)`` off the diagonal (flip rate ``rate``)."""
+  """``(1 - rate) I + rate / (C - 1)`` off the diagonal (flip rate ``rate``).
+
+  Each clean label is kept with probability ``1 - rate`` and otherwise flipped
+  to one of the other classes uniformly.
+
+  Args:
+    num_classes: ``C >= 2``.
+    rate: the flip rate, in ``[0, 1)``.
+
+  Returns:
+    ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
+
+  Raises:
+    ValueError: ``rate`` outside ``[0, 1)`` or ``num_classes < 2``.
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> T = jw.symmetric_transition(3, 0.2)
+    >>> print(T)
+    [[0.8 0.1 0.1]
+     [0.1 0.8 0.1]
+     [0.1 0.1 0.8]]
+  """
   _check_rate(rate)
   if num_classes < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -86,6 +124,26 @@ def asymmetric_transition(
 ) -> np.ndarray:
   """Pair flips: a clean class ``c`` in ``class_map`` becomes ``class_map[c]``
   with probability ``rate``. Default map: ``c -> (c + 1) mod C`` for every class.
+
+  Args:
+    num_classes: ``C``.
+    rate: the flip rate, in ``[0, 1)``.
+    class_map: ``{clean: noisy}`` pairs (default: every class to the next one);
+      classes not in it are never flipped.
+
+  Returns:
+    ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
+
+  Raises:
+    ValueError: ``rate`` outside ``[0, 1)``, or a ``class_map`` entry out of
+      range or mapping a class to itself.
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> print(jw.asymmetric_transition(3, 0.3))
+    [[0.7 0.  0.3]
+     [0.3 0.7 0. ]
+     [0.  0.3 0.7]]
   """
   _check_rate(rate)
   if class_map is None:
@@ -99,8 +157,28 @@ def asymmetric_transition(
   return T.astype(np.float32)
 
 
-def corrupt_labels(labels, T, *, seed: int) -> np.ndarray:
-  """Draws ``noisy ~ T[:, clean]`` for each clean label (numpy, reproducible)."""
+def corrupt_labels(labels: jax.typing.ArrayLike, T: jax.typing.ArrayLike, *, seed: int) -> np.ndarray:
+  """Draws ``noisy ~ T[:, clean]`` for each clean label (numpy, reproducible).
+
+  Args:
+    labels: ``[N]`` integer clean labels in ``[0, C)``.
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]`` (validated).
+    seed: the numpy generator's seed.
+
+  Returns:
+    ``[N]`` int32 noisy labels.
+
+  Raises:
+    ValueError: ``T`` is not a valid transition matrix or a label is out of range.
+
+  Examples:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> clean = np.arange(10_000) % 3
+    >>> noisy = jw.corrupt_labels(clean, jw.symmetric_transition(3, 0.2), seed=0)
+    >>> noisy.shape, noisy.dtype, bool(abs((noisy != clean).mean() - 0.2) < 0.02)
+    ((10000,), dtype('int32'), True)
+  """
   labels = np.asarray(labels)
   T = check_transition_matrix(T)
   if labels.min(initial=0) < 0 or labels.max(initial=0) >= T.shape[0]:
@@ -112,11 +190,31 @@ def corrupt_labels(labels, T, *, seed: int) -> np.ndarray:
 
 
 def instance_dependent_labels(
-  x, labels, num_classes: int, rate: float, *, seed: int, rate_std: float = 0.1
+  x: jax.typing.ArrayLike,
+  labels: jax.typing.ArrayLike,
+  num_classes: int,
+  rate: float,
+  *,
+  seed: int,
+  rate_std: float = 0.1,
 ) -> np.ndarray:
-  """Instance-dependent noise (Xia et al., 2020, "part-dependent"): each sample's
-  flip rate ~ N(rate, rate_std) clipped to [0, 1); the flip goes to the classes a
-  random projection of ``x`` favours.
+  """Instance-dependent noise (Xia et al., NeurIPS 2020, "part-dependent"): each
+  sample's flip rate ~ N(rate, rate_std) clipped to [0, 1); the flip goes to the
+  classes a random projection of ``x`` favours.
+
+  Args:
+    x: ``[N, ...]`` inputs (flattened per sample).
+    labels: ``[N]`` integer clean labels in ``[0, num_classes)``.
+    num_classes: ``C``.
+    rate: the mean flip rate, in ``[0, 1)``.
+    seed: the numpy generator's seed.
+    rate_std: the standard deviation of the per-sample flip rates.
+
+  Returns:
+    ``[N]`` int32 noisy labels.
+
+  Raises:
+    ValueError: ``rate`` outside ``[0, 1)``.
   """
   _check_rate(rate)
   x = np.asarray(x, np.float64).reshape(len(labels), -1)
@@ -134,7 +232,11 @@ def instance_dependent_labels(
 
 
 def estimate_transition_anchor(
-  probs, noisy_labels=None, *, percentile: float = 97.0, among: Literal["labelled", "all"] = "labelled"
+  probs: jax.typing.ArrayLike,
+  noisy_labels: jax.typing.ArrayLike | None = None,
+  *,
+  percentile: float = 97.0,
+  among: Literal["labelled", "all"] = "labelled",
 ) -> np.ndarray:
   """Anchor-point estimate of ``T[noisy, clean]`` from a warmed-up model's outputs.
 
@@ -151,6 +253,11 @@ def estimate_transition_anchor(
 
   Returns:
     ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
+
+  Raises:
+    ValueError: ``probs`` is not ``[N, C]``, ``percentile`` is outside
+      ``(0, 100]``, or (``among="labelled"``) ``noisy_labels`` is missing or a
+      class has no labelled sample.
   """
   probs = np.asarray(probs, np.float64)
   if probs.ndim != 2:
@@ -178,10 +285,36 @@ def estimate_transition_anchor(
 # --- weights ----------------------------------------------------------------------------
 
 
-def importance_weights(probs: jax.Array, noisy_labels: jax.Array, T: jax.Array) -> jax.Array:
+def importance_weights(probs: jax.Array, noisy_labels: jax.Array, T: jax.typing.ArrayLike) -> jax.Array:
   """``w_i = f_{y~_i}(x_i) / (T f(x_i))_{y~_i}``: ``[B, C]``, ``[B]``, ``[C, C]`` -> ``[B]``.
 
-  Unnormalised, detached; ``P(y = y~ | x) / P(y~ | x)``.
+  The ratio ``P(y = y~ | x) / P(y~ | x)`` of the clean to the noisy posterior of
+  the observed label (Bae et al., ICLR 2024; the importance weight of Liu and
+  Tao's Reweight).
+
+  Args:
+    probs: ``[B, C]`` clean-class probabilities ``f(x)`` (detached here).
+    noisy_labels: ``[B]`` integer observed labels.
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]``.
+
+  Returns:
+    ``[B]`` float32 weights under ``stop_gradient``, ``>= 0`` and unnormalised
+    (:func:`reweight` normalises them); NaN for a traced out-of-range label,
+    which the normalisers treat as weight 0.
+
+  Raises:
+    ValueError: shapes other than ``[B, C >= 2]``, ``[B]`` and ``[C, C]``, or a
+      concrete label outside ``[0, C)``.
+    TypeError: ``probs`` is not floating point or the labels are not integers.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> probs = jnp.array([[0.9, 0.1], [0.2, 0.8]])
+    >>> T = jw.symmetric_transition(2, 0.2)
+    >>> w = jw.importance_weights(probs, jnp.array([0, 0]), T)
+    >>> [round(float(x), 4) for x in w]  # 0.9 / 0.74 and 0.2 / 0.32
+    [1.2162, 0.625]
   """
   probs, noisy_labels = _check_probs_labels(probs, noisy_labels)
   probs = jax.lax.stop_gradient(probs)
@@ -207,8 +340,24 @@ def _check_probs_labels(probs, labels):
   return probs.astype(jnp.float32), labels
 
 
-def reweight(w: jax.Array, mask=None, *, axis_name: AxisName = None) -> jax.Array:
-  """Self-normalised Reweight: ``w / sum w`` over the valid global batch."""
+def reweight(w: jax.Array, mask: jax.Array | None = None, *, axis_name: AxisName = None) -> jax.Array:
+  """Self-normalised Reweight: ``w / sum w`` over the valid global batch.
+
+  Args:
+    w: ``[B]`` non-negative weights; negative and non-finite entries count as
+      invalid (weight 0).
+    mask: optional ``[B]`` booleans; False marks padding (weight 0).
+    axis_name: the batch axis under ``shard_map``; None under ``jit``.
+
+  Returns:
+    ``[B]`` float32 weights, ``>= 0``, summing to 1 over the valid samples of
+    the global batch (all 0 if none is valid).
+
+  Raises:
+    ValueError: ``w`` is not a non-empty ``[B]`` vector or ``mask`` does not
+      match it.
+    TypeError: ``w`` is not floating point.
+  """
   w = check_per_sample(w, "w")
   mask = as_mask(mask, w) & jnp.isfinite(w) & (w >= 0)
   return normalize.sum_to_one(jnp.where(mask, w, 0.0), mask, axis_name=axis_name)
@@ -224,7 +373,7 @@ def dirichlet_weights(
   *,
   alpha: float,
   num_draws: int,
-  mask=None,
+  mask: jax.Array | None = None,
   axis_name: AxisName = None,
   draw_chunk: int | None = None,
 ) -> jax.Array:
@@ -255,7 +404,24 @@ def dirichlet_weights(
     draw_chunk: draws per chunk (>= 1); default from ``DRAW_BUDGET``.
 
   Returns:
-    ``[B]`` float32, non-negative, summing to 1 over valid samples.
+    ``[B]`` float32 weights, non-negative, summing to 1 over the valid samples
+    of the global batch (0 for invalid ones).
+
+  Raises:
+    ValueError: ``alpha`` traced, not finite or ``<= 0``; ``num_draws < 1``;
+      ``draw_chunk < 1``; or a bad ``w`` or ``mask`` (see :func:`reweight`).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> w = jnp.array([1.0, 2.0, 1.0, 0.0])
+    >>> dws = jax.jit(lambda key, w: jw.dirichlet_weights(key, w, alpha=100.0, num_draws=64))
+    >>> pi = dws(jax.random.key(0), w)
+    >>> pi.shape, round(float(pi.sum()), 4), float(pi[3])
+    ((4,), 1.0, 0.0)
+    >>> bool(pi[1] > pi[0] and pi[1] > pi[2])  # centred on w / sum(w)
+    True
   """
   value = concrete_scalar(alpha, "alpha")
   if value is None:
@@ -419,7 +585,12 @@ def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 def resampling_weights(
-  key: jax.Array, w: jax.Array, *, num_draws: int, mask=None, axis_name: AxisName = None
+  key: jax.Array,
+  w: jax.Array,
+  *,
+  num_draws: int,
+  mask: jax.Array | None = None,
+  axis_name: AxisName = None,
 ) -> jax.Array:
   """RENT: ``counts / num_draws`` of ``num_draws`` indices drawn with replacement
   from ``w / sum w`` over the GLOBAL batch.
@@ -427,6 +598,32 @@ def resampling_weights(
   Under ``shard_map`` the normalised weights are all-gathered, every device makes
   the same global draw (the key is replicated) and keeps the counts of its own
   samples, selected by its global index along ``axis_name``.
+
+  Args:
+    key: PRNG key (the same on every device).
+    w: ``[B]`` importance weights (non-negative; invalid entries get weight 0).
+    num_draws: the number of indices drawn, ``>= 1`` (RENT: ``N x`` the global
+      batch size).
+    mask: optional ``[B]`` valid samples.
+    axis_name: the batch axis name under ``shard_map``.
+
+  Returns:
+    ``[B]`` float32 weights, multiples of ``1 / num_draws``, summing to 1 over
+    the valid samples of the global batch (0 for invalid ones).
+
+  Raises:
+    ValueError: ``num_draws < 1`` or a bad ``w`` or ``mask`` (see :func:`reweight`).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> w = jnp.array([1.0, 3.0, 0.0, 4.0])
+    >>> counts = jw.resampling_weights(jax.random.key(0), w, num_draws=8)
+    >>> counts.shape, round(float(counts.sum()), 4), float(counts[2])
+    ((4,), 1.0, 0.0)
+    >>> bool(jnp.all(counts * 8 == jnp.round(counts * 8)))  # draw counts / 8
+    True
   """
   if num_draws < 1:
     raise ValueError(f"num_draws must be >= 1, got {num_draws}.")
@@ -446,8 +643,24 @@ def resampling_weights(
   return jax.lax.dynamic_slice_in_dim(counts, jax.lax.axis_index(axis_name) * n, n)
 
 
-def forward_corrected_ce(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array) -> jax.Array:
-  """Forward loss correction: ``-log (T softmax(logits))_{y~}`` -> ``[B]``."""
+def forward_corrected_ce(logits: jax.Array, noisy_labels: jax.Array, T: jax.typing.ArrayLike) -> jax.Array:
+  """Forward loss correction: ``-log (T softmax(logits))_{y~}`` -> ``[B]``.
+
+  The cross-entropy of the noisy-label posterior the clean model implies
+  (Patrini et al., CVPR 2017).
+
+  Args:
+    logits: ``[B, C]`` clean-class logits.
+    noisy_labels: ``[B]`` integer observed labels.
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]``.
+
+  Returns:
+    ``[B]`` float32 per-sample losses (differentiable wrt ``logits`` and ``T``).
+
+  Raises:
+    ValueError: shapes other than ``[B, C >= 2]``, ``[B]`` and ``[C, C]``.
+    TypeError: ``logits`` is not floating point or the labels are not integers.
+  """
   logits, noisy_labels = _check_probs_labels(logits, noisy_labels)
   T = jnp.asarray(T, jnp.float32)
   if T.shape != (logits.shape[1],) * 2:
@@ -467,6 +680,9 @@ class TransitionState(NamedTuple):
   Because ``T`` is state, not a constant of the compiled step, an estimated matrix
   can be swapped in (``state._replace(weighting_state=TransitionState(T))``)
   without recompiling.
+
+  Attributes:
+    T: ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
   """
 
   T: jax.Array
@@ -488,7 +704,7 @@ def _transition_weighting(kind: Literal["importance", "dws", "rent"], T, draw) -
   return Weighting(init=lambda: TransitionState(T0), update=update)
 
 
-def importance_weighting(T) -> Weighting:
+def importance_weighting(T: jax.typing.ArrayLike) -> Weighting:
   """Importance reweighting by ``T`` as a :class:`~jaxweights.Weighting`.
 
   Each sample gets :func:`importance_weights`, normalised over the valid samples
@@ -502,7 +718,20 @@ def importance_weighting(T) -> Weighting:
       non-negative, columns summing to 1).
 
   Returns:
-    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`
+    and whose ``update`` returns ``[B]`` float32 weights under
+    ``stop_gradient``, summing to 1 over the valid samples of the global batch.
+
+  Raises:
+    ValueError: ``T`` is not a valid transition matrix (here); a loss without
+      the ``probs``/``labels`` aux (when the step is traced).
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> weighting = jw.importance_weighting(jw.symmetric_transition(3, 0.2))
+    >>> state = weighting.init()
+    >>> type(state).__name__, state.T.shape
+    ('TransitionState', (3, 3))
   """
   return _transition_weighting(
     "importance", T, lambda inputs, w, n: reweight(w, inputs.mask, axis_name=inputs.axis_name)
@@ -510,7 +739,7 @@ def importance_weighting(T) -> Weighting:
 
 
 def dws_weighting(
-  T, *, alpha: float = 10.0, num_draws: int | None = None, draw_chunk: int | None = None
+  T: jax.typing.ArrayLike, *, alpha: float = 10.0, num_draws: int | None = None, draw_chunk: int | None = None
 ) -> Weighting:
   """DWS, the Dirichlet weighting of Bae et al., as a :class:`~jaxweights.Weighting`.
 
@@ -527,7 +756,22 @@ def dws_weighting(
     draw_chunk: draws taken at once (memory; see :func:`dirichlet_weights`).
 
   Returns:
-    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`
+    and whose ``update`` returns ``[B]`` float32 weights under
+    ``stop_gradient``, summing to 1 over the valid samples of the global batch.
+
+  Raises:
+    ValueError: ``alpha`` not finite or ``<= 0``, or ``T`` not a valid
+      transition matrix (here); a loss without the ``probs``/``labels`` aux
+      (when the step is traced).
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> weighting = jw.dws_weighting(jw.symmetric_transition(3, 0.2), alpha=10.0)
+    >>> print(weighting.init().T)
+    [[0.8 0.1 0.1]
+     [0.1 0.8 0.1]
+     [0.1 0.1 0.8]]
   """
   if not 0 < concrete_scalar(alpha, "alpha") < float("inf"):
     raise ValueError(f"alpha must be finite and > 0, got {alpha}.")
@@ -546,7 +790,7 @@ def dws_weighting(
   return _transition_weighting("dws", T, draw)
 
 
-def rent_weighting(T, *, resample_factor: int = 1) -> Weighting:
+def rent_weighting(T: jax.typing.ArrayLike, *, resample_factor: int = 1) -> Weighting:
   """RENT, resampling by importance weights, as a :class:`~jaxweights.Weighting`.
 
   Each step resamples ``resample_factor * B`` indices with probabilities
@@ -561,7 +805,21 @@ def rent_weighting(T, *, resample_factor: int = 1) -> Weighting:
     resample_factor: RENT's N, an int ``>= 1``.
 
   Returns:
-    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`.
+    A :class:`~jaxweights.Weighting` whose state is a :class:`TransitionState`
+    and whose ``update`` returns ``[B]`` float32 weights (draw counts over
+    ``resample_factor * B``) under ``stop_gradient``, summing to 1 over the
+    valid samples of the global batch.
+
+  Raises:
+    ValueError: ``resample_factor`` not an int ``>= 1``, or ``T`` not a valid
+      transition matrix (here); a loss without the ``probs``/``labels`` aux
+      (when the step is traced).
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> weighting = jw.rent_weighting(jw.asymmetric_transition(4, 0.3), resample_factor=2)
+    >>> weighting.init().T.shape
+    (4, 4)
   """
   if int(resample_factor) != resample_factor or resample_factor < 1:
     raise ValueError(f"resample_factor must be an int >= 1, got {resample_factor}.")
@@ -574,12 +832,28 @@ def rent_weighting(T, *, resample_factor: int = 1) -> Weighting:
   return _transition_weighting("rent", T, draw)
 
 
-def classification_loss(model_fn=None):
+def classification_loss(model_fn: Callable[[Any, jax.Array], jax.Array] | None = None) -> LossFn:
   """A per-sample CE loss ``(model, batch) -> LossOutput`` whose aux feeds
   the transition weightings. ``batch = {"x": ..., "y": noisy labels}``.
+
+  Args:
+    model_fn: ``model_fn(model, x) -> [B, C]`` logits (default: ``model(x)``).
+
+  Returns:
+    ``loss_fn(model, batch) -> LossOutput`` with ``[B]`` cross-entropy losses
+    against ``batch["y"]`` and ``aux={"probs": [B, C] float32 softmax,
+    "labels": [B]}``, what :func:`importance_weighting`, :func:`dws_weighting`
+    and :func:`rent_weighting` read.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> loss_fn = jw.classification_loss()
+    >>> model = lambda x: jnp.zeros((x.shape[0], 3))  # any callable giving logits
+    >>> out = loss_fn(model, {"x": jnp.ones((2, 4)), "y": jnp.array([0, 2])})
+    >>> out.loss.shape, sorted(out.aux), round(float(out.loss[0]), 4)
+    ((2,), ['labels', 'probs'], 1.0986)
   """
-  from jaxweights.core.losses import cross_entropy
-  from jaxweights.core.step import LossOutput
 
   def loss_fn(model, batch):
     logits = model(batch["x"]) if model_fn is None else model_fn(model, batch["x"])
@@ -620,6 +894,11 @@ class LearnedTransition(nnx.Module):
     self.w = nnx.Param(jnp.full((num_classes, num_classes), w0, jnp.float32))
 
   def __call__(self) -> jax.Array:
+    """The current transition matrix.
+
+    Returns:
+      ``[C, C]`` float32 column-stochastic ``T[noisy, clean]``.
+    """
     c = self.w.shape[0]
     eye = jnp.eye(c, dtype=jnp.float32)
     raw = eye + (1.0 - eye) * jax.nn.sigmoid(self.w[...])
@@ -627,23 +906,45 @@ class LearnedTransition(nnx.Module):
 
 
 class VolMinNet(nnx.Module):
-  """A classifier (clean posterior logits) with a :class:`LearnedTransition`."""
+  """A classifier (clean posterior logits) with a :class:`LearnedTransition`.
+
+  Args:
+    classifier: ``x -> [B, C]`` clean-class logits.
+    num_classes: ``C >= 2``.
+    init_diag: the initial diagonal of ``T``, in ``(1 / C, 1)``.
+  """
 
   def __init__(self, classifier: nnx.Module, num_classes: int, *, init_diag: float = 0.9):
     self.classifier = classifier
     self.transition = LearnedTransition(num_classes, init_diag=init_diag)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """The classifier's clean-class logits.
+
+    Args:
+      x: ``[B, ...]`` inputs.
+
+    Returns:
+      ``[B, C]`` logits.
+    """
     return self.classifier(x)
 
 
-def volmin_optimizer(classifier, transition):
+def volmin_optimizer(
+  classifier: optax.GradientTransformation, transition: optax.GradientTransformation
+) -> optax.GradientTransformation:
   """One optax optimiser for a :class:`VolMinNet`: ``transition`` for ``T``'s
   parameters, ``classifier`` for the rest (VolMinNet trains ``T`` with its own,
   faster optimiser: with Adam at a classifier's learning rate ``T`` moves at most
   ``lr`` per step in logit space and cannot leave its initialisation in a short run).
+
+  Args:
+    classifier: the optimiser of every parameter outside ``model.transition``.
+    transition: the optimiser of ``model.transition``'s parameters.
+
+  Returns:
+    An ``optax.multi_transform`` of the two.
   """
-  import optax
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(
@@ -664,6 +965,18 @@ def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *, l
   the log-volume of ``T``, which picks, among the ``(T, f)`` that explain the
   noisy labels, the ``T`` with the smallest simplex. ``lam`` is added to every
   sample, so any weighting that sums to 1 keeps it at ``lam * log det T``.
+
+  Args:
+    logits: ``[B, C]`` clean-class logits.
+    noisy_labels: ``[B]`` integer observed labels.
+    T: ``[C, C]`` transition matrix ``T[noisy, clean]``.
+    lam: the weight of the volume penalty, ``>= 0``.
+
+  Returns:
+    ``[B]`` float32 per-sample losses.
+
+  Raises:
+    ValueError: ``lam < 0`` or NaN, or bad shapes (see :func:`forward_corrected_ce`).
   """
   if not lam >= 0:
     raise ValueError(f"lam must be >= 0, got {lam}.")
@@ -671,16 +984,23 @@ def volmin_losses(logits: jax.Array, noisy_labels: jax.Array, T: jax.Array, *, l
   return forward_corrected_ce(logits, noisy_labels, T) + lam * logdet
 
 
-def volmin_loss(lam: float = 1e-4):
+def volmin_loss(lam: float = 1e-4) -> LossFn:
   """``(model: VolMinNet, batch) -> LossOutput`` for :func:`jaxweights.make_train_step`.
 
   ``batch = {"x": ..., "y": noisy labels}``; trains the classifier and ``T``
   jointly. The aux (softmax of the clean logits and the labels) feeds
   the transition weightings as :func:`classification_loss` does. After
   training, ``model.transition()`` is the estimated ``T[noisy, clean]``.
-  """
-  from jaxweights.core.step import LossOutput
 
+  Args:
+    lam: the weight of the volume penalty ``log det T``, ``>= 0``.
+
+  Returns:
+    ``loss_fn(model, batch) -> LossOutput`` with ``[B]`` :func:`volmin_losses`.
+
+  Raises:
+    ValueError: ``lam < 0`` or NaN.
+  """
   if not lam >= 0:
     raise ValueError(f"lam must be >= 0, got {lam}.")
 

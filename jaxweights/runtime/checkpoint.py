@@ -87,7 +87,7 @@ class Checkpointer:
     CheckpointLockedError: another open checkpointer (of this or another
       process) holds the lock on ``directory``.
 
-  Example:
+  Examples:
     >>> import os
     >>> import tempfile
     >>> import jax.numpy as jnp

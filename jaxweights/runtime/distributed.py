@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   Args:
     parser: the parser to extend (in a ``"multi-process"`` argument group).
 
-  Example:
+  Examples:
     >>> import argparse
     >>> import jaxweights as jw
     >>> parser = argparse.ArgumentParser()

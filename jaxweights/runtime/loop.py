@@ -33,7 +33,7 @@ class JsonlLogger:
     path: the ``.jsonl`` file to append to (its folder is created if missing),
       or None to discard every record.
 
-  Example:
+  Examples:
     >>> import os
     >>> import tempfile
     >>> import jaxweights as jw
@@ -76,7 +76,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     FileNotFoundError: ``path`` does not exist.
     json.JSONDecodeError: a line is not valid JSON.
 
-  Example:
+  Examples:
     >>> import os
     >>> import tempfile
     >>> import jaxweights as jw

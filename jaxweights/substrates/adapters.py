@@ -169,7 +169,7 @@ class LinenModel(nnx.Module):
     ValueError: ``params`` is not a non-empty nested dict, or holds other
       collections than ``params`` (mutable collections are not supported).
 
-  Example:
+  Examples:
     >>> import flax.linen as nn
     >>> import jax
     >>> import jax.numpy as jnp

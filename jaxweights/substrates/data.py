@@ -109,7 +109,7 @@ def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarra
   Raises:
     ValueError: an argument is not an integer, or is out of range.
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> import jaxweights as jw
     >>> idx = jw.data.batch_indices(10, 4, seed=0, step=0)
@@ -528,7 +528,7 @@ def lm_batch(
   Raises:
     ValueError: ``tokens`` is not 1-D or is too short, or a count is invalid.
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> import jaxweights as jw
     >>> batch = jw.data.lm_batch(np.arange(100), seed=0, step=0, batch_size=2, seq_len=8)
@@ -572,7 +572,7 @@ def lm_eval_batches(
     ValueError: ``tokens`` is not 1-D or is too short, or a count is invalid
       (checked at the call, before iteration).
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> import jaxweights as jw
     >>> batches = list(jw.data.lm_eval_batches(np.arange(21), batch_size=3, seq_len=4))
@@ -657,7 +657,7 @@ def linear_regression_data(
     ValueError: a count is not a positive integer, a fraction is outside
       ``[0, 1]`` (or the two sum above 1), or a standard deviation is negative.
 
-  Example:
+  Examples:
     >>> import jaxweights as jw
     >>> d = jw.data.linear_regression_data(seed=0, n_train=10, n_test=4, dim=3)
     >>> d["x_train"].shape, d["y_test"].shape, sorted(d["kind_train"].tolist())

@@ -36,7 +36,7 @@ def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
   Raises:
     ValueError: ``top_p`` is outside ``(0, 1]``.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from jaxweights.substrates import decoding
     >>> logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))

@@ -33,7 +33,7 @@ class MLP(nnx.Module):
     out_features: output width (e.g. the number of classes).
     rngs: the parameter initialisation streams.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> import jaxweights as jw
@@ -90,7 +90,7 @@ class TransformerConfig:
     ValueError: a size is ``< 1``, ``n_heads`` does not divide ``d_model``, or
       ``dtype`` is not one of the three above.
 
-  Example:
+  Examples:
     >>> import jaxweights as jw
     >>> cfg = jw.TransformerConfig.tiny(n_layers=1)
     >>> cfg.vocab_size, cfg.d_model, cfg.n_layers
@@ -277,7 +277,7 @@ def count_params(model: nnx.Module) -> int:
     The total size of its ``nnx.Param`` leaves (other variables, such as RNG
     state or batch statistics, do not count).
 
-  Example:
+  Examples:
     >>> from flax import nnx
     >>> import jaxweights as jw
     >>> jw.count_params(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))  # 3 * 2 + 2

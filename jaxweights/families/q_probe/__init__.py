@@ -1,4 +1,4 @@
-"""Q-probe (Li et al., 2024): a linear probe on embeddings reweights k candidates.
+"""Q-probe (Li et al., ICML 2024): a linear probe on embeddings reweights k candidates.
 
 :mod:`~jaxweights.families.q_probe.probe` holds the math (the probe, its
 selection weights and training objectives); :mod:`~.policies` the interface to a

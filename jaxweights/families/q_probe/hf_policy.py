@@ -5,6 +5,10 @@ Flax models) or a PyTorch one (needs ``torch``). Embeddings come back as numpy, 
 the probe side stays JAX either way. One backend class per framework does the
 two framework calls (``generate`` and a forward pass with hidden states); the
 policy itself is framework-free.
+
+Q-probe (Li et al., ICML 2024) reweights ``k`` completions of this base model by
+``softmax(Q(phi) / beta)`` of a probe on these embeddings ``phi``; see
+:mod:`jaxweights.families.q_probe.probe`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from jaxweights.families.q_probe.policies import (
   Tokens,
+  TokensLike,
   as_completions,
   as_prompts,
   check_k,
@@ -144,11 +149,17 @@ class HFCausalLMPolicy:
     pad_id: the id written after a completion's end (default: the config's
       ``pad_token_id``, else 0).
     batch_size: rows per model call.
+
+  Raises:
+    TypeError: ``model`` is neither a transformers Flax model nor a
+      ``torch.nn.Module``.
+    ValueError: ``max_new_tokens < 1``, ``temperature < 0``, ``top_p`` outside
+      ``(0, 1]``, ``batch_size < 1``, or ``layer`` outside the hidden states.
   """
 
   def __init__(
     self,
-    model,
+    model: Any,
     layer: int = -1,
     max_new_tokens: int = 16,
     temperature: float = 1.0,
@@ -202,7 +213,7 @@ class HFCausalLMPolicy:
       kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p), top_k=0)
     return kw
 
-  def sample(self, key: jax.Array, prompts, k: int) -> Tokens:
+  def sample(self, key: jax.Array, prompts: TokensLike, k: int) -> Tokens:
     """Draws ``k`` completions per prompt.
 
     Args:
@@ -215,6 +226,10 @@ class HFCausalLMPolicy:
     Returns:
       ``Tokens(tokens [P, k, max_new_tokens], lengths [P, k])``, padded with
       ``pad_id``.
+
+    Raises:
+      ValueError: bad prompts or ``k``, or prompt length + ``max_new_tokens``
+        beyond the model's positions.
     """
     prompts = as_prompts(prompts)
     check_k(k)
@@ -250,7 +265,7 @@ class HFCausalLMPolicy:
     mask = (np.arange(width)[None, :] >= shift[:, None]).astype(np.int32)
     return np.where(mask > 0, left, self.pad_id).astype(np.int32), mask
 
-  def embed(self, prompts, completions) -> np.ndarray:
+  def embed(self, prompts: TokensLike, completions: TokensLike) -> np.ndarray:
     """``hidden_states[layer]`` at the last token of prompt + completion.
 
     Args:
@@ -259,6 +274,10 @@ class HFCausalLMPolicy:
 
     Returns:
       float32 numpy ``[P, k, hidden_size]``.
+
+    Raises:
+      ValueError: bad prompts or completions, or rows longer than the model's
+        positions.
     """
     prompts = as_prompts(prompts)
     completions = as_completions(completions, prompts.tokens.shape[0])

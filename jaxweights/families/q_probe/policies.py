@@ -1,5 +1,10 @@
 """What Q-probing needs of a base model, and the token conventions its adapters share.
 
+Q-probe (Li et al., ICML 2024) reweights ``k`` completions sampled from a frozen
+base model by a probe on their embeddings (the math and the weights are in
+:mod:`jaxweights.families.q_probe.probe`); this module defines the two things it
+needs of that model, sampling and embedding.
+
 A :class:`Policy` samples completions and embeds (prompt, completion) pairs.
 Adapters: :class:`~jaxweights.TransformerPolicy` (the library's own NNX
 :class:`~jaxweights.TransformerLM`, in
@@ -20,20 +25,31 @@ float32 ``[P, k, d]``: the hidden state at the last token of prompt + completion
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
 
 
 class Tokens(NamedTuple):
-  """Right-padded token ids ``[..., T]`` and their lengths ``[...]``."""
+  """Right-padded token ids ``[..., T]`` and their lengths ``[...]``.
+
+  Attributes:
+    tokens: ``[..., T]`` integer token ids, right-padded.
+    lengths: ``[...]`` integer lengths (the real tokens of each row).
+  """
 
   tokens: np.ndarray
   lengths: np.ndarray
 
 
-def pad_sequences(seqs, pad_id: int = 0, width: int | None = None) -> Tokens:
+#: Token ids with their lengths: a :class:`Tokens` or a plain ``(tokens, lengths)`` tuple.
+TokensLike = Tokens | tuple[jax.typing.ArrayLike, jax.typing.ArrayLike]
+
+
+def pad_sequences(seqs: Iterable[Iterable[int]], pad_id: int = 0, width: int | None = None) -> Tokens:
   """Right-pads a list of token-id lists into ``Tokens([n, width], [n])``.
 
   Args:
@@ -41,8 +57,17 @@ def pad_sequences(seqs, pad_id: int = 0, width: int | None = None) -> Tokens:
     pad_id: the padding id.
     width: the padded length (default: the longest sequence).
 
+  Returns:
+    ``Tokens(tokens [n, width] int32, lengths [n] int32)``.
+
   Raises:
     ValueError: a sequence is longer than ``width``.
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> tokens, lengths = jw.q_probe.pad_sequences([[5, 6, 7], [8]], pad_id=0)
+    >>> tokens.tolist(), lengths.tolist()
+    ([[5, 6, 7], [8, 0, 0]], [3, 1])
   """
   seqs = [list(s) for s in seqs]
   lengths = np.asarray([len(s) for s in seqs], np.int32)
@@ -55,7 +80,18 @@ def pad_sequences(seqs, pad_id: int = 0, width: int | None = None) -> Tokens:
   return Tokens(tokens, lengths)
 
 
-def as_prompts(prompts) -> Tokens:
+def as_prompts(prompts: TokensLike) -> Tokens:
+  """Validates right-padded prompts.
+
+  Args:
+    prompts: ``(tokens [P, L], lengths [P])``, integer ids.
+
+  Returns:
+    The prompts as int32 :class:`Tokens`.
+
+  Raises:
+    ValueError: other shapes, non-integer tokens, or a length outside ``[1, L]``.
+  """
   tokens, lengths = prompts
   tokens = np.asarray(tokens)
   lengths = np.asarray(lengths)
@@ -72,7 +108,19 @@ def as_prompts(prompts) -> Tokens:
   return Tokens(tokens.astype(np.int32), lengths.astype(np.int32))
 
 
-def as_completions(completions, n_prompts: int) -> Tokens:
+def as_completions(completions: TokensLike, n_prompts: int) -> Tokens:
+  """Validates completions grouped per prompt.
+
+  Args:
+    completions: ``(tokens [P, k, T], lengths [P, k])``.
+    n_prompts: the number of prompts ``P`` they belong to.
+
+  Returns:
+    The completions as int32 :class:`Tokens`.
+
+  Raises:
+    ValueError: other shapes, or a length outside ``[0, T]``.
+  """
   tokens, lengths = completions
   tokens = np.asarray(tokens)
   lengths = np.asarray(lengths)
@@ -89,12 +137,28 @@ def as_completions(completions, n_prompts: int) -> Tokens:
 
 
 def check_k(k: int) -> None:
+  """Validates the number of completions per prompt.
+
+  Args:
+    k: completions per prompt.
+
+  Raises:
+    ValueError: ``k`` is not a positive int.
+  """
   if not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"k must be a positive int, got {k!r}.")
 
 
 def completion_lengths(comp: np.ndarray, eos_id: int | None) -> np.ndarray:
-  """Length of each ``[n, T]`` completion: up to and including the first eos."""
+  """Length of each ``[n, T]`` completion: up to and including the first eos.
+
+  Args:
+    comp: ``[n, T]`` completion token ids.
+    eos_id: the end token (None: every completion has length ``T``).
+
+  Returns:
+    ``[n]`` int32 lengths.
+  """
   n, t = comp.shape
   if eos_id is None:
     return np.full(n, t, np.int32)
@@ -103,7 +167,17 @@ def completion_lengths(comp: np.ndarray, eos_id: int | None) -> np.ndarray:
 
 
 def joined(prompts: Tokens, completions: Tokens, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded prompt + completion rows ``[P * k, L + T]`` and their lengths."""
+  """Right-padded prompt + completion rows ``[P * k, L + T]`` and their lengths.
+
+  Args:
+    prompts: ``Tokens([P, L], [P])``.
+    completions: ``Tokens([P, k, T], [P, k])``.
+    pad_id: the id written after each row's last real token.
+
+  Returns:
+    ``(rows [P * k, L + T] int32, lengths [P * k])``, row ``p * k + j`` holding
+    prompt ``p`` followed by its completion ``j``.
+  """
   p, k, t = completions.tokens.shape
   width = prompts.tokens.shape[1] + t
   plen = np.repeat(prompts.lengths, k)
@@ -118,13 +192,30 @@ def joined(prompts: Tokens, completions: Tokens, pad_id: int) -> tuple[np.ndarra
   return rows, plen + clen
 
 
-def row_chunks(n: int, size: int):
+def row_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+  """``(start, stop)`` of consecutive chunks of ``size`` rows covering ``n`` rows.
+
+  Args:
+    n: the number of rows.
+    size: rows per chunk, ``>= 1``; the last chunk may be shorter.
+
+  Returns:
+    An iterator of ``(start, stop)`` pairs.
+  """
   for start in range(0, n, size):
     yield start, min(start + size, n)
 
 
 def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-  """Pads the leading axis to ``size`` by repeating the first row (fixed shapes)."""
+  """Pads the leading axis to ``size`` by repeating the first row (fixed shapes).
+
+  Args:
+    x: ``[n, ...]`` rows, ``1 <= n <= size``.
+    size: the padded length.
+
+  Returns:
+    ``[size, ...]``: ``x`` followed by copies of its first row.
+  """
   if len(x) == size:
     return x
   return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
@@ -139,9 +230,29 @@ class Policy(Protocol):
   (prompt, completion) pair.
   """
 
-  def sample(self, key: jax.Array, prompts, k: int): ...
+  def sample(self, key: jax.Array, prompts: TokensLike, k: int) -> Any:
+    """Draws ``k`` completions per prompt.
 
-  def embed(self, prompts, completions) -> np.ndarray: ...
+    Args:
+      key: PRNG key.
+      prompts: ``(tokens [P, L], lengths [P])`` right-padded.
+      k: completions per prompt.
+
+    Returns:
+      The completions, in the representation ``embed`` accepts (the adapters
+      return ``Tokens([P, k, T], [P, k])``).
+    """
+
+  def embed(self, prompts: TokensLike, completions: Any) -> np.ndarray:
+    """Features of each (prompt, completion) pair.
+
+    Args:
+      prompts: ``(tokens [P, L], lengths [P])`` right-padded.
+      completions: as :meth:`sample` returns them.
+
+    Returns:
+      float32 ``[P, k, d]`` features.
+    """
 
 
 class PrecomputedEmbeddings:
@@ -150,9 +261,35 @@ class PrecomputedEmbeddings:
   ``save(path, features [P, k, d], rewards [P, k], mask=None)`` writes one
   ``.npz``; ``load(path)`` returns an instance with ``features``, ``rewards`` and
   ``mask`` arrays.
+
+  Args:
+    features: ``[P, k, d]`` features of each (prompt, candidate) pair.
+    rewards: ``[P, k]`` rewards.
+    mask: optional ``[P, k]`` booleans marking the real candidates (default: all).
+
+  Attributes:
+    features: ``[P, k, d]`` float32.
+    rewards: ``[P, k]`` float32.
+    mask: ``[P, k]`` bool.
+
+  Raises:
+    ValueError: shapes other than ``[P, k, d]``, ``[P, k]`` and ``[P, k]``.
+
+  Examples:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> data = jw.PrecomputedEmbeddings(np.ones((2, 3, 4)), np.zeros((2, 3)))
+    >>> features, rewards, prompt_ids = data.flat()
+    >>> features.shape, prompt_ids.tolist()
+    ((6, 4), [0, 0, 0, 1, 1, 1])
   """
 
-  def __init__(self, features, rewards, mask=None):
+  def __init__(
+    self,
+    features: jax.typing.ArrayLike,
+    rewards: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike | None = None,
+  ):
     self.features = np.asarray(features, np.float32)
     self.rewards = np.asarray(rewards, np.float32)
     self.mask = np.ones(self.rewards.shape, bool) if mask is None else np.asarray(mask, bool)
@@ -165,17 +302,46 @@ class PrecomputedEmbeddings:
       raise ValueError(f"mask shape {self.mask.shape} does not match rewards {self.rewards.shape}.")
 
   @staticmethod
-  def save(path, features, rewards, mask=None) -> None:
+  def save(
+    path: str | os.PathLike,
+    features: jax.typing.ArrayLike,
+    rewards: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike | None = None,
+  ) -> None:
+    """Validates the arrays and writes them to one ``.npz`` file.
+
+    Args:
+      path: the file (numpy appends ``.npz`` to a name without it).
+      features: ``[P, k, d]`` features.
+      rewards: ``[P, k]`` rewards.
+      mask: optional ``[P, k]`` real candidates.
+
+    Raises:
+      ValueError: bad shapes (see the class).
+    """
     e = PrecomputedEmbeddings(features, rewards, mask)
     np.savez(path, features=e.features, rewards=e.rewards, mask=e.mask)
 
   @classmethod
-  def load(cls, path) -> PrecomputedEmbeddings:
+  def load(cls, path: str | os.PathLike) -> PrecomputedEmbeddings:
+    """Reads a file written by :meth:`save`.
+
+    Args:
+      path: the ``.npz`` file.
+
+    Returns:
+      The stored :class:`PrecomputedEmbeddings`.
+    """
     with np.load(path) as f:
       return cls(f["features"], f["rewards"], f["mask"])
 
-  def flat(self):
-    """``(features [N, d], rewards [N], prompt_ids [N])`` of the real candidates."""
+  def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The real candidates as flat arrays, for :func:`~jaxweights.train_probe`.
+
+    Returns:
+      ``(features [N, d], rewards [N], prompt_ids [N])`` of the real
+      candidates, in prompt order.
+    """
     p, k = self.rewards.shape
     ids = np.repeat(np.arange(p), k).reshape(p, k)
     m = self.mask

@@ -1,9 +1,15 @@
-"""Q-probe (Li et al., 2024): softmax reweighting of k sampled completions.
+"""Q-probe (Li et al., ICML 2024): softmax reweighting of k sampled completions.
 
 A probe ``Q(x, a) = theta^T phi(x, a) + b`` on embeddings ``phi`` of (prompt,
-completion) pairs; at inference ``p_i = softmax(Q(x, a_i) / beta)`` over the k
-candidates of a prompt, argmax at ``beta = 0``. As ``k -> inf`` the selection
-distribution tends to ``pi_base(a|x) exp(Q / beta) / Z``, the maximiser of
+completion) pairs; at inference ``k`` completions ``a_1..a_k ~ pi_base(.|x)``
+are drawn and one is selected with probability
+
+    p_i = softmax(Q(x, a_i) / beta)    over the k candidates of the prompt,
+
+the argmax at ``beta = 0``. The weights ``p`` are ``>= 0``, sum to 1 over each
+prompt's real candidates and are under ``stop_gradient``
+(:func:`qprobe_weights`). As ``k -> inf`` the selection distribution tends to
+``pi_base(a|x) exp(Q / beta) / Z``, the maximiser of
 ``E[Q] - beta KL(pi || pi_base)`` (:func:`tilted_distribution`).
 
 Array conventions: candidates are grouped per prompt as ``[prompts, k, ...]``;
@@ -17,8 +23,8 @@ AdamW through :func:`jaxweights.make_train_step`, re-forming the PG groups every
 epoch, never mixing prompts within a group.
 
 References:
-  Li et al. "Q-Probe: A
-  Lightweight Approach to Reward Maximization for Language Models." 2024.
+  Li, Jelassi, Zhang, Kakade, Wattenberg, Brandfonbrener. "Q-Probe: A
+  Lightweight Approach to Reward Maximization for Language Models." ICML 2024.
 """
 
 from __future__ import annotations
@@ -35,17 +41,40 @@ from flax import nnx
 from jaxweights.core.reductions import concrete_scalar
 from jaxweights.core.step import LossOutput, init_train_state, make_train_step
 
+#: The probe's training objective (see :func:`train_probe`).
 Objective = Literal["mse", "ce", "pg", "bt", "hinge"]
 
 
 class Probe(nnx.Module):
-  """``Q(phi) = theta^T phi + b`` (``hidden=()``) or an MLP: ``[..., d] -> [...]``."""
+  """``Q(phi) = theta^T phi + b`` (``hidden=()``) or an MLP: ``[..., d] -> [...]``.
+
+  Args:
+    features: the embedding size ``d``.
+    hidden: hidden layer sizes of a ReLU MLP probe (default: linear).
+    rngs: the initialisation PRNG streams.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> probe = jw.Probe(4, rngs=nnx.Rngs(0))
+    >>> probe(jnp.ones((2, 3, 4))).shape  # [prompts, k, d] -> [prompts, k]
+    (2, 3)
+  """
 
   def __init__(self, features: int, hidden: Sequence[int] = (), *, rngs: nnx.Rngs):
     sizes = [features, *hidden, 1]
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
   def __call__(self, phi: jax.Array) -> jax.Array:
+    """Probe values of embeddings.
+
+    Args:
+      phi: ``[..., d]`` embeddings, e.g. ``[prompts, k, d]``.
+
+    Returns:
+      ``[...]`` probe values ``Q``.
+    """
     x = phi
     for layer in self.layers[:-1]:
       x = jax.nn.relu(layer(x))
@@ -79,18 +108,40 @@ def _check_beta(beta):
   return value
 
 
-def qprobe_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = None) -> jax.Array:
+def qprobe_weights(
+  q: jax.Array, beta: jax.typing.ArrayLike = 0.1, mask: jax.Array | None = None
+) -> jax.Array:
   """``softmax(q / beta)`` over each prompt's candidates; one-hot argmax at ``beta = 0``.
 
+  Candidates with a non-finite ``q`` are treated as masked. A traced ``beta``
+  that is negative or NaN gives the argmax, as ``beta = 0`` does.
+
   Args:
-    q: ``[prompts, k]`` probe values.
-    beta: temperature ``>= 0``.
-    mask: optional ``[prompts, k]`` real candidates.
+    q: ``[prompts, k]`` float probe values, ``k >= 2``.
+    beta: temperature ``>= 0`` (0: argmax), a Python, numpy or jax scalar, or traced.
+    mask: optional ``[prompts, k]`` booleans marking the real candidates.
 
   Returns:
-    ``[prompts, k]`` float32 weights summing to 1 per prompt (under stop_gradient).
-    Non-finite ``q`` values raise at trace time only if concrete; traced NaNs are
-    treated as masked candidates.
+    ``[prompts, k]`` float32 weights under ``stop_gradient``, ``>= 0``, summing
+    to 1 over each prompt's real candidates (all 0 for a prompt with none).
+
+  Raises:
+    ValueError: ``q`` is not ``[prompts, k >= 2]``, ``mask`` has another shape,
+      or a concrete ``beta`` is negative, infinite or NaN.
+    TypeError: ``q`` is not floating point.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> q = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    >>> mask = jnp.array([[True, True, True], [True, True, False]])
+    >>> w = jw.qprobe_weights(q, beta=1.0, mask=mask)
+    >>> w.shape, [round(float(x), 4) for x in w.sum(axis=1)]
+    ((2, 3), [1.0, 1.0])
+    >>> [round(float(x), 4) for x in w[1]]
+    [0.5, 0.5, 0.0]
+    >>> jw.qprobe_weights(q, beta=0.0)[0].tolist()  # argmax
+    [0.0, 0.0, 1.0]
   """
   q, mask = _check_groups(q, mask)
   value = _check_beta(beta)
@@ -111,17 +162,58 @@ def qprobe_weights(q: jax.Array, beta: float = 0.1, mask: jax.Array | None = Non
   return soft if value is not None else jnp.where(positive, soft, argmax)
 
 
-def select(key: jax.Array, q: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
-  """Draws one candidate index per prompt from :func:`qprobe_weights` -> ``[prompts]``."""
+def select(
+  key: jax.Array, q: jax.Array, beta: jax.typing.ArrayLike = 0.1, mask: jax.Array | None = None
+) -> jax.Array:
+  """Draws one candidate index per prompt from :func:`qprobe_weights` -> ``[prompts]``.
+
+  Args:
+    key: PRNG key.
+    q: ``[prompts, k]`` float probe values.
+    beta: temperature ``>= 0`` (0: the argmax).
+    mask: optional ``[prompts, k]`` booleans marking the real candidates.
+
+  Returns:
+    ``[prompts]`` int32 indices into the ``k`` candidates.
+
+  Raises:
+    ValueError: as :func:`qprobe_weights`.
+    TypeError: ``q`` is not floating point.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> q = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    >>> jw.q_probe.select(jax.random.key(0), q, beta=0.0).tolist()
+    [2, 0]
+    >>> jw.q_probe.select(jax.random.key(0), q, beta=1.0).shape
+    (2,)
+  """
   w = qprobe_weights(q, beta, mask)
   return jax.random.categorical(key, jnp.log(jnp.maximum(w, 1e-30)), axis=1)
 
 
-def expected_reward(q: jax.Array, rewards: jax.Array, beta: float = 0.1, mask=None) -> jax.Array:
+def expected_reward(
+  q: jax.Array, rewards: jax.Array, beta: jax.typing.ArrayLike = 0.1, mask: jax.Array | None = None
+) -> jax.Array:
   """The exact expected reward ``sum_i p_i r_i`` per prompt -> ``[prompts]``.
 
   Candidates with ``p_i = 0`` (masked, NaN probe value) are ignored; a NaN/inf
   reward of a selectable candidate propagates to that prompt's value.
+
+  Args:
+    q: ``[prompts, k]`` float probe values.
+    rewards: ``[prompts, k]`` rewards of the candidates.
+    beta: temperature ``>= 0`` (0: the argmax's reward).
+    mask: optional ``[prompts, k]`` booleans marking the real candidates.
+
+  Returns:
+    ``[prompts]`` float32 expected rewards under :func:`qprobe_weights`.
+
+  Raises:
+    ValueError: ``rewards`` has another shape than ``q``, or as :func:`qprobe_weights`.
+    TypeError: as :func:`qprobe_weights`.
   """
   q, mask = _check_groups(q, mask)
   rewards = jnp.asarray(rewards)
@@ -135,7 +227,19 @@ def expected_reward(q: jax.Array, rewards: jax.Array, beta: float = 0.1, mask=No
 
 
 def tilted_distribution(log_pi_base: jax.Array, q: jax.Array, beta: float) -> jax.Array:
-  """``pi_base exp(q / beta) / Z`` over a discrete action set (the k -> inf limit)."""
+  """``pi_base exp(q / beta) / Z`` over a discrete action set (the k -> inf limit).
+
+  Args:
+    log_pi_base: ``[..., A]`` log-probabilities of the base policy.
+    q: ``[..., A]`` probe values of the actions.
+    beta: temperature ``> 0``.
+
+  Returns:
+    ``[..., A]`` probabilities summing to 1 over the last axis.
+
+  Raises:
+    ValueError: ``beta <= 0`` or NaN.
+  """
   if not beta > 0:
     raise ValueError(f"beta must be > 0 for the tilted distribution, got {beta}.")
   return jax.nn.softmax(jnp.asarray(log_pi_base) + jnp.asarray(q) / beta)
@@ -145,12 +249,28 @@ def tilted_distribution(log_pi_base: jax.Array, q: jax.Array, beta: float) -> ja
 
 
 def mse_loss(q: jax.Array, r: jax.Array) -> jax.Array:
-  """L_Q per sample: ``(Q - r)^2``."""
+  """L_Q per sample: ``(Q - r)^2``.
+
+  Args:
+    q: ``[N]`` probe values.
+    r: ``[N]`` rewards.
+
+  Returns:
+    ``[N]`` squared errors.
+  """
   return jnp.square(q - r)
 
 
 def bce_loss(q: jax.Array, r: jax.Array) -> jax.Array:
-  """L_CE per sample: ``BCE(sigmoid(Q), r)``."""
+  """L_CE per sample: ``BCE(sigmoid(Q), r)``.
+
+  Args:
+    q: ``[N]`` probe values (logits).
+    r: ``[N]`` rewards in ``[0, 1]`` (targets).
+
+  Returns:
+    ``[N]`` binary cross-entropies.
+  """
   return optax.sigmoid_binary_cross_entropy(q, r)
 
 
@@ -169,6 +289,11 @@ def pg_loss(
 
   Returns:
     ``[groups]`` losses (differentiable wrt ``q``).
+
+  Raises:
+    ValueError: ``q`` is not ``[groups, k >= 2]``, ``mask`` has another shape,
+      or ``beta <= 0``.
+    TypeError: ``q`` is not floating point.
   """
   q, mask = _check_groups(q, mask)
   if not beta > 0:
@@ -179,25 +304,43 @@ def pg_loss(
 
 
 def bradley_terry_loss(q_chosen: jax.Array, q_rejected: jax.Array) -> jax.Array:
-  """``-log sigmoid(Q_w - Q_l)`` per pair."""
+  """``-log sigmoid(Q_w - Q_l)`` per pair.
+
+  Args:
+    q_chosen: ``[P]`` probe values of the preferred completions.
+    q_rejected: ``[P]`` probe values of the rejected ones.
+
+  Returns:
+    ``[P]`` losses.
+  """
   return -jax.nn.log_sigmoid(q_chosen - q_rejected)
 
 
 def hinge_loss(q_chosen: jax.Array, q_rejected: jax.Array, margin: float = 1.0) -> jax.Array:
-  """``max(0, margin - (Q_w - Q_l))`` per pair."""
+  """``max(0, margin - (Q_w - Q_l))`` per pair.
+
+  Args:
+    q_chosen: ``[P]`` probe values of the preferred completions.
+    q_rejected: ``[P]`` probe values of the rejected ones.
+    margin: the margin the preferred one should win by.
+
+  Returns:
+    ``[P]`` losses.
+  """
   return jax.nn.relu(margin - (q_chosen - q_rejected))
 
 
 # --- groups and training -------------------------------------------------------------------
 
 
-def pg_groups(prompt_ids, group_size: int, *, seed: int, epoch: int) -> np.ndarray:
+def pg_groups(prompt_ids: jax.typing.ArrayLike, group_size: int, *, seed: int, epoch: int) -> np.ndarray:
   """Disjoint groups of ``group_size`` samples, each from ONE prompt, re-permuted per epoch.
 
   Args:
     prompt_ids: ``[N]`` the prompt each sample belongs to.
     group_size: samples per group (>= 2).
-    seed, epoch: the permutation is a pure function of ``(seed, epoch)``.
+    seed: the permutation seed.
+    epoch: the epoch; the permutation is a pure function of ``(seed, epoch)``.
 
   Returns:
     ``[groups, group_size]`` int64 sample indices; a prompt's leftover samples
@@ -223,17 +366,24 @@ def pg_groups(prompt_ids, group_size: int, *, seed: int, epoch: int) -> np.ndarr
 
 
 class ProbeResult(NamedTuple):
+  """What :func:`train_probe` returns.
+
+  Attributes:
+    probe: the trained :class:`Probe`.
+    history: the mean training loss of each epoch.
+  """
+
   probe: Probe
   history: list[float]
 
 
 def train_probe(
-  features,
-  rewards,
-  prompt_ids=None,
+  features: jax.typing.ArrayLike,
+  rewards: jax.typing.ArrayLike,
+  prompt_ids: jax.typing.ArrayLike | None = None,
   *,
   objective: Objective = "pg",
-  pairs=None,
+  pairs: jax.typing.ArrayLike | None = None,
   hidden: Sequence[int] = (),
   epochs: int = 150,
   learning_rate: float = 5e-5,
@@ -254,15 +404,24 @@ def train_probe(
     pairs: ``[P, 2]`` (chosen, rejected) indices for ``"bt"``/``"hinge"``.
     hidden: hidden sizes for an MLP probe (default: linear).
     epochs: passes over the data (PG groups re-formed every epoch).
-    learning_rate, weight_decay: AdamW (weight decay applied as given: the
-      reference code's misspelt argument silently made it 0.01).
+    learning_rate: AdamW's learning rate.
+    weight_decay: AdamW's weight decay, applied as given (the authors' code
+      passes it under a misspelt argument name, so their runs used AdamW's
+      default of 0.01 whatever was asked).
     batch_size: samples per step (groups per step = batch_size // group_size).
     group_size: PG group size.
-    baseline, train_beta: PG's constant baseline and temperature.
+    baseline: PG's constant baseline.
+    train_beta: PG's training temperature.
     seed: initialisation and shuffling.
 
   Returns:
-    The trained probe and the mean training loss per epoch.
+    A :class:`ProbeResult`: the trained probe and the mean training loss per epoch.
+
+  Raises:
+    ValueError: ``features`` not ``[N, d]`` or not finite, ``rewards`` not
+      ``[N]``, an unknown ``objective``, ``epochs`` or ``batch_size < 1``,
+      ``"pg"`` without ``prompt_ids`` (or a prompt with fewer than
+      ``group_size`` samples), or ``"bt"``/``"hinge"`` without ``pairs``.
   """
   features = np.asarray(features, np.float32)
   rewards = np.asarray(rewards, np.float32)

@@ -3,6 +3,10 @@ library's own NNX :class:`~jaxweights.TransformerLM`: batched sampling under
 ``jax.jit`` (:func:`jaxweights.substrates.decoding.sample`) and the hidden state
 of a chosen block at the last completion token
 (:func:`jaxweights.substrates.decoding.last_token_embedding`).
+
+Q-probe (Li et al., ICML 2024) reweights ``k`` completions of this base model by
+``softmax(Q(phi) / beta)`` of a probe on these embeddings ``phi``; see
+:mod:`jaxweights.families.q_probe.probe`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 
 from jaxweights.families.q_probe.policies import (
   Tokens,
+  TokensLike,
   as_completions,
   as_prompts,
   check_k,
@@ -21,6 +26,7 @@ from jaxweights.families.q_probe.policies import (
   row_chunks,
 )
 from jaxweights.substrates import decoding
+from jaxweights.substrates.models import TransformerLM
 
 
 class TransformerPolicy:
@@ -37,11 +43,16 @@ class TransformerPolicy:
       there).
     batch_size: rows (prompt x sample pairs) per compiled call; the last chunk
       is padded to it, so every call has one shape and compiles once.
+
+  Raises:
+    ValueError: ``max_new_tokens < 1``, ``temperature < 0``, ``top_p`` outside
+      ``(0, 1]``, ``batch_size < 1``, ``layer`` outside ``[0, n_layers]``, or
+      ``eos_id`` outside the vocabulary.
   """
 
   def __init__(
     self,
-    model,
+    model: TransformerLM,
     layer: int | None = None,
     max_new_tokens: int = 16,
     temperature: float = 1.0,
@@ -82,7 +93,7 @@ class TransformerPolicy:
         f"prompt length + max_new_tokens = {width} exceeds the model's max_len {self.model.cfg.max_len}."
       )
 
-  def sample(self, key: jax.Array, prompts, k: int) -> Tokens:
+  def sample(self, key: jax.Array, prompts: TokensLike, k: int) -> Tokens:
     """Draws ``k`` completions per prompt.
 
     Args:
@@ -94,6 +105,10 @@ class TransformerPolicy:
     Returns:
       ``Tokens(tokens [P, k, max_new_tokens], lengths [P, k])`` (completions
       only, padded with 0).
+
+    Raises:
+      ValueError: bad prompts or ``k``, or prompt length + ``max_new_tokens``
+        beyond the model's ``max_len``.
     """
     prompts = as_prompts(prompts)
     check_k(k)
@@ -125,7 +140,7 @@ class TransformerPolicy:
       out_len[a:b] = clen
     return Tokens(out.reshape(p, k, t), out_len.reshape(p, k))
 
-  def embed(self, prompts, completions) -> np.ndarray:
+  def embed(self, prompts: TokensLike, completions: TokensLike) -> np.ndarray:
     """Block ``layer``'s hidden state at the last token of prompt + completion.
 
     Args:
@@ -135,6 +150,10 @@ class TransformerPolicy:
 
     Returns:
       float32 ``[P, k, d_model]``.
+
+    Raises:
+      ValueError: bad prompts or completions, or rows longer than the model's
+        ``max_len``.
     """
     prompts = as_prompts(prompts)
     completions = as_completions(completions, prompts.tokens.shape[0])

@@ -2,7 +2,19 @@
 
 For a per-sample loss ``l_i(theta)`` this module returns ``||grad_theta l_i||^2``
 for every sample ``i`` of a batch, in total and per layer, without (for the ghost
-method) forming the whole per-sample gradient of the model.
+method) forming the whole per-sample gradient of the model. These are the
+self-influence scores of PRESENCE (Thakkar et al., EMNLP 2023; see
+:mod:`jaxweights.families.self_influence.presence`). The norms are returned as
+they are (float32, unnormalised, not under ``stop_gradient``); the weighting
+normalises them.
+
+The ghost method rests on one identity: a matmul ``y_t = W^T x_t`` (``t`` over a
+sample's tokens) has the per-sample gradient ``dW_i = sum_t x_t g_t^T = X_i^T D_i``,
+with ``X_i`` the ``[T, d1]`` inputs and ``D_i`` the ``[T, d2]`` output gradients
+``g_t = dl_i / dy_t``, so ``||dW_i||^2 = <X_i X_i^T, D_i D_i^T>`` (Gram
+matrices, cost ``T^2 (d1 + d2)`` instead of ``T d1 d2``; Goodfellow 2015, Li et
+al. 2022), and the weighted gradient ``sum_i w_i X_i^T D_i`` comes from the
+same stored ``X`` and ``D`` (book-keeping, Bu et al. 2023).
 
 Methods:
 
@@ -62,6 +74,18 @@ a non-finite loss) gets norm 0. Token masks inside the loss need nothing more.
 Under ``jax.shard_map`` pass ``axis_name``: the tapped quantities are made
 device-varying so that ``check_vma`` does not sum per-sample gradients across
 devices.
+
+References:
+  Goodfellow. "Efficient Per-Example Gradient Computations." arXiv:1510.01799, 2015.
+  Li, Tramèr, Liang, Hashimoto. "Large Language Models Can Be Strong
+  Differentially Private Learners." ICLR 2022 (ghost norms of sequence layers).
+  Bu, Mao, Xu. "Scalable and Efficient Training of Large Convolutional Neural
+  Networks with Differential Privacy." NeurIPS 2022 (the cheaper of the Gram and
+  the direct form, per layer).
+  Bu, Wang, Zha, Karypis. "Differentially Private Optimization on Large Model at
+  Small Cost." ICML 2023 (book-keeping).
+  Thakkar, Bolukbasi, Ganapathy, Vashishth, Chandar, Talukdar. "Self-Influence
+  Guided Data Reweighting for Language Model Pre-training." EMNLP 2023.
 """
 
 from __future__ import annotations
@@ -80,7 +104,10 @@ from flax import nnx
 from jaxweights.core.reductions import AxisName, as_mask, check_per_sample
 
 PyTree = Any
+#: How the norms are computed: exact ``"ghost"`` or ``"vmap"``, or the ``"jvp"`` estimate.
 Method = Literal["ghost", "vmap", "jvp"]
+#: Which layers count: path prefixes (``["blocks/0"]``), a predicate on the layer
+#: path, or None for all.
 LayerSelector = Sequence[str] | Callable[[str], bool] | None
 
 
@@ -467,7 +494,12 @@ def _remember(key, result):
 
 
 def ghost_capture(
-  loss_fn, model, batch, paths: Sequence[str] | None = None, *, axis_name: AxisName = None
+  loss_fn: Callable[[Any, PyTree], Any],
+  model: nnx.Module,
+  batch: PyTree,
+  paths: Sequence[str] | None = None,
+  *,
+  axis_name: AxisName = None,
 ) -> GhostCapture:
   """Runs ``loss_fn`` once with every tappable leaf layer tapped.
 
@@ -481,6 +513,16 @@ def ghost_capture(
     batch: a pytree whose leaves have the batch as leading axis.
     paths: canonical parameter paths wanted (default: all).
     axis_name: the data axis under ``jax.shard_map``.
+
+  Returns:
+    A :class:`GhostCapture`: the tapped calls, which parameters were captured
+    exactly and why the others were not, and the ``[batch]`` losses and
+    validity.
+
+  Raises:
+    ValueError: the model normalises with batch statistics in training mode,
+      or a tapped layer was called with or returned something that is not an
+      array.
   """
   _check_independent(model)
   info = _analyse(model)
@@ -785,7 +827,7 @@ def ghost_norms_from_capture(
   capture: GhostCapture,
   model: nnx.Module,
   *,
-  linear_rule: str = "auto",
+  linear_rule: Literal["auto", "ghost", "direct"] = "auto",
   microbatches: int | None = None,
   axis_name: AxisName = None,
   params: Sequence[str] | None = None,
@@ -802,7 +844,12 @@ def ghost_norms_from_capture(
     params: restrict to these canonical parameter paths (default: all exact).
 
   Returns:
-    :class:`GradNorms` over the selected exact parameters, grouped per layer.
+    :class:`GradNorms` over the selected exact parameters, grouped per layer:
+    ``[batch]`` (or ``[microbatches]``) float32 squared norms, 0 for invalid
+    samples.
+
+  Raises:
+    ValueError: the batch size is not divisible into ``microbatches``.
   """
   info = _analyse(model)
   want = set(capture.exact if params is None else params) & set(capture.exact)
@@ -845,8 +892,20 @@ def bookkeeping_grads(
   second backward pass. Every parameter must be exactly captured
   (``capture.fallback`` empty); the gradient is local to this device.
 
+  Args:
+    model: the model the capture was taken on.
+    capture: from :func:`ghost_capture` of ``model`` with all parameters wanted.
+    weights: ``[batch]`` per-sample weights ``w`` (detached here; invalid
+      samples count 0).
+    axis_name: the data axis under ``jax.shard_map`` (the result is still this
+      device's part: sum it over the axis).
+
   Returns:
     An ``nnx.State`` of gradients with the structure of ``nnx.state(model, nnx.Param)``.
+
+  Raises:
+    ValueError: a parameter is not exactly captured or not reached by any
+      tapped call.
   """
   if capture.fallback:
     p, why = next(iter(capture.fallback.items()))
@@ -867,12 +926,42 @@ def bookkeeping_grads(
   return nnx.from_flat_state(out)
 
 
-def ghost_plan(loss_fn, model: nnx.Module, batch: PyTree) -> dict[str, str]:
+def ghost_plan(loss_fn: Callable[[Any, PyTree], Any], model: nnx.Module, batch: PyTree) -> dict[str, str]:
   """How ``method="ghost"`` will treat each parameter: ``"ghost"`` or ``"vmap: <why>"``.
 
   Decided by abstract traces (nothing is computed; cached per model structure,
   loss function and shapes): useful to see which parameters of a model you did
   not write fall back to exact ``vmap`` norms.
+
+  Args:
+    loss_fn: ``loss_fn(model, batch) -> LossOutput`` with ``[batch]`` losses.
+    model: an NNX model; it is not modified.
+    batch: a pytree whose leaves all have the batch as leading axis (only the
+      shapes and dtypes matter).
+
+  Returns:
+    ``{parameter path: decision}`` for every parameter, in ``nnx.state`` order:
+    ``"ghost"`` (exact, from the tapped pass) or ``"vmap: <reason>"`` (exact
+    ``vmap`` norms for that parameter alone, or an error with
+    ``fallback="error"``).
+
+  Raises:
+    ValueError: the model normalises with batch statistics in training mode,
+      or one of its layers cannot be tapped at all.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> model = jw.MLP(3, [4], 2, rngs=nnx.Rngs(0))
+    >>> batch = {"x": jnp.ones((5, 3)), "y": jnp.zeros(5, jnp.int32)}
+    >>> def loss_fn(model, batch):
+    ...   return jw.LossOutput(jw.cross_entropy(model(batch["x"]), batch["y"]))
+    >>> plan = jw.ghost_plan(loss_fn, model, batch)
+    >>> sorted(plan.items())[:2]
+    [('layers/0/bias', 'ghost'), ('layers/0/kernel', 'ghost')]
+    >>> len(plan)
+    4
   """
   _check_independent(model)
   info = _analyse(model)
@@ -929,7 +1018,32 @@ def per_sample_grad_norms(
 
   Returns:
     :class:`GradNorms` with ``[batch]`` (or ``[microbatches]``) float32 squared
-    norms.
+    norms, unnormalised; 0 for samples the loss masks out or whose loss is not
+    finite.
+
+  Raises:
+    ValueError: a bad ``method``, ``fallback``, ``microbatches``,
+      ``chunk_size`` or ``num_probes``; ``"jvp"`` without a ``key``; ``layers``
+      selecting no parameter; the model normalising with batch statistics in
+      training mode; or, with ``fallback="error"``, a parameter that cannot be
+      tapped exactly.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxweights as jw
+    >>> model = jw.MLP(3, [4], 2, rngs=nnx.Rngs(0))
+    >>> batch = {"x": jnp.arange(15.0).reshape(5, 3) / 10, "y": jnp.array([0, 1, 0, 1, 1])}
+    >>> def loss_fn(model, batch):
+    ...   return jw.LossOutput(jw.cross_entropy(model(batch["x"]), batch["y"]))
+    >>> ghost = nnx.jit(lambda m, b: jw.per_sample_grad_norms(loss_fn, m, b))
+    >>> norms = ghost(model, batch)  # exact, one tapped backward pass
+    >>> norms.total.shape, sorted(norms.by_layer)
+    ((5,), ['layers/0', 'layers/1'])
+    >>> oracle = nnx.jit(lambda m, b: jw.per_sample_grad_norms(loss_fn, m, b, method="vmap"))
+    >>> exact = oracle(model, batch)
+    >>> bool(jnp.allclose(norms.total, exact.total, rtol=1e-4))
+    True
   """
   if microbatches is not None and microbatches < 1:
     raise ValueError(f"microbatches must be >= 1, got {microbatches}.")
@@ -996,19 +1110,41 @@ def _ghost_chunked(ghost, batch, n, chunk_size, microbatches) -> GradNorms:
 
 
 def norms_from_capture(
-  capture,
-  loss_fn,
-  model,
-  batch,
-  chosen,
+  capture: GhostCapture,
+  loss_fn: Callable[[Any, PyTree], Any],
+  model: nnx.Module,
+  batch: PyTree,
+  chosen: Sequence[str],
   *,
-  fallback="vmap",
-  linear_rule="auto",
-  microbatches=None,
-  chunk_size=None,
-  axis_name=None,
+  fallback: Literal["error", "vmap"] = "vmap",
+  linear_rule: Literal["auto", "ghost", "direct"] = "auto",
+  microbatches: int | None = None,
+  chunk_size: int | None = None,
+  axis_name: AxisName = None,
 ) -> GradNorms:
-  """Ghost norms of the exact parameters plus ``vmap`` norms of the rest of ``chosen``."""
+  """Ghost norms of the exact parameters plus ``vmap`` norms of the rest of ``chosen``.
+
+  Args:
+    capture: from :func:`ghost_capture` of ``loss_fn`` on ``model`` and ``batch``.
+    loss_fn: ``loss_fn(model, batch) -> LossOutput``.
+    model: the same model.
+    batch: the same batch.
+    chosen: canonical parameter paths to count.
+    fallback: ``"vmap"`` (exact ``vmap`` norms for the parameters the capture
+      could not take exactly) or ``"error"``.
+    linear_rule: see :func:`ghost_norms_from_capture`.
+    microbatches: score contiguous groups of samples instead of samples.
+    chunk_size: samples per chunk of the ``vmap`` fallback.
+    axis_name: the data axis under ``jax.shard_map``.
+
+  Returns:
+    :class:`GradNorms` with ``[batch]`` (or ``[microbatches]``) float32 squared
+    norms over ``chosen``.
+
+  Raises:
+    ValueError: with ``fallback="error"``, a chosen parameter that the capture
+      could not take exactly (the message names it and why).
+  """
   missing = {p: why for p, why in capture.fallback.items() if p in chosen}
   if missing and fallback == "error":
     lines = "; ".join(f"'{p}': {why}" for p, why in missing.items())

@@ -1,26 +1,37 @@
 """Self-influence scores and PRESENCE reweighting (Thakkar et al., EMNLP 2023).
 
-Self-influence of a sample is its squared gradient norm ``s(z) = ||grad l(z)||^2``
-(restricted to a layer set K); TracIn sums it over checkpoints with their learning
-rates, ``sum_c eta_c ||grad l(z; theta_c)||^2``.
+The self-influence of a sample ``z`` is its squared gradient norm
+``s(z) = ||grad l(z)||^2`` (restricted to a layer set K); TracIn sums it over
+checkpoints with their learning rates, ``sum_c eta_c ||grad l(z; theta_c)||^2``.
 
-PRESENCE weights a batch by ``w = softmax(tau * zscore(s))``, with a two-stage
-``tau``: ``+1`` ("direct": favour novel, high self-influence samples) for the first
-``I`` steps, then ``-1`` ("inverse": suppress likely noise). It can score single
-samples (the paper's definition) or microbatches (what the authors ran: the batch
-split into M groups, each scored by the squared norm of its summed gradient; each
-sample then gets its group's weight shared among the group's valid samples).
+PRESENCE weights a batch by
+
+    z_i = (s_i - mean(s)) / sqrt(var(s) + eps),    w = softmax(tau * z),
+
+with the mean, variance and softmax taken over the valid samples of the global
+batch: the weights are ``>= 0``, sum to 1 over the valid samples, and carry
+no gradient to the scores (which are detached). ``tau`` follows a two-stage
+schedule: ``+1`` ("direct": favour novel, high self-influence samples) for the
+first ``I`` steps, then ``-1`` ("inverse": suppress likely noise). PRESENCE can
+score single samples (the paper's definition) or microbatches (what the
+authors ran: the batch split into M groups, each scored by the squared norm of
+its summed gradient; each sample then gets its group's weight shared among the
+group's valid samples).
 
 With ``method="ghost"`` on a model whose every parameter's every use is captured
-exactly (see :func:`jaxweights.families.self_influence.grad_norms.ghost_plan`), the PRESENCE step uses book-keeping: one tapped forward/backward
-pass yields the norms, and the weighted gradient is formed from the same stored
-activations and output gradients, so no second backward pass is needed.
+exactly (see :func:`jaxweights.families.self_influence.grad_norms.ghost_plan`),
+the PRESENCE step uses book-keeping (Bu et al., ICML 2023): one tapped
+forward/backward pass yields the norms, and the weighted gradient is formed from
+the same stored activations and output gradients, so no second backward pass
+is needed.
 
 References:
   Thakkar, Bolukbasi, Ganapathy, Vashishth, Chandar, Talukdar. "Self-Influence
   Guided Data Reweighting for Language Model Pre-training." EMNLP 2023.
   Pruthi, Liu, Kale, Sundararajan. "Estimating Training Data Influence by Tracing
   Gradient Descent." NeurIPS 2020.
+  Bu, Wang, Zha, Karypis. "Differentially Private Optimization on Large Model at
+  Small Cost." ICML 2023 (book-keeping).
 """
 
 from __future__ import annotations
@@ -46,7 +57,9 @@ from jaxweights.core.reductions import AxisName, as_mask, check_per_sample, conc
 from jaxweights.core.step import merge_model
 from jaxweights.families.self_influence import grad_norms
 
+#: A schedule ``step -> value`` evaluated at the int32 step counter.
 Schedule = Callable[[jax.Array], jax.Array]
+#: The batch key under which PRESENCE's ``prepare`` stores the ``[batch]`` scores.
 SCORE_KEY = "presence_scores"
 
 
@@ -71,7 +84,27 @@ def presence_weights(
     eps: added to the variance in the z-score.
 
   Returns:
-    ``[n]`` float32 weights, ``>= 0``, summing to 1 over valid entries.
+    ``[n]`` float32 weights (no gradient flows to ``scores``), ``>= 0``,
+    summing to 1 over the valid (masked-in, finite-score) entries of the global
+    batch (all 0 if none is valid).
+
+  Raises:
+    ValueError: ``scores`` is not a non-empty ``[n]`` vector, ``mask`` does not
+      match it, or a concrete ``tau`` is NaN or infinite.
+    TypeError: ``scores`` is not floating point.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxweights as jw
+    >>> scores = jnp.array([1.0, 2.0, 3.0, 10.0])
+    >>> w = jw.presence_weights(scores, tau=1.0)
+    >>> w.shape, round(float(w.sum()), 4)
+    ((4,), 1.0)
+    >>> bool(w[3] > w[2] > w[0])  # tau = +1 favours high self-influence
+    True
+    >>> w = jw.presence_weights(scores, tau=-1.0, mask=jnp.array([True, True, True, False]))
+    >>> round(float(w[3]), 4), bool(w[0] > w[1] > w[2])
+    (0.0, True)
   """
   scores = check_per_sample(scores, "scores")
   mask = as_mask(mask, scores) & jnp.isfinite(scores)
@@ -86,7 +119,27 @@ def presence_weights(
 
 
 def two_stage_tau(switch_step: int, tau: float = 1.0) -> Schedule:
-  """PRESENCE's schedule: ``+tau`` for steps ``< switch_step``, then ``-tau``."""
+  """PRESENCE's two-stage schedule: ``+tau`` for steps ``< switch_step``, then ``-tau``.
+
+  The first stage favours high self-influence samples, the second suppresses
+  them (Thakkar et al., EMNLP 2023).
+
+  Args:
+    switch_step: the first step of the second ("inverse") stage, ``>= 0``.
+    tau: the magnitude of the inverse temperature, finite.
+
+  Returns:
+    ``schedule(step) -> tau``: a float32 scalar, for ``presence_weighting(tau=...)``.
+
+  Raises:
+    ValueError: ``switch_step < 0`` or ``tau`` is not finite.
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> schedule = jw.two_stage_tau(switch_step=100, tau=1.0)
+    >>> float(schedule(0)), float(schedule(99)), float(schedule(100))
+    (1.0, 1.0, -1.0)
+  """
   if switch_step < 0:
     raise ValueError(f"switch_step must be >= 0, got {switch_step}.")
   if not np.isfinite(tau):
@@ -143,7 +196,21 @@ def presence_weighting(
       two-pass path instead of book-keeping).
 
   Returns:
-    A :class:`~jaxweights.Weighting`; its state is an empty tuple.
+    A :class:`~jaxweights.Weighting` whose state is an empty tuple. Its
+    ``update`` returns ``[batch]`` weights (:func:`presence_weights` of the
+    sample or microbatch scores) under ``stop_gradient``, summing to 1 over the
+    valid samples of the global batch. Unless book-keeping applies, ``prepare``
+    adds the scores to the (dict) batch under ``"presence_scores"``.
+
+  Raises:
+    ValueError: a constant ``tau`` is not finite, ``microbatches < 1``, or
+      ``bookkeeping``, ``fallback`` or ``method`` is not one of its values.
+
+  Examples:
+    >>> import jaxweights as jw
+    >>> weighting = jw.presence_weighting(tau=jw.two_stage_tau(switch_step=100))
+    >>> weighting.init(), weighting.prepare is not None
+    ((), True)
   """
   if not callable(tau) and not np.isfinite(tau):
     raise ValueError(f"tau must be finite, got {tau}.")
@@ -226,7 +293,7 @@ def self_influence_scores(
   loss_fn: Callable[[Any, Any], Any],
   model: nnx.Module,
   batches: Iterable[Any],
-  **norm_kwargs,
+  **norm_kwargs: Any,
 ) -> np.ndarray:
   """Current-parameter self-influence of every sample in ``batches``.
 
@@ -238,7 +305,8 @@ def self_influence_scores(
       (``method``, ``layers``, ...).
 
   Returns:
-    float64 ``[n_samples]`` squared gradient norms, batches concatenated.
+    float64 ``[n_samples]`` squared gradient norms (unnormalised), batches
+    concatenated.
   """
   graphdef, state = nnx.split(model)
   score = _scorer(graphdef, loss_fn, _freeze(norm_kwargs))
@@ -268,7 +336,7 @@ def tracin_self_influence(
   checkpoints: Sequence[nnx.Module],
   learning_rates: Sequence[float],
   batches: Sequence[Any],
-  **norm_kwargs,
+  **norm_kwargs: Any,
 ) -> np.ndarray:
   """TracIn self-influence ``sum_c eta_c ||grad l(z; theta_c)||^2``.
 
@@ -277,10 +345,13 @@ def tracin_self_influence(
     checkpoints: models at the saved parameters ``theta_c``.
     learning_rates: ``eta_c``, one per checkpoint.
     batches: a sequence (re-iterated per checkpoint) of batches.
-    **norm_kwargs: see :func:`self_influence`.
+    **norm_kwargs: see :func:`self_influence_scores`.
 
   Returns:
-    float64 ``[n_samples]`` scores.
+    float64 ``[n_samples]`` scores (unnormalised), batches concatenated.
+
+  Raises:
+    ValueError: no checkpoint, or not one learning rate per checkpoint.
   """
   if len(checkpoints) != len(learning_rates) or not checkpoints:
     raise ValueError(

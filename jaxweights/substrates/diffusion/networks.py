@@ -25,7 +25,7 @@ def sinusoidal_embedding(c: jax.Array, dim: int, max_freq: float = 100.0) -> jax
   Raises:
     ValueError: ``dim`` is odd.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from jaxweights import diffusion
     >>> e = diffusion.sinusoidal_embedding(jnp.zeros(3), 8)

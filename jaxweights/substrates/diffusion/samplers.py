@@ -37,7 +37,7 @@ def karras_sigmas(
   Raises:
     ValueError: ``num_steps < 1`` or not ``0 < sigma_min < sigma_max``.
 
-  Example:
+  Examples:
     >>> from jaxweights import diffusion
     >>> s = diffusion.karras_sigmas(4)
     >>> s.shape

@@ -26,7 +26,7 @@ def expand_to(v: jax.Array, x: jax.Array) -> jax.Array:
   Returns:
     ``v`` reshaped to ``x.ndim`` dimensions with trailing size-1 axes.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> from jaxweights import diffusion
     >>> diffusion.expand_to(jnp.ones(4), jnp.zeros((4, 8, 8, 1))).shape
@@ -65,7 +65,7 @@ class VPSDE:
   Raises:
     ValueError: not ``0 < beta_min < beta_max`` or not ``0 < t_min < t_max``.
 
-  Example:
+  Examples:
     >>> from jaxweights import diffusion
     >>> sde = diffusion.VPSDE()
     >>> round(float(sde.alpha(0.0)), 4), round(float(sde.sigma(1.0)), 4)

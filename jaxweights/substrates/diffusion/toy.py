@@ -29,7 +29,7 @@ class GaussianMixture:
     ValueError: the shapes disagree, a weight is negative (or all are 0), or a
       standard deviation is not ``> 0``.
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> from jaxweights import diffusion
     >>> gm = diffusion.GaussianMixture(weights=(1, 3), means=((-1.0, 0.0), (1.0, 0.0)), stds=(0.5, 0.5))
