@@ -2,7 +2,7 @@
 
 The model is a Llama-style decoder of about 1B parameters
 (:data:`POD_LLAMA`: 18 blocks of width 2048, 16 heads, SwiGLU 5632, vocabulary
-32000, untied head, bf16 compute with float32 parameters), trained with AdamW
+32000, untied head, bf16 compute with float32 parameters, blocks rematerialised), trained with AdamW
 and LinUpper weights. The step is compiled for abstract inputs on fake CPU
 devices in the pod's mesh shape; nothing is allocated. The default mesh is a TPU
 v5e-64 slice used as pure FSDP, ``(data=1, fsdp=64, tensor=1)``, with 8
@@ -47,6 +47,7 @@ POD_LLAMA = jw.LlamaConfig(
   tied=False,
   scan=True,
   dtype="bfloat16",
+  remat=True,
 )
 
 

@@ -29,8 +29,11 @@ def main(ckpt_dir, out):
     time.sleep(0.03)
     return tc.batch_fn(i)
 
-  ckpt = jw.Checkpointer(ckpt_dir, max_to_keep=2) if ckpt_dir != "-" else None
+  async_save = os.environ.get("JW_ASYNC_SAVE") == "1"  # saves written in the background
+  ckpt = jw.Checkpointer(ckpt_dir, max_to_keep=2, async_save=async_save) if ckpt_dir != "-" else None
   final, _ = jw.train_loop(step, state0, slow_batch, STEPS, checkpointer=ckpt, checkpoint_every=3)
+  if ckpt is not None:
+    ckpt.close()
   np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(final)])
 
 

@@ -91,7 +91,8 @@ def test_corrupted_latest_checkpoint_is_skipped_with_a_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, async_save):
   import os
   import random
   import signal
@@ -100,7 +101,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
   import time
 
   worker = [sys.executable, os.path.join(os.path.dirname(__file__), "crash_worker.py")]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JW_ASYNC_SAVE="1" if async_save else "0")
   subprocess.run([*worker, "-", str(tmp_path / "ref.npz")], check=True, env=env, timeout=600)
   kill_after = random.Random(os.getpid()).randrange(4, 35)  # a random step, logged on failure
   ckpt_dir = tmp_path / "ckpt"

@@ -22,7 +22,15 @@ What the checkpointer guarantees (each with a test in ``tests/reliability``):
   another fingerprint is refused instead of being resumed;
 * in a multi-process run every process saves to the same directory (orbax's save
   is collective); only process 0 writes the lock, the fingerprint and moves
-  unreadable steps aside.
+  unreadable steps aside;
+* paths go through ``etils.epath``: a local path is made absolute, a URL such as
+  ``gs://bucket/run`` passes through untouched (the lock file is local-only: on
+  object stores one run per directory is the caller's business);
+* with ``async_save=True`` a save returns once the arrays are copied off the
+  devices and training continues while orbax writes; the checkpoint appears
+  only when complete (written to a temporary folder, then renamed), so a crash
+  mid-save leaves the previous one restorable. ``wait()``, the next save and
+  ``close()`` wait for a pending write.
 """
 
 from __future__ import annotations
@@ -30,13 +38,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import time
 import warnings
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 PyTree = Any
 
@@ -71,10 +79,13 @@ class Checkpointer:
     fingerprint: optional JSON-serialisable description of the run (its config);
       stored with the checkpoints and compared on every later open, so a
       directory written under another config is refused.
-    lock: hold ``<directory>/.jaxweights.lock`` while open (process 0).
+    lock: hold ``<directory>/.jaxweights.lock`` while open (process 0; local
+      directories only).
+    async_save: write checkpoints in the background (see the module docstring).
 
   Attributes:
-    directory: the absolute path of the checkpoint directory.
+    directory: the checkpoint directory: an absolute local path, or the URL as
+      given (``gs://...``).
     max_to_keep: as given.
     save_interval_steps: as given.
     restored_step: the step the last ``restore(target)`` without ``step``
@@ -113,15 +124,17 @@ class Checkpointer:
     save_interval_steps: int = 1,
     fingerprint: Any = None,
     lock: bool = True,
+    async_save: bool = False,
   ) -> None:
     self.max_to_keep = _positive_int(max_to_keep, "max_to_keep", allow_none=True)
     self.save_interval_steps = _positive_int(save_interval_steps, "save_interval_steps")
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.async_save = bool(async_save)
+    self.directory = _as_path(directory)
     self._lock_fd = None
     primary = jax.process_index() == 0
     if primary:
       _check_writable(self.directory)
-      if lock:
+      if lock and _is_local(self.directory):
         self._lock_fd = _acquire_lock(self.directory)
       if fingerprint is not None:
         _check_fingerprint(self.directory, fingerprint)
@@ -129,17 +142,18 @@ class Checkpointer:
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-      self.directory,
+      epath.Path(self.directory),
       item_handlers=ocp.StandardCheckpointHandler(),  # so a fresh manager reads metadata
       options=ocp.CheckpointManagerOptions(
         max_to_keep=self.max_to_keep,
         save_interval_steps=self.save_interval_steps,
-        enable_async_checkpointing=False,
+        enable_async_checkpointing=self.async_save,
       ),
     )
 
   def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
-    """Saves ``state`` under ``step`` and waits until it is written.
+    """Saves ``state`` under ``step``: waits until it is written, or with
+    ``async_save`` until the arrays are copied off the devices.
 
     In a multi-process run every process must call this (orbax's save is
     collective).
@@ -154,8 +168,13 @@ class Checkpointer:
       Whether a checkpoint was written (False when skipped by the interval).
     """
     saved = self._manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
-    self._manager.wait_until_finished()
+    if not self.async_save:
+      self._manager.wait_until_finished()
     return bool(saved)
+
+  def wait(self) -> None:
+    """Blocks until a pending (asynchronous) save is written."""
+    self._manager.wait_until_finished()
 
   def latest_step(self) -> int | None:
     """The newest saved step.
@@ -253,11 +272,11 @@ class Checkpointer:
       stacklevel=3,
     )
     if jax.process_index() == 0:
-      src = os.path.join(self.directory, str(step))
-      if os.path.exists(src):
-        dst_dir = os.path.join(self.directory, _UNREADABLE)
-        os.makedirs(dst_dir, exist_ok=True)
-        shutil.move(src, os.path.join(dst_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"))
+      src = epath.Path(self.directory) / str(step)
+      if src.exists():
+        dst_dir = epath.Path(self.directory) / _UNREADABLE
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        src.rename(dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
@@ -266,7 +285,8 @@ class Checkpointer:
     self._manager = self._open()  # a failed restore can leave the manager's step cache stale
 
   def close(self) -> None:
-    """Closes the orbax manager and releases the directory lock."""
+    """Waits for a pending save, closes the orbax manager and releases the lock."""
+    self._manager.wait_until_finished()
     self._manager.close()
     if self._lock_fd is not None:
       import fcntl  # pylint: disable=import-outside-toplevel
@@ -316,13 +336,23 @@ def _leaf_specs(tree) -> dict[str, tuple]:
   return {_path_key(p): (tuple(x.shape), str(x.dtype)) for p, x in leaves}
 
 
+def _as_path(directory: str | os.PathLike) -> str:
+  """An absolute local path, or a URL (``gs://...``) unchanged."""
+  text = os.fspath(directory)
+  return text if "://" in text else os.path.abspath(text)
+
+
+def _is_local(directory: str) -> bool:
+  return "://" not in directory
+
+
 def _check_writable(directory: str) -> None:
   try:
-    os.makedirs(directory, exist_ok=True)
-    probe = os.path.join(directory, f".write-probe-{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    path = epath.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-probe-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
   except OSError as e:
     raise PermissionError(
       f"checkpoint directory {directory} is not writable ({e.strerror or e}); "
@@ -351,11 +381,10 @@ def _acquire_lock(directory: str) -> int:
 
 
 def _check_fingerprint(directory: str, fingerprint: Any) -> None:
-  path = os.path.join(directory, _FINGERPRINT)
+  path = epath.Path(directory) / _FINGERPRINT
   text = json.dumps(fingerprint, sort_keys=True, default=repr)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
+  if path.exists():
+    old = path.read_text()
     if old != text:
       raise ValueError(
         f"checkpoint directory {directory} was written by a run with another "
@@ -363,5 +392,4 @@ def _check_fingerprint(directory: str, fingerprint: Any) -> None:
         "Use another output directory or delete the old checkpoints."
       )
   else:
-    with open(path, "w") as f:
-      f.write(text)
+    path.write_text(text)

@@ -27,11 +27,14 @@ class JsonlLogger:
   """Appends one JSON object per line; ``None`` path logs nowhere.
 
   Each record is written (keys sorted) and the file closed at once, so a crash
-  loses nothing already logged, and a resumed run appends to the same file.
+  loses nothing already logged, and a resumed run appends to the same file. In a
+  multi-process run only process 0 writes (``all_processes=True`` lets every
+  process write, e.g. to a per-process path).
 
   Args:
     path: the ``.jsonl`` file to append to (its folder is created if missing),
       or None to discard every record.
+    all_processes: write from every process, not only process 0.
 
   Examples:
     >>> import os
@@ -47,8 +50,9 @@ class JsonlLogger:
     [{'loss': 0.5, 'step': 1}, {'loss': 0.25, 'step': 2}]
   """
 
-  def __init__(self, path: str | os.PathLike | None) -> None:
-    self.path = None if path is None else os.fspath(path)
+  def __init__(self, path: str | os.PathLike | None, *, all_processes: bool = False) -> None:
+    writes = all_processes or jax.process_index() == 0
+    self.path = None if path is None or not writes else os.fspath(path)
     if self.path:
       os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
@@ -140,6 +144,10 @@ def train_loop(
   eval_every: int = 0,
   desc: str = "train",
   show_progress: bool | None = None,
+  samples_per_step: int | None = None,
+  tokens_per_step: int | None = None,
+  flops_per_step: float | None = None,
+  peak_flops: float | None = None,
 ) -> tuple[TrainState, list[dict]]:
   """Runs ``step_fn`` from ``state.step`` up to ``num_steps``.
 
@@ -161,6 +169,13 @@ def train_loop(
     eval_every: 0 = only at the end.
     desc: progress-bar label.
     show_progress: force the progress bar on/off (default: when a terminal).
+    samples_per_step: the global batch size; logs ``samples_per_s``.
+    tokens_per_step: tokens per global batch; logs ``tokens_per_s``.
+    flops_per_step: FLOPs of one step per device (e.g.
+      :func:`jaxweights.runtime.aot.compiled_flops` of the compiled step); logs
+      ``tflops_per_device``.
+    peak_flops: the device's peak FLOP/s (default: :func:`peak_flops_per_device`
+      for known accelerators); with ``flops_per_step`` logs ``mfu``.
 
   Returns:
     ``(final_state, history)``: the logged records of this invocation.
@@ -190,6 +205,8 @@ def train_loop(
     )
   history: list[dict] = []
   t0 = time.perf_counter()
+  peak = peak_flops if peak_flops is not None else peak_flops_per_device()
+  last = (start, t0)
 
   def record(rec):
     history.append(rec)
@@ -203,7 +220,12 @@ def train_loop(
     done = step + 1
     if log_every and (done % log_every == 0 or done == num_steps):
       rec = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      rec.update(step=done, time_s=time.perf_counter() - t0)
+      now = time.perf_counter()
+      rec.update(step=done, time_s=now - t0)
+      rec.update(
+        _throughput(done - last[0], now - last[1], samples_per_step, tokens_per_step, flops_per_step, peak)
+      )
+      last = (done, now)
       record(rec)
     if eval_fn is not None and eval_every and done % eval_every == 0 and done != num_steps:
       record({"step": done, **eval_fn(state)})
@@ -214,3 +236,52 @@ def train_loop(
   if checkpointer is not None and checkpointer.latest_step() != num_steps:
     checkpointer.save(num_steps, state, force=True)
   return state, history
+
+
+def _throughput(steps, seconds, samples, tokens, flops, peak) -> dict[str, float]:
+  """Rates over the last logging interval (the metrics fetch synchronises, so the
+  interval holds exactly ``steps`` finished steps; the first one also holds the
+  compilation)."""
+  if steps <= 0 or seconds <= 0:
+    return {}
+  rate = steps / seconds
+  out = {"steps_per_s": rate}
+  if samples:
+    out["samples_per_s"] = rate * samples
+  if tokens:
+    out["tokens_per_s"] = rate * tokens
+  if flops:
+    out["tflops_per_device"] = rate * flops / 1e12
+    if peak:
+      out["mfu"] = rate * flops / peak
+  return out
+
+
+# Dense bf16 peak FLOP/s per device (vendor figures) by ``device_kind`` prefix.
+PEAK_BF16_FLOPS: dict[str, float] = {
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
+}
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+  """The dense bf16 peak FLOP/s of a known accelerator, for an MFU estimate.
+
+  Args:
+    device: the device (default: ``jax.devices()[0]``).
+
+  Returns:
+    FLOP/s from :data:`PEAK_BF16_FLOPS` (longest matching ``device_kind``
+    prefix), or None for an unknown kind (CPUs included).
+  """
+  kind = (device or jax.devices()[0]).device_kind
+  matches = [k for k in PEAK_BF16_FLOPS if kind.startswith(k)]
+  return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None

@@ -306,6 +306,8 @@ class LlamaConfig:
     dropout: dropout rate after attention and MLP (0 = none).
     rope_base: rotary embedding base.
     dtype: compute dtype; parameters stay float32.
+    remat: recompute each block's activations in the backward pass
+      (``nnx.remat``): memory of one block instead of all, for a second forward.
 
   Raises:
     ValueError: a size is ``< 1``, the heads are not of even size, or
@@ -323,6 +325,7 @@ class LlamaConfig:
   dropout: float = 0.0
   rope_base: float = 10000.0
   dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self) -> None:
     if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -449,15 +452,16 @@ class Llama(nnx.Module):
     if tokens.shape[1] > self.cfg.max_len:
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}.")
     x = constrain_batch(self.embed(tokens))
+    apply = nnx.remat(lambda block, x: block(x)) if self.cfg.remat else (lambda block, x: block(x))
     if self.cfg.scan:
 
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
       def run(block, x):
-        return block(x)
+        return apply(block, x)
 
       return constrain_batch(run(self.blocks, x))
     for block in self.blocks:
-      x = block(x)
+      x = apply(block, x)
     return constrain_batch(x)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
