@@ -104,3 +104,38 @@ def test_two_processes_with_checkpoints_save_resume_and_match(tmp_path):
       continue
     a, b = one[name][-1], two[name][-1]
     np.testing.assert_allclose(b["heldout_loss"], a["heldout_loss"], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_each_loading_its_rows_match_one_process(tmp_path):
+  worker = str(ROOT / "tests" / "fsdp_worker.py")
+
+  def run(devices, *args):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+      [sys.executable, worker, *args],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+
+  port = free_port()
+  procs = [run(8, str(tmp_path / "one.npz"))] + [
+    run(4, str(tmp_path / f"two{p}.npz"), f"127.0.0.1:{port}", "2", str(p)) for p in range(2)
+  ]
+  for p in procs:
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log[-3000:]
+  one = np.load(tmp_path / "one.npz")
+  parts = [np.load(tmp_path / f"two{p}.npz") for p in range(2)]
+  params = [k for k in one.files if k.startswith("arr_")]
+  for part in parts:
+    assert int(part["local_devices"]) == 4
+    for k in params:
+      np.testing.assert_allclose(part[k], one[k], atol=1e-5, err_msg=k)
+  # Each process loaded only its half of every batch; together, what one process loaded.
+  halves = [part["loaded"] for part in parts]
+  assert all(len(h) == len(one["loaded"]) // 2 for h in halves)
+  assert sorted(np.concatenate(halves).tolist()) == sorted(one["loaded"].tolist())

@@ -112,3 +112,27 @@ def test_only_process_zero_writes_logs(monkeypatch, tmp_path):
   assert not (tmp_path / "a.jsonl").exists()
   jw.JsonlLogger(tmp_path / "b.jsonl", all_processes=True).log({"step": 1})
   assert (tmp_path / "b.jsonl").exists()
+
+
+def test_process_local_batch_loads_only_this_process_rows():
+  mesh = jw.make_mesh(2, 4, 1)
+  data = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+  indices = jw.data.batch_indices(40, 16, seed=0, step=2)
+  asked = []
+
+  def load_rows(idx):
+    asked.append(idx)
+    return {"x": data[idx], "i": idx}
+
+  batch = jw.data.process_local_batch(load_rows, indices, mesh)
+  # One process here: it holds every row, and the batch equals shard_batch's.
+  np.testing.assert_array_equal(jw.data.process_rows(mesh, 16), np.arange(16))
+  expected = jw.shard_batch({"x": data[indices], "i": indices}, mesh)
+  for a, b in zip(jax.tree.leaves(batch), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+  assert len(asked) == 1 and len(asked[0]) == 16
+  with pytest.raises(ValueError, match="cannot be split"):
+    jw.data.process_local_batch(load_rows, indices[:6], mesh)
+  with pytest.raises(ValueError, match="rows"):
+    jw.data.process_local_batch(lambda idx: {"x": data[idx][:-1]}, indices, mesh)

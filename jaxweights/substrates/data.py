@@ -31,7 +31,10 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
+
+from jaxweights.core.sharding import batch_axes
 
 if TYPE_CHECKING:
   import tokenizers
@@ -132,6 +135,76 @@ def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarra
     sel = epochs == epoch
     out[sel] = _epoch_permutation(n, seed, int(epoch))[offsets[sel]]
   return out
+
+
+def process_rows(
+  mesh: jax.sharding.Mesh, global_batch: int, axis_name: str | tuple[str, ...] | None = None
+) -> np.ndarray:
+  """The rows of a global batch that this process's devices hold.
+
+  Args:
+    mesh: the mesh the batch is split over.
+    global_batch: the global batch size (a multiple of the batch axes' size).
+    axis_name: the batch axes (default: ``("data", "fsdp")`` on a
+      :func:`~jaxweights.make_mesh` mesh, the one axis of a data mesh).
+
+  Returns:
+    int64 row positions in ``[0, global_batch)``, ascending: the rows this
+    process loads.
+  """
+  axis_name = batch_axes(mesh) if axis_name is None else axis_name
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+  rows: set[int] = set()
+  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+    rows.update(range(*index[0].indices(global_batch)))
+  return np.asarray(sorted(rows), np.int64)
+
+
+def process_local_batch(
+  load_rows: Callable[[np.ndarray], Any],
+  indices: np.ndarray,
+  mesh: jax.sharding.Mesh,
+  axis_name: str | tuple[str, ...] | None = None,
+) -> Any:
+  """A global batch of which each process loads only its own rows.
+
+  Every process computes the same global ``indices`` (e.g. :func:`batch_indices`
+  of ``(seed, step)``, so resuming and 1-vs-N-process equality hold), loads the
+  rows its devices hold with ``load_rows`` (any random-access source: in-memory
+  arrays, ``tfds.data_source``, a grain ``MapDataset``), and the pieces become one
+  global array with ``jax.make_array_from_process_local_data``.
+
+  Args:
+    load_rows: ``load_rows(dataset_indices) -> pytree of [k, ...] arrays``.
+    indices: int ``[global_batch]`` dataset indices of the whole batch.
+    mesh: the mesh; the batch is split over its batch axes.
+    axis_name: the batch axes (default as :func:`process_rows`).
+
+  Returns:
+    The pytree of global ``jax.Array`` s ``[global_batch, ...]``, split along
+    the batch axes.
+
+  Raises:
+    ValueError: the batch size is not a multiple of the batch axes' size, or
+      ``load_rows`` returns the wrong number of rows.
+  """
+  indices = np.asarray(indices)
+  axis_name = batch_axes(mesh) if axis_name is None else axis_name
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  n_shards = math.prod(mesh.shape[a] for a in names)
+  if indices.ndim != 1 or len(indices) % n_shards:
+    raise ValueError(f"a batch of {indices.shape} indices cannot be split over {n_shards} devices.")
+  rows = process_rows(mesh, len(indices), axis_name)
+  local = load_rows(indices[rows])
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+
+  def assemble(x):
+    x = np.asarray(x)
+    if x.shape[:1] != (len(rows),):
+      raise ValueError(f"load_rows returned {x.shape[0]} rows for {len(rows)} indices.")
+    return jax.make_array_from_process_local_data(sharding, x, (len(indices), *x.shape[1:]))
+
+  return jax.tree.map(assemble, local)
 
 
 def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> dict[str, np.ndarray]:
