@@ -25,9 +25,10 @@ def _run(out, *extra):
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-  # The decoder cases compile ~10 programs even when tiny: their rows are checked
-  # in the slow suite (test_llama_rows_ghost_chunked_and_jax_privacy_peer).
-  return _run(tmp_path_factory.mktemp("bench_si"), "--skip", "llama")
+  # The fast suite measures the FFN cases; the decoder cases (TransformerLM and
+  # Llama) compile ~10 programs each even when tiny, and are checked in the slow
+  # suite (test_decoder_rows_ghost_chunked_and_jax_privacy_peer).
+  return _run(tmp_path_factory.mktemp("bench_si"), "--skip", "_l")
 
 
 def _case_rows(rows, name):
@@ -35,7 +36,7 @@ def _case_rows(rows, name):
 
 
 def test_schema_and_finiteness(rows):
-  names = {c.name for c in si.CASES if "llama" not in c.name}
+  names = {c.name for c in si.CASES if "_l" not in c.name}
   assert {r["benchmark"] for r in rows} == names
   for row in rows:
     for key in RATIOS:
@@ -49,32 +50,40 @@ def test_schema_and_finiteness(rows):
     assert _case_rows(rows, name)[0]["time_ratio_vs_plain"] == 1.0
 
 
+def _check_norms_rows(rows, name):
+  by = {r["method"]: r for r in _case_rows(rows, name)}
+  assert len(by) == 4
+  assert any(m.startswith("vmap(grad)") and "chunk" in m for m in by)
+  assert any(m.startswith("jvp") and f"{si.JVP_PROBES} probes" in m for m in by)
+  for m, r in by.items():
+    if m == si.GHOST:
+      assert (r["target_time_ratio"], r["target_memory_ratio"]) == (1.5, 1.2)
+      assert isinstance(r["meets_target"], bool)
+    else:
+      assert r["target_time_ratio"] is None and r["meets_target"] is None
+
+
+def _check_presence_rows(rows, name):
+  by = {r["method"]: r for r in _case_rows(rows, name)}
+  assert set(by) == {PLAIN, si.PRESENCE, si.PRESENCE_MB, si.PRESENCE_2BWD}
+  for m in (si.PRESENCE, si.PRESENCE_MB):
+    assert by[m]["target_time_ratio"] == 1.3 and isinstance(by[m]["meets_target"], bool)
+  assert by[si.PRESENCE_2BWD]["meets_target"] is None
+
+
 def test_norms_rows_have_targets_only_on_ghost(rows):
-  for name in ("self_influence/norms_lm", "self_influence/norms_ffn"):
-    by = {r["method"]: r for r in _case_rows(rows, name)}
-    assert len(by) == 4
-    assert any(m.startswith("vmap(grad)") and "chunk" in m for m in by)
-    assert any(m.startswith("jvp") and f"{si.JVP_PROBES} probes" in m for m in by)
-    for m, r in by.items():
-      if m == si.GHOST:
-        assert (r["target_time_ratio"], r["target_memory_ratio"]) == (1.5, 1.2)
-        assert isinstance(r["meets_target"], bool)
-      else:
-        assert r["target_time_ratio"] is None and r["meets_target"] is None
+  _check_norms_rows(rows, "self_influence/norms_ffn")
 
 
 def test_presence_rows(rows):
-  for name in ("self_influence/presence_lm", "self_influence/presence_ffn"):
-    by = {r["method"]: r for r in _case_rows(rows, name)}
-    assert set(by) == {PLAIN, si.PRESENCE, si.PRESENCE_MB, si.PRESENCE_2BWD}
-    for m in (si.PRESENCE, si.PRESENCE_MB):
-      assert by[m]["target_time_ratio"] == 1.3 and isinstance(by[m]["meets_target"], bool)
-    assert by[si.PRESENCE_2BWD]["meets_target"] is None
+  _check_presence_rows(rows, "self_influence/presence_ffn")
 
 
 @pytest.mark.slow
-def test_llama_rows_ghost_chunked_and_jax_privacy_peer(tmp_path):
+def test_decoder_rows_ghost_chunked_and_jax_privacy_peer(tmp_path):
   rows = _run(tmp_path, "--skip", "_ffn")
+  _check_norms_rows(rows, "self_influence/norms_lm")
+  _check_presence_rows(rows, "self_influence/presence_lm")
   by = {r["method"]: r for r in _case_rows(rows, "self_influence/norms_llama")}
   assert {si.GHOST, si.GHOST_CHUNKED} <= set(by)
   for m in (si.GHOST, si.GHOST_CHUNKED):
