@@ -35,20 +35,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxweights as jw
+from experiments.loss_lm.configs import POD_MODEL
 from jaxweights.runtime import aot
 
-POD_LLAMA = jw.LlamaConfig(
-  vocab_size=32000,
-  d_model=2048,
-  n_layers=18,
-  n_heads=16,
-  d_ff=5632,
-  max_len=2048,
-  tied=False,
-  scan=True,
-  dtype="bfloat16",
-  remat=True,
-)
+# The model of the LM experiments' pod configurations.
+POD_LLAMA = jw.LlamaConfig(vocab_size=32000, max_len=2048, **POD_MODEL)
 
 
 def lm_loss(model, batch):

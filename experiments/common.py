@@ -371,10 +371,9 @@ def config_getter(configs: Mapping[str, Callable[[], Config]]) -> Callable[[str]
 
   def get_config(name: str = "quick") -> Config:
     """The named configuration (``smoke``, ``quick`` or ``full``)."""
-    try:
-      return configs[name]()
-    except KeyError:
-      raise ValueError(f"unknown config {name!r}; choose from {sorted(configs)}") from None
+    if name not in configs:
+      raise ValueError(f"unknown config {name!r}; choose from {sorted(configs)}")
+    return configs[name]()
 
   return get_config
 

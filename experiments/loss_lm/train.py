@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxweights
-from experiments import common
+from experiments import common, lm_recipe
 from jaxweights import data as jw_data
 
 EXPERIMENT = "loss_lm"
@@ -61,30 +61,25 @@ def make_weighting(method: str, config) -> jaxweights.Weighting:
   return jaxweights.loss_based.WEIGHTINGS[method](r=r, delta=config.delta)
 
 
-def model_config(config, vocab_size: int) -> jaxweights.TransformerConfig:
-  return jaxweights.TransformerConfig(vocab_size=vocab_size, max_len=config.seq_len, **config.model)
-
-
-def get_mesh(config):
-  """A data mesh over all devices when there are several (and it is enabled)."""
-  if config.use_mesh and jax.device_count() > 1:
-    n = jax.device_count()
-    for size in (config.batch_size, config.eval_batch_size):
-      if size % n:
-        raise ValueError(
-          f"batch size {size} is not a multiple of the {n} devices; change the config or set use_mesh=False."
-        )
-    return jaxweights.data_mesh()
-  return None
+# The model, mesh, sharded state and batches are the shared LM recipe.
+model_config = lm_recipe.model_config
+get_mesh = lm_recipe.get_mesh
 
 
 def build(method: str, config, model_cfg, optimizer, mesh):
   """The compiled train and eval steps of one method (shared across seeds)."""
   weighting = make_weighting(method, config)
-  graphdef, _ = jaxweights.init_train_state(
-    jaxweights.TransformerLM(model_cfg, rngs=nnx.Rngs(0)), optimizer, weighting
+  graphdef = nnx.split(nnx.eval_shape(lambda: lm_recipe.make_model(model_cfg, 0)))[0]
+  shardings = lm_recipe.state_shardings(model_cfg, optimizer, weighting, mesh)
+  step = jaxweights.make_train_step(
+    graphdef,
+    loss_fn,
+    optimizer,
+    weighting,
+    mesh=mesh,
+    state_shardings=shardings,
+    donate=shardings is not None,
   )
-  step = jaxweights.make_train_step(graphdef, loss_fn, optimizer, weighting, mesh=mesh)
 
   # Replicated output: every process (multi-host runs) can read the whole batch.
   replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
@@ -98,24 +93,18 @@ def build(method: str, config, model_cfg, optimizer, mesh):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     return jnp.where(batch["mask"][:, 1:], ce, 0.0)
 
-  return weighting, step, eval_ce
+  return weighting, step, eval_ce, shardings
 
 
 def run_one(
   method, seed, config, exp_dir, corpus, model_cfg, optimizer, mesh, compiled, heldout: HeldOut
 ) -> dict[str, float]:
-  weighting, step, eval_ce = compiled
-  model = jaxweights.TransformerLM(model_cfg, rngs=nnx.Rngs(seed))
-  _, state = jaxweights.init_train_state(model, optimizer, weighting, seed=seed)
-  if mesh is not None:
-    state = jaxweights.replicate(state, mesh)
-  place = (lambda b: jaxweights.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
+  weighting, step, eval_ce, shardings = compiled
+  state = lm_recipe.init_state(model_cfg, optimizer, weighting, seed, mesh, shardings)
 
   def batch_fn(i):
-    return place(
-      jw_data.lm_batch(
-        corpus.train_tokens, seed=seed, step=i, batch_size=config.batch_size, seq_len=config.seq_len
-      )
+    return lm_recipe.train_batch(
+      corpus.train_tokens, seed=seed, step=i, batch_size=config.batch_size, seq_len=config.seq_len, mesh=mesh
     )
 
   def eval_fn(s):
@@ -237,7 +226,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   mesh = get_mesh(config)
   place = (lambda b: jaxweights.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
   heldout = HeldOut(corpus, config, place)
-  n_params = jaxweights.count_params(jaxweights.TransformerLM(model_cfg, rngs=nnx.Rngs(0)))
+  n_params = lm_recipe.count_params(model_cfg)
   epochs = config.num_steps * config.batch_size * config.seq_len / corpus.train_tokens.size
   eval_tokens = int(heldout.counts.sum())
   log(

@@ -46,9 +46,14 @@ def quick() -> Config:
     corpus=dict(vocab_size=1024, max_bytes=1_500_000, test_fraction=0.1, seed=0),
     # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
     cache_dir=None,
-    # jaxweights.TransformerConfig fields besides vocab_size and max_len
+    # "transformer" (jaxweights.TransformerLM) or "llama" (jaxweights.Llama).
+    model_kind="transformer",
+    # The model config's fields besides vocab_size and max_len
     # (= TransformerConfig.tiny()).
     model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
+    # None: a data mesh over every device; dict(data=, fsdp=, tensor=): a sharded
+    # train state on jaxweights.make_mesh (see experiments/lm_recipe.py).
+    mesh=None,
     seq_len=64,
     batch_size=16,
     num_steps=300,
@@ -141,7 +146,57 @@ def smoke() -> Config:
   )
 
 
-CONFIGS = {"smoke": smoke, "quick": quick, "full": full}
+def pod() -> Config:
+  """A TPU v5e-64 slice: PRESENCE on the ~1B Llama of ``loss_lm``'s pod config.
+
+  Mesh ``(data 1, fsdp 64, tensor 1)``, 512 sequences of 2048 tokens per step (8
+  per chip); ghost norms of the first block only (``layers``: the paper scores the
+  first layer(s)), 8 microbatches; the book-keeping step forms the weighted
+  gradient in the same backward pass. Every process builds the whole injected
+  batch and transfers its own rows. Launch as ``loss_lm``'s pod config
+  (``--config pod --distributed auto`` on every worker). The offline corpus makes
+  this a throughput and memory check, not a pretraining run.
+  """
+  from experiments.loss_lm.configs import POD_MODEL  # pylint: disable=import-outside-toplevel
+
+  return full().replace(
+    name="pod",
+    seeds=(0,),
+    methods=("uniform", "presence_mb"),
+    corpus=dict(vocab_size=32000, max_bytes=None, test_fraction=0.1, seed=0),
+    model_kind="llama",
+    model=POD_MODEL,
+    mesh=dict(data=1, fsdp=64, tensor=1),
+    seq_len=2048,
+    batch_size=512,
+    eval_batch_size=512,
+    eval_max_batches=4,
+    num_steps=200,
+    peak_lr=3e-4,
+    end_lr=3e-5,
+    lr_warmup_steps=20,
+    log_every=10,
+    eval_every=100,
+    # TracIn diagnostics read TransformerLM's layers; the pod configs skip them.
+    tracin_fractions=(),
+  )
+
+
+def pod_smoke() -> Config:
+  """The pod pipeline at toy size for the tests: a 2-block Llama on a
+  (data 2, fsdp 2, tensor 2) mesh of 8 (fake) devices with a sharded state."""
+  return smoke().replace(
+    name="pod_smoke",
+    seeds=(0,),
+    methods=("uniform", "presence"),
+    model_kind="llama",
+    model=dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, tied=False),
+    mesh=dict(data=2, fsdp=2, tensor=2),
+    tracin_fractions=(),
+  )
+
+
+CONFIGS = {"smoke": smoke, "quick": quick, "full": full, "pod": pod, "pod_smoke": pod_smoke}
 
 
 get_config = common.config_getter(CONFIGS)

@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 import jaxweights
-from experiments import common
+from experiments import common, lm_recipe
 from experiments.loss_lm.train import HeldOut, get_mesh, lm_verdict, loss_fn, model_config
 from experiments.presence_lm import configs as cfgs
 from experiments.presence_lm.inject import KINDS, Injector, fixed_batches
@@ -93,10 +93,11 @@ def make_weighting(method: str, config) -> jaxweights.Weighting:
 def build(method: str, config, model_cfg, optimizer, mesh):
   """The compiled train, eval and per-row loss functions of one method."""
   weighting = make_weighting(method, config)
-  graphdef, _ = jaxweights.init_train_state(
-    jaxweights.TransformerLM(model_cfg, rngs=nnx.Rngs(0)), optimizer, weighting
+  graphdef = nnx.split(nnx.eval_shape(lambda: lm_recipe.make_model(model_cfg, 0)))[0]
+  shardings = lm_recipe.state_shardings(model_cfg, optimizer, weighting, mesh)
+  inner = jaxweights.make_train_step(
+    graphdef, loss_fn, optimizer, weighting, mesh=mesh, state_shardings=shardings
   )
-  inner = jaxweights.make_train_step(graphdef, loss_fn, optimizer, weighting, mesh=mesh)
 
   @jax.jit
   def step(state, batch):
@@ -112,7 +113,7 @@ def build(method: str, config, model_cfg, optimizer, mesh):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     return jnp.where(batch["mask"][:, 1:], ce, 0.0)
 
-  return graphdef, weighting, step, eval_ce
+  return graphdef, weighting, step, eval_ce, shardings
 
 
 class Context:
@@ -148,11 +149,8 @@ def run_one(method: str, seed: int, ctx: Context) -> dict[str, float]:
   config = ctx.config
   if method not in ctx.compiled:
     ctx.compiled[method] = build(method, config, ctx.model_cfg, ctx.optimizer, ctx.mesh)
-  graphdef, weighting, step, eval_ce = ctx.compiled[method]
-  model = jaxweights.TransformerLM(ctx.model_cfg, rngs=nnx.Rngs(seed))
-  _, state = jaxweights.init_train_state(model, ctx.optimizer, weighting, seed=seed)
-  if ctx.mesh is not None:
-    state = jaxweights.replicate(state, ctx.mesh)
+  graphdef, weighting, step, eval_ce, shardings = ctx.compiled[method]
+  state = lm_recipe.init_state(ctx.model_cfg, ctx.optimizer, weighting, seed, ctx.mesh, shardings)
   injector = ctx.injector(seed)
 
   def batch_fn(i):
@@ -193,7 +191,7 @@ def run_one(method: str, seed: int, ctx: Context) -> dict[str, float]:
   pool = injector.scoring_pool(config.num_steps, config.tracin_pool)
   batches = fixed_batches(pool, config.batch_size)
   metrics.update(pool_losses(state, eval_ce, batches, pool["kind"], ctx.place))
-  if method == "uniform":
+  if method == "uniform" and snapshots:  # the pod configs score no TracIn checkpoints
     steps = sorted(snapshots)
     models = [nnx.merge(graphdef, snapshots[s], jax.device_get(state.model_vars)) for s in steps]
     lrs = [float(ctx.schedule(s - 1)) for s in steps]  # the rate of the last update
@@ -323,7 +321,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   heldout = HeldOut(corpus, config, place)
   ctx = Context(config, exp_dir, corpus, model_cfg, optimizer, mesh, heldout)
   counts = ctx.injector(0).counts
-  n_params = jaxweights.count_params(jaxweights.TransformerLM(model_cfg, rngs=nnx.Rngs(0)))
+  n_params = lm_recipe.count_params(model_cfg)
   epochs = config.num_steps * counts["clean"] * config.seq_len / corpus.train_tokens.size
   log(
     f"[{EXPERIMENT}] config={config.name} methods={list(config.methods)} "

@@ -1,0 +1,111 @@
+"""The LM pieces shared by the LM experiments: model, mesh, sharded state, batches.
+
+A config chooses the model (``model_kind``: ``"transformer"`` for
+:class:`jaxweights.TransformerLM`, ``"llama"`` for :class:`jaxweights.Llama`, sized
+by ``config.model``) and the mesh (``config.mesh``: ``None`` for a data mesh over
+every device, or ``dict(data=, fsdp=, tensor=)`` for :func:`jaxweights.make_mesh`).
+On a mesh with an ``fsdp`` or ``tensor`` axis the train state is initialised
+directly in its sharded layout (each device computes only its shards) and the
+step keeps it there; every process builds only its own rows of each batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+import jaxweights
+from jaxweights import data as jw_data
+from jaxweights.runtime import aot
+
+
+def model_config(config, vocab_size: int):
+  """The model's config for ``config.model_kind`` with the corpus's vocabulary."""
+  kind = config.get("model_kind", "transformer")
+  if kind == "transformer":
+    return jaxweights.TransformerConfig(vocab_size=vocab_size, max_len=config.seq_len, **config.model)
+  if kind == "llama":
+    return jaxweights.LlamaConfig(vocab_size=vocab_size, max_len=config.seq_len, **config.model)
+  raise ValueError(f"model_kind must be 'transformer' or 'llama', got {kind!r}.")
+
+
+def make_model(model_cfg, seed: int) -> nnx.Module:
+  cls = jaxweights.Llama if isinstance(model_cfg, jaxweights.LlamaConfig) else jaxweights.TransformerLM
+  return cls(model_cfg, rngs=nnx.Rngs(seed))
+
+
+def count_params(model_cfg) -> int:
+  """Parameters of the model, counted from shapes (nothing is allocated)."""
+  abstract = nnx.eval_shape(lambda: make_model(model_cfg, 0))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def get_mesh(config):
+  """``config.mesh`` as a (data, fsdp, tensor) mesh; else a data mesh over all
+  devices when there are several (and ``use_mesh``); else None."""
+  sizes = config.get("mesh")
+  if sizes:
+    mesh = jaxweights.make_mesh(**sizes)
+  elif config.use_mesh and jax.device_count() > 1:
+    mesh = jaxweights.data_mesh()
+  else:
+    return None
+  n = int(np.prod([mesh.shape[a] for a in jaxweights.core.sharding.batch_axes(mesh)] or [1]))
+  for size in (config.batch_size, config.eval_batch_size):
+    if size % n:
+      raise ValueError(
+        f"batch size {size} is not a multiple of the {n} batch shards; change the config or set use_mesh=False."
+      )
+  return mesh
+
+
+def sharded(mesh) -> bool:
+  """Whether the state is sharded on ``mesh`` (an fsdp or tensor axis > 1)."""
+  return mesh is not None and any(mesh.shape.get(a, 1) > 1 for a in ("fsdp", "tensor"))
+
+
+def state_shardings(model_cfg, optimizer, weighting, mesh):
+  """The train state's shardings on ``mesh`` (None when it stays replicated)."""
+  if not sharded(mesh):
+    return None
+  _, _, shardings = aot.abstract_train_state(
+    lambda: make_model(model_cfg, 0), optimizer, weighting, mesh=mesh
+  )
+  return shardings
+
+
+def init_state(model_cfg, optimizer, weighting, seed: int, mesh, shardings):
+  """The initial train state: replicated, or initialised in its sharded layout
+  (each device computes only its own shards: a 1B model never sits whole on a host)."""
+  if mesh is None:
+    return jaxweights.init_train_state(make_model(model_cfg, seed), optimizer, weighting, seed=seed)[1]
+  if shardings is None:
+    state = jaxweights.init_train_state(make_model(model_cfg, seed), optimizer, weighting, seed=seed)[1]
+    return jaxweights.replicate(state, mesh)
+  init = jax.jit(
+    lambda: jaxweights.init_train_state(make_model(model_cfg, seed), optimizer, weighting, seed=seed)[1],
+    out_shardings=shardings,
+  )
+  with nnx.use_eager_sharding(False):
+    return init()
+
+
+def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int, mesh):
+  """Batch ``step`` of random windows (:func:`jaxweights.data.lm_batch`); on a mesh
+  each process cuts only the windows of its own rows."""
+  if mesh is None:
+    return jw_data.lm_batch(tokens, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
+  starts = np.random.default_rng((seed, step)).integers(0, tokens.size - seq_len, size=batch_size)
+
+  def load_rows(rows):
+    window = tokens[starts[rows][:, None] + np.arange(seq_len + 1)].astype(np.int32)
+    return {"tokens": window, "mask": np.ones(window.shape, bool)}
+
+  return jw_data.process_local_batch(load_rows, np.arange(batch_size), mesh)
+
+
+def with_dtype(model_cfg, dtype: str):
+  return dataclasses.replace(model_cfg, dtype=dtype)
