@@ -53,7 +53,8 @@ def get_mesh(config):
     mesh = jaxweights.data_mesh()
   else:
     return None
-  n = int(np.prod([mesh.shape[a] for a in jaxweights.core.sharding.batch_axes(mesh)] or [1]))
+  axes = jaxweights.core.sharding.batch_axes(mesh)
+  n = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
   for size in (config.batch_size, config.eval_batch_size):
     if size % n:
       raise ValueError(
