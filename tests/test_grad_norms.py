@@ -233,7 +233,9 @@ def test_one_device_equals_eight_devices(method):
   np.testing.assert_allclose(sharded(jw.shard_batch(batch, mesh)), want.total, rtol=RTOL)
 
 
-@pytest.mark.parametrize("setup, loss", [(lm_setup, lm_loss), (mlp_setup, mlp_loss)])
+@pytest.mark.parametrize(
+  "setup, loss", [pytest.param(lm_setup, lm_loss, marks=pytest.mark.slow), (mlp_setup, mlp_loss)]
+)
 def test_microbatch_norms_match_explicit_group_gradients(setup, loss):
   model, batch = setup()
   m = 4

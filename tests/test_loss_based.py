@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jax.sharding import NamedSharding
@@ -55,6 +55,7 @@ def test_delta_scales_h():
     )
 
 
+@settings(max_examples=20)
 @given(losses_st, st.sampled_from(STRATS), st.floats(0.1, 10.0))
 def test_matches_reference_formula(losses, strategy, r):
   w = jw.loss_based.WEIGHTS[strategy](losses, r=r)

@@ -79,6 +79,7 @@ def test_mlp_and_param_count():
   assert 5e6 < jw.count_params(small) < 8e6
 
 
+@pytest.mark.slow  # the fast LM smoke run checks a bf16 rerun against float32 as well
 def test_bf16_compute_tracks_float32_training():
   import optax
 

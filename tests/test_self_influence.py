@@ -66,7 +66,9 @@ def max_diff(a, b):
   )
 
 
-@pytest.mark.parametrize("microbatches, tau", [(None, 1.0), (4, -1.0)])
+# Per-sample book-keeping is also checked against the two-pass step on every model of
+# the zoo (tests/test_model_zoo.py); the microbatch case runs here in the fast suite.
+@pytest.mark.parametrize("microbatches, tau", [pytest.param(None, 1.0, marks=pytest.mark.slow), (4, -1.0)])
 def test_bookkeeping_step_equals_two_pass_step_and_hand_update(microbatches, tau):
   one, m1, model, batch = run_step(si.presence_weighting(tau=tau, microbatches=microbatches))
   two, m2, _, _ = run_step(si.presence_weighting(tau=tau, microbatches=microbatches, bookkeeping="never"))
