@@ -1,4 +1,9 @@
-"""The LM pieces shared by the LM experiments: model, mesh, sharded state, batches.
+"""The LM pieces shared by the LM experiments: loss, optimiser, model, mesh, sharded
+state, batches.
+
+The optimiser follows the loss-reweighting paper's GPT-2 runs (Sow et al., ICLR
+2025): AdamW (configurable b2, weight decay), linear warm-up then cosine decay to
+``end_lr``, global gradient clipping.
 
 A config chooses the model (``model_kind``: ``"transformer"`` for
 :class:`jaxweights.TransformerLM`, ``"llama"`` for :class:`jaxweights.Llama`, sized
@@ -15,11 +20,40 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
 import jaxweights
 from jaxweights import data as jw_data
 from jaxweights.runtime import aot
+
+
+def loss_fn(model: nnx.Module, batch: dict) -> jaxweights.LossOutput:
+  """Per-sequence token-mean next-token cross-entropy of ``batch["tokens"]``
+  (``[B, seq + 1]``), padding given by ``batch["mask"]``."""
+  tokens, mask = batch["tokens"], batch["mask"]
+  logits = model(tokens[:, :-1])
+  losses, sample_mask = jaxweights.token_mean_cross_entropy(logits, tokens[:, 1:], mask[:, 1:])
+  return jaxweights.LossOutput(loss=losses, mask=sample_mask)
+
+
+def make_schedule(config) -> optax.Schedule:
+  """Linear warm-up to ``peak_lr`` over ``lr_warmup_steps``, cosine to ``end_lr``."""
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=config.peak_lr,
+    warmup_steps=config.lr_warmup_steps,
+    decay_steps=config.num_steps,
+    end_value=config.end_lr,
+  )
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping then AdamW on :func:`make_schedule`."""
+  return optax.chain(
+    optax.clip_by_global_norm(config.clip_norm),
+    optax.adamw(make_schedule(config), b2=config.b2, weight_decay=config.weight_decay),
+  )
 
 
 def model_config(config, vocab_size: int):

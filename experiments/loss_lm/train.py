@@ -33,25 +33,11 @@ from jaxweights import data as jw_data
 EXPERIMENT = "loss_lm"
 
 
-def loss_fn(model: nnx.Module, batch: dict) -> jaxweights.LossOutput:
-  tokens, mask = batch["tokens"], batch["mask"]
-  logits = model(tokens[:, :-1])
-  losses, sample_mask = jaxweights.token_mean_cross_entropy(logits, tokens[:, 1:], mask[:, 1:])
-  return jaxweights.LossOutput(loss=losses, mask=sample_mask)
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=config.peak_lr,
-    warmup_steps=config.lr_warmup_steps,
-    decay_steps=config.num_steps,
-    end_value=config.end_lr,
-  )
-  return optax.chain(
-    optax.clip_by_global_norm(config.clip_norm),
-    optax.adamw(schedule, b2=config.b2, weight_decay=config.weight_decay),
-  )
+# The loss, optimiser, model, mesh, sharded state and batches are the shared LM recipe.
+loss_fn = lm_recipe.loss_fn
+make_optimizer = lm_recipe.make_optimizer
+model_config = lm_recipe.model_config
+get_mesh = lm_recipe.get_mesh
 
 
 def make_weighting(method: str, config) -> jaxweights.Weighting:
@@ -59,11 +45,6 @@ def make_weighting(method: str, config) -> jaxweights.Weighting:
     return jaxweights.uniform_weighting()
   r = jaxweights.warmup_temperature(config.r[method], config.weight_warmup_steps)
   return jaxweights.loss_based.WEIGHTINGS[method](r=r, delta=config.delta)
-
-
-# The model, mesh, sharded state and batches are the shared LM recipe.
-model_config = lm_recipe.model_config
-get_mesh = lm_recipe.get_mesh
 
 
 def build(method: str, config, model_cfg, optimizer, mesh):

@@ -37,7 +37,8 @@ from flax import nnx
 
 import jaxweights
 from experiments import common, lm_recipe
-from experiments.loss_lm.train import HeldOut, get_mesh, lm_verdict, loss_fn, model_config
+from experiments.lm_recipe import get_mesh, loss_fn, model_config
+from experiments.loss_lm.train import HeldOut, lm_verdict
 from experiments.presence_lm import configs as cfgs
 from experiments.presence_lm.inject import KINDS, Injector, fixed_batches
 from experiments.presence_lm.mass import mass_metrics, track_kinds
@@ -48,21 +49,8 @@ EXPERIMENT = "presence_lm"
 INJECTED = KINDS[1:]
 
 
-def make_schedule(config) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=config.peak_lr,
-    warmup_steps=config.lr_warmup_steps,
-    decay_steps=config.num_steps,
-    end_value=config.end_lr,
-  )
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.chain(
-    optax.clip_by_global_norm(config.clip_norm),
-    optax.adamw(make_schedule(config), b2=config.b2, weight_decay=config.weight_decay),
-  )
+make_schedule = lm_recipe.make_schedule
+make_optimizer = lm_recipe.make_optimizer
 
 
 def switch_step(config) -> int:
