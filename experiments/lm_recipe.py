@@ -87,8 +87,7 @@ def get_mesh(config):
     mesh = jaxweights.data_mesh()
   else:
     return None
-  axes = jaxweights.core.sharding.batch_axes(mesh)
-  n = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+  n = jaxweights.core.sharding.batch_shard_count(mesh)
   for size in (config.batch_size, config.eval_batch_size):
     if size % n:
       raise ValueError(

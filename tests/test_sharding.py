@@ -196,3 +196,12 @@ def test_pod_step_memory_by_ahead_of_time_compilation():
   assert mem["alias_bytes"] > 0  # donated state: the update is in place
   assert mem["peak_bytes"] > mem["argument_bytes"]
   assert out["flops_per_device"] and out["flops_per_device"] > 0
+
+
+def test_batch_shard_count():
+  from jaxweights.core.sharding import batch_shard_count
+
+  assert batch_shard_count(jw.make_mesh(2, 2, 2)) == 4  # data x fsdp; tensor holds the batch whole
+  assert batch_shard_count(jw.make_mesh(1, 8, 1)) == 8
+  assert batch_shard_count(jw.data_mesh()) == 8
+  assert batch_shard_count(jw.make_mesh(2, 2, 2), "data") == 2

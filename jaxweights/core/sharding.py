@@ -108,6 +108,21 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...] | str:
   return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
 
 
+def batch_shard_count(mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -> int:
+  """How many shards a batch is split into: the product of the batch axes' sizes.
+
+  Args:
+    mesh: the mesh.
+    axis_name: the batch axis or axes (default: :func:`batch_axes`).
+
+  Returns:
+    The number of shards; a batch size must be a multiple of it.
+  """
+  axis_name = batch_axes(mesh) if axis_name is None else axis_name
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  return math.prod(mesh.shape[a] for a in names)
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
   """Keeps ``x [batch, ...]`` split along the batch axes of the mesh being traced.
 
@@ -255,13 +270,16 @@ def place(tree: PyTree, shardings: PyTree) -> PyTree:
     The pytree of placed ``jax.Array`` s.
   """
 
-  def put(x, sharding):
-    if jax.process_count() == 1:
-      return jax.device_put(x, sharding)
-    host = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
   return jax.tree.map(put, tree, shardings)
+
+
+def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  """One array (numpy or jax) on ``sharding``; with several processes each
+  transfers only its own devices' shards of a value every process holds."""
+  if jax.process_count() == 1:
+    return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), sharding)
+  host = np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def bytes_per_device(tree: PyTree) -> int:

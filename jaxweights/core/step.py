@@ -21,14 +21,12 @@ Two data-parallel modes over a ``jax.sharding.Mesh`` give the same numbers:
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -45,7 +43,8 @@ from jaxweights.core.contract import (
   uniform_weighting,
 )
 from jaxweights.core.reductions import as_mask, check_per_sample, gmax, gmin, gsum
-from jaxweights.core.sharding import batch_axes
+from jaxweights.core.sharding import batch_axes, batch_shard_count
+from jaxweights.core.sharding import put as _put
 
 PyTree = Any
 
@@ -180,7 +179,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis_name: str | tuple[str, ...] | No
     ValueError: a leaf is a scalar or its leading axis is not divisible.
   """
   axis_name = batch_axes(mesh) if axis_name is None else axis_name
-  n = _axis_size(mesh, axis_name)
+  n = batch_shard_count(mesh, axis_name)
 
   def put(x):
     if x.ndim == 0 or x.shape[0] % n:
@@ -204,18 +203,6 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     The same pytree of ``jax.Array`` s with sharding ``P()`` on ``mesh``.
   """
   return jax.tree.map(lambda x: _put(x, NamedSharding(mesh, P())), tree)
-
-
-def _axis_size(mesh: Mesh, axis_name: str | tuple[str, ...]) -> int:
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-  return math.prod(mesh.shape[a] for a in names)
-
-
-def _put(x, sharding: NamedSharding):
-  if jax.process_count() == 1:
-    return jax.device_put(x if isinstance(x, jax.Array) else jnp.asarray(x), sharding)
-  host = np.asarray(jax.device_get(x))
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 _MODEL_STREAM = 0x6D6F64  # fold_in tag: the model's random streams (dropout...)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from jaxweights.core.sharding import batch_axes
+from jaxweights.core.sharding import batch_axes, batch_shard_count
 
 if TYPE_CHECKING:
   import tokenizers
@@ -190,8 +190,7 @@ def process_local_batch(
   """
   indices = np.asarray(indices)
   axis_name = batch_axes(mesh) if axis_name is None else axis_name
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-  n_shards = math.prod(mesh.shape[a] for a in names)
+  n_shards = batch_shard_count(mesh, axis_name)
   if indices.ndim != 1 or len(indices) % n_shards:
     raise ValueError(f"a batch of {indices.shape} indices cannot be split over {n_shards} devices.")
   rows = process_rows(mesh, len(indices), axis_name)
