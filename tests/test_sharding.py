@@ -205,3 +205,25 @@ def test_batch_shard_count():
   assert batch_shard_count(jw.make_mesh(1, 8, 1)) == 8
   assert batch_shard_count(jw.data_mesh()) == 8
   assert batch_shard_count(jw.make_mesh(2, 2, 2), "data") == 2
+
+
+def test_constrain_batch_splits_activations_only_under_a_mesh():
+  import jax.numpy as jnp
+
+  from jaxweights.core.sharding import constrain_batch
+
+  x = jnp.ones((8, 3))
+  assert constrain_batch(x) is x  # no mesh in context: unchanged
+  mesh = jw.make_mesh(2, 2, 2)
+
+  def f(x):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return constrain_batch(x * 2)
+
+  out = jax.jit(f, out_shardings=None)(
+    jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  )
+  assert out.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 3)))
+  odd = jax.jit(f)(jnp.ones((6, 3)))  # 6 rows do not split 4 ways: left alone
+  assert odd.shape == (6, 3)
