@@ -1,11 +1,17 @@
 """Reproduction experiments for jaxweights, one package per experiment.
 
-Each package ``experiments.<name>`` exposes ``get_config(name)`` (``"smoke"``,
-``"quick"`` or ``"full"``) and ``run(config, out) -> summary``, and runs as
-``python -m experiments.<name> [--config quick|full] [--out results]``. It writes
-``<out>/<name>/summary.json``, ``table.md``, PNG plots and per-run JSON-lines logs
-(see :mod:`experiments.common`). ``python -m experiments.run_all`` runs every
-registered experiment and then ``python -m experiments.report``.
+Each package ``experiments.<name>`` has the flax examples' shape: ``main.py`` (the
+shared command line of :mod:`experiments.cli`), ``configs/`` (one module per
+config, ``smoke``, ``quick``, ``full`` and more, each an ``ml_collections``
+``ConfigDict`` whose every field can be overridden with ``--config.<field>=``),
+``train.py`` with ``train_and_evaluate(config, workdir) -> summary`` and a
+README.md (the paper's setting vs ours, the paper's figure next to ours, the
+verdict, the command). It runs as ``python -m experiments.<name> --config=quick
+[--config.num_steps=...] [--workdir DIR | --out ROOT]`` and writes
+``summary.json``, ``claims.json`` (the paper's claims checked against our paired
+deltas), ``table.md``, PNG plots and per-run JSON-lines logs (see
+:mod:`experiments.common`). ``python -m experiments.run_all`` runs every registered
+experiment and then ``python -m experiments.report``.
 
 To add an experiment, add its package name to :data:`EXPERIMENTS`.
 """

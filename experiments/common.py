@@ -15,7 +15,7 @@ a single seed.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,43 +24,112 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
+import ml_collections
 import numpy as np
 
 import jaxweights
-from jaxweights import distributed as jw_distributed
 
 RESULTS = "results"
-CONFIG_NAMES = ("smoke", "quick", "full")
 
 
-class Config(dict):
-  """A dict with attribute access (a tiny stand-in for ``ml_collections``)."""
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One direction a paper reports, to be checked against our paired deltas.
 
-  def __getattr__(self, name: str) -> Any:
-    try:
-      return self[name]
-    except KeyError:
-      raise AttributeError(f"config has no field {name!r}") from None
+  Attributes:
+    text: the claim in words ("LinUpper converges faster than uniform").
+    paper: the paper's own figure, cited (table or figure, and its numbers).
+    method: our method the claim is about.
+    metric: the metric compared, paired per seed against ``baseline``
+      (``delta_<metric>`` must be in the metrics).
+    lower_is_better: the direction the paper claims for ``method`` vs ``baseline``.
+    baseline: the method compared against.
+  """
 
-  def __setattr__(self, name: str, value: Any) -> None:
-    self[name] = value
-
-  def replace(self, **updates: Any) -> Config:
-    """A copy with ``updates`` applied; unknown fields raise."""
-    unknown = set(updates) - set(self)
-    if unknown:
-      raise KeyError(f"unknown config fields: {sorted(unknown)}")
-    return Config({**self, **updates})
-
-  def to_json(self) -> dict:
-    """A JSON-safe copy (tuples become lists)."""
-    return json.loads(json.dumps(self, default=_json_default))
+  text: str
+  paper: str
+  method: str
+  metric: str
+  lower_is_better: bool = True
+  baseline: str = "uniform"
 
 
-def experiment_dir(out: str | os.PathLike, experiment: str) -> Path:
-  """``<out>/<experiment>/`` (created, with its ``runs/`` folder)."""
-  path = Path(out) / experiment
+def claim_verdict(metrics: Mapping[str, Mapping[str, float]], claim: Claim, n: int) -> dict[str, str]:
+  """``{"claim", "paper", "ours", "verdict"}`` for one claim, from the paired deltas.
+
+  The rule of :func:`paired_verdicts`: the direction counts only when
+  ``|mean delta| > 2 standard errors`` over ``n >= 3`` seeds. The verdict is
+  ``reproduces``, ``opposite direction`` or ``no significant difference``
+  (``too few seeds`` below 3).
+  """
+  vals = metrics.get(claim.method, {})
+  key = f"delta_{claim.metric}"
+  if key not in vals:
+    return {"claim": claim.text, "paper": claim.paper, "ours": "not measured", "verdict": "not measured"}
+  d, s = vals[key], vals[f"{key}_std"]
+  ours = (
+    f"{claim.method} {fmt(vals[claim.metric])} vs {claim.baseline} "
+    f"{fmt(metrics[claim.baseline][claim.metric])}; paired Δ {d:+.3g} ± {s:.2g} (n={n})"
+  )
+  if n < 3:
+    verdict = "too few seeds"
+  elif abs(d) > 2 * s / math.sqrt(n):
+    verdict = "reproduces" if (d < 0) == claim.lower_is_better else "opposite direction"
+  else:
+    verdict = "no significant difference"
+  return {"claim": claim.text, "paper": claim.paper, "ours": ours, "verdict": verdict}
+
+
+def write_claims(
+  exp_dir: str | os.PathLike, metrics: Mapping[str, Mapping[str, float]], claims: Sequence[Claim], n: int
+) -> list[dict[str, str]]:
+  """Checks ``claims`` on ``metrics``; writes ``claims.json``; returns the rows."""
+  rows = [claim_verdict(metrics, c, n) for c in claims]
+  (Path(exp_dir) / "claims.json").write_text(json.dumps(rows, indent=2) + "\n")
+  return rows
+
+
+def claims_table(rows: Sequence[Mapping[str, str]]) -> str:
+  """A markdown table: the paper's claim, its figure, ours, the verdict."""
+  lines = ["| the paper's claim | the paper's figure | ours | verdict |", "|---|---|---|---|"]
+  lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
+  return "\n".join(lines)
+
+
+def replace(config: ml_collections.ConfigDict, **updates: Any) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``updates`` applied; a field it does not have raises."""
+  unknown = set(updates) - set(config.keys())
+  if unknown:
+    raise KeyError(f"unknown config fields: {sorted(unknown)}")
+  new = ml_collections.ConfigDict(config.to_dict())
+  with new.unlocked():
+    for key, value in updates.items():
+      new[key] = value
+  return new
+
+
+def config_json(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict:
+  """A JSON-safe plain copy of a config (tuples become lists)."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  return json.loads(json.dumps(dict(config), default=_json_default))
+
+
+def config_getter(experiment: str) -> Callable[[str], ml_collections.ConfigDict]:
+  """``get_config(name)`` over the modules of ``experiments/<experiment>/configs/``."""
+
+  def get_config(name: str = "quick") -> ml_collections.ConfigDict:
+    """The named configuration (a module of ``configs/``: ``smoke``, ``quick``, ``full``, ...)."""
+    from experiments import cli  # pylint: disable=import-outside-toplevel
+
+    return cli.parse_config(experiment, [f"--config={name}"])
+
+  return get_config
+
+
+def experiment_dir(workdir: str | os.PathLike) -> Path:
+  """``workdir`` as a Path (created, with its ``runs/`` folder)."""
+  path = Path(workdir)
   (path / "runs").mkdir(parents=True, exist_ok=True)
   return path
 
@@ -166,7 +235,7 @@ def write_summary(
         raise TypeError(f"metric {method}/{key} is {type(value).__name__}, not a number.")
   payload = {
     "experiment": experiment,
-    "config": json.loads(json.dumps(dict(config), default=_json_default)),
+    "config": config_json(config),
     "metrics": {m: {k: float(v) for k, v in vals.items()} for m, vals in metrics.items()},
   }
   path = Path(exp_dir) / "summary.json"
@@ -328,7 +397,7 @@ def plot_curves(
 
 def finish(exp_dir, experiment: str, config, metrics, runtime: float, log=print, **facts) -> dict:
   """Writes ``summary.json`` (config + ``facts``), logs, and returns the summary read back."""
-  summary_config = config.to_json()
+  summary_config = config_json(config)
   summary_config.update(facts)
   write_summary(exp_dir, experiment, summary_config, metrics)
   log(f"[{experiment}] wrote {exp_dir} in {runtime:.1f}s")
@@ -364,43 +433,6 @@ def paired_verdicts(
       word = "no clear difference"
     parts.append(f"{method} {d:{spec}} ± {s:{std_spec}} ({word})")
   return parts
-
-
-def config_getter(configs: Mapping[str, Callable[[], Config]]) -> Callable[[str], Config]:
-  """``get_config(name)`` over an experiment's ``{name: config function}``."""
-
-  def get_config(name: str = "quick") -> Config:
-    """The named configuration (``smoke``, ``quick`` or ``full``)."""
-    if name not in configs:
-      raise ValueError(f"unknown config {name!r}; choose from {sorted(configs)}")
-    return configs[name]()
-
-  return get_config
-
-
-def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-  """The shared CLI: ``--config {smoke,quick,full}``, ``--out DIR`` and multi-process flags.
-
-  When the flags (or ``JAXWEIGHTS_*`` environment variables, see
-  :mod:`jaxweights.runtime.distributed`) describe several processes, this starts
-  ``jax.distributed`` before anything touches a device. Every process runs the
-  same program on its share of the devices; only process 0 writes to ``--out``
-  (the others write to a per-process scratch folder under it).
-  """
-  parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("--config", default="quick", choices=CONFIG_NAMES)
-  parser.add_argument("--out", default=RESULTS, help="results root (default: results)")
-  parser.add_argument(
-    "--checkpoint-every",
-    type=int,
-    default=None,
-    help="override the config's checkpoint period (experiments that checkpoint)",
-  )
-  jw_distributed.add_arguments(parser)
-  args = parser.parse_args(argv)
-  if jw_distributed.initialize_from_args(args) and not jw_distributed.is_main():
-    args.out = str(Path(args.out) / f".process{jax.process_index()}")
-  return args
 
 
 def _json_default(obj):

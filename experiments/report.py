@@ -62,6 +62,7 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
   lines += [f"- Experiments: {', '.join(_order(list(summaries))) or 'none found'}", ""]
   if not summaries:
     lines += [f"No `*/summary.json` under `{results}`.", ""]
+  lines += verdicts_section(results, _order(list(summaries)))
   for name in _order(list(summaries)):
     summary = summaries[name]
     exp_dir = results / name
@@ -74,6 +75,9 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
       + f"; files in `{name}/`.",
       "",
     ]
+    claims = _read_claims(exp_dir)
+    if claims:
+      lines += ["## Paper vs ours", "", common.claims_table(claims), ""]
     table = exp_dir / "table.md"
     if table.exists():
       # Demote the table's headings by one level under the experiment's heading.
@@ -95,6 +99,40 @@ def build_report(results: str | Path, *, now: datetime.datetime | None = None) -
     ]
   lines += cost_curves_section(results)
   return "\n".join(lines)
+
+
+def _read_claims(exp_dir: Path) -> list[dict]:
+  path = exp_dir / "claims.json"
+  return json.loads(path.read_text()) if path.exists() else []
+
+
+def verdicts_section(results: str | Path, names: list[str]) -> list[str]:
+  """The report's "Paper vs ours" overview: every experiment's claims and verdicts.
+
+  Each experiment writes ``claims.json`` (:func:`experiments.common.write_claims`):
+  the directions its paper reports, checked against our paired deltas in the
+  paper's own setting. Experiments without one are listed as such.
+  """
+  lines = [
+    "# Paper vs ours: verdicts",
+    "",
+    "Each row is a direction the paper reports, checked in the paper's setting at "
+    "our scale with paired per-seed deltas (a direction counts when |mean Δ| > 2 "
+    "standard errors over >= 3 seeds). Generated from the runs below.",
+    "",
+    "| experiment | the paper's claim | the paper's figure | ours | verdict |",
+    "|---|---|---|---|---|",
+  ]
+  missing = []
+  for name in names:
+    rows = _read_claims(Path(results) / name)
+    if not rows:
+      missing.append(name)
+    lines += [f"| {name} | {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
+  lines.append("")
+  if missing:
+    lines += [f"No claims checked by: {', '.join(missing)}.", ""]
+  return lines
 
 
 def cost_curves_section(results: str | Path) -> list[str]:

@@ -36,7 +36,9 @@ def run_curves(out: str | Path, sizes: str) -> float:
 
 def main(argv=None) -> dict[str, float]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="quick", choices=common.CONFIG_NAMES)
+  parser.add_argument(
+    "--config", default="quick", help="the config every experiment runs (smoke, quick, full)"
+  )
   parser.add_argument("--out", default=common.RESULTS)
   parser.add_argument(
     "--only",
@@ -60,7 +62,7 @@ def main(argv=None) -> dict[str, float]:
   for name in args.only or EXPERIMENTS:
     module = load(name)
     t0 = time.perf_counter()
-    module.run(module.get_config(args.config), args.out)
+    module.train_and_evaluate(module.get_config(args.config), Path(args.out) / name)
     runtimes[name] = time.perf_counter() - t0
   curve_sizes = None
   if not args.no_curves and (args.curves or not args.only):

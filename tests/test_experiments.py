@@ -14,11 +14,12 @@ import json
 import math
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
 import jaxweights
-from experiments import EXPERIMENTS, common, load, report, run_all
+from experiments import EXPERIMENTS, cli, common, load, report, run_all
 
 
 def _smoke_config(name, tmp_path):
@@ -46,7 +47,10 @@ class _Lazy(dict):
     self.out = out
 
   def __missing__(self, name):
-    self[name] = load(name).run(_smoke_config(name, self.out), str(self.out), log=lambda *_: None)
+    module = load(name)
+    self[name] = module.train_and_evaluate(
+      _smoke_config(name, self.out), self.out / name, log=lambda *_: None
+    )
     return self[name]
 
 
@@ -159,7 +163,7 @@ def test_report_assembles_every_experiment(smoke_results):
 
 def test_report_without_table_and_empty(tmp_path):
   assert "No `*/summary.json`" in report.build_report(tmp_path)
-  exp = common.experiment_dir(tmp_path, "other")
+  exp = common.experiment_dir(tmp_path / "other")
   common.write_summary(exp, "other", {"name": "quick"}, {"a": {"x": 1.0, "x_std": 0.5}})
   text = report.build_report(tmp_path, now=datetime.datetime(2025, 1, 2, 3, 4))
   assert "2025-01-02 03:04" in text
@@ -181,7 +185,7 @@ def test_report_cost_curves_section(tmp_path):
   assert "# Cost curves" not in report.build_report(tmp_path)
   _fake_curves(tmp_path)
   common.write_summary(
-    common.experiment_dir(tmp_path, "other"), "other", {"name": "quick"}, {"a": {"x": 1.0, "x_std": 0.5}}
+    common.experiment_dir(tmp_path / "other"), "other", {"name": "quick"}, {"a": {"x": 1.0, "x_std": 0.5}}
   )
   text = report.build_report(tmp_path)
   section = text[text.index("# Cost curves") :]
@@ -230,7 +234,7 @@ def test_mean_std_and_aggregate():
 
 
 def test_write_summary_schema(tmp_path):
-  config = common.Config(name="x", seeds=(0, 1), nested={"a": (1, 2)})
+  config = ml_collections.ConfigDict(dict(name="x", seeds=(0, 1), nested={"a": (1, 2)}))
   path = common.write_summary(tmp_path, "exp", config, {"u": {"m": 1, "m_std": 0.0}})
   assert json.loads(path.read_text()) == {
     "experiment": "exp",
@@ -242,10 +246,10 @@ def test_write_summary_schema(tmp_path):
 
 
 def test_config_replace_and_curves():
-  config = common.Config(a=1, b=2)
-  assert config.replace(a=3).a == 3 and config.a == 1
+  config = ml_collections.ConfigDict(dict(a=1, b=2))
+  assert common.replace(config, a=3).a == 3 and config.a == 1
   with pytest.raises(KeyError):
-    config.replace(c=1)
+    common.replace(config, c=1)
   with pytest.raises(AttributeError):
     config.c  # noqa: B018
   # A resumed run re-logs steps: the last record per step wins.
@@ -253,6 +257,52 @@ def test_config_replace_and_curves():
   steps, values = common.curve(records, "v")
   assert steps.tolist() == [1.0, 2.0] and values.tolist() == [1.0, 3.0]
   assert len(common.dedupe_by_step(records)) == 2
+
+
+def test_config_command_line(tmp_path):
+  """--config names a config or a file; --config.<field>= overrides, nested too; unknown fields fail."""
+  config = cli.parse_config(
+    "loss_linreg", ["--config=smoke", "--config.num_steps=7", "--config.data.dim", "5"]
+  )
+  assert (config.name, config.num_steps, config.data.dim) == ("smoke", 7, 5)
+  assert config.seeds == load("loss_linreg").get_config("smoke").seeds
+  path = cli.config_path("loss_linreg", "full")
+  assert cli.parse_config("loss_linreg", ["--config", path]).name == "full"
+  with pytest.raises(ValueError, match="nope"):
+    cli.parse_config("loss_linreg", ["--config=smoke", "--config.nope=1"])
+  with pytest.raises(ValueError, match="unknown config"):
+    cli.parse_config("loss_linreg", ["--config=nope"])
+  seen = {}
+  cli.main(
+    "loss_linreg", lambda c, w: seen.update(config=c, workdir=w), ["--config=smoke", "--out", str(tmp_path)]
+  )
+  assert seen["workdir"] == tmp_path / "loss_linreg" and seen["config"].name == "smoke"
+  cli.main("loss_linreg", lambda c, w: seen.update(workdir=w), ["--workdir", str(tmp_path / "w")])
+  assert seen["workdir"] == tmp_path / "w"
+
+
+def test_claim_verdicts(tmp_path):
+  metrics = {
+    "uniform": {"m": 10.0, "m_std": 1.0, "delta_m": 0.0, "delta_m_std": 0.0},
+    "a": {"m": 8.0, "m_std": 1.0, "delta_m": -2.0, "delta_m_std": 0.5},
+    "b": {"m": 12.0, "m_std": 1.0, "delta_m": 2.0, "delta_m_std": 0.5},
+    "c": {"m": 10.1, "m_std": 1.0, "delta_m": 0.1, "delta_m_std": 1.0},
+  }
+  claims = [common.Claim("a beats uniform", "Fig. 1", m, "m") for m in ("a", "b", "c", "d")]
+  rows = common.write_claims(tmp_path, metrics, claims, n=5)
+  assert [r["verdict"] for r in rows] == [
+    "reproduces",
+    "opposite direction",
+    "no significant difference",
+    "not measured",
+  ]
+  assert common.claim_verdict(metrics, claims[0], 2)["verdict"] == "too few seeds"
+  higher = common.Claim("b above uniform", "Fig. 1", "b", "m", lower_is_better=False)
+  assert common.claim_verdict(metrics, higher, 5)["verdict"] == "reproduces"
+  assert json.loads((tmp_path / "claims.json").read_text()) == rows
+  common.write_summary(tmp_path, "x", {"name": "quick"}, {"a": {"m": 1.0, "m_std": 0.0}})
+  text = report.build_report(tmp_path.parent)
+  assert "# Paper vs ours: verdicts" in text and "| a beats uniform | Fig. 1 |" in text
 
 
 def test_unknown_names():

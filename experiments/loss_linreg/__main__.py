@@ -1,15 +1,6 @@
-"""``python -m experiments.loss_linreg [--config quick|full|smoke] [--out results]``."""
+"""``python -m experiments.loss_linreg``: the same as ``python -m experiments.loss_linreg.main``."""
 
-from __future__ import annotations
-
-from experiments import common
-from experiments.loss_linreg import get_config, run
-
-
-def main(argv=None) -> None:
-  args = common.parse_args(argv, "Loss-based reweighting on linear regression.")
-  run(get_config(args.config), args.out)
-
+from experiments.loss_linreg.main import main
 
 if __name__ == "__main__":
   main()
