@@ -1,15 +1,6 @@
-"""``python -m experiments.noisy_digits [--config quick|full|smoke] [--out results]``."""
+"""``python -m experiments.noisy_digits``: the same as ``python -m experiments.noisy_digits.main``."""
 
-from __future__ import annotations
-
-from experiments import common
-from experiments.noisy_digits import get_config, run
-
-
-def main(argv=None) -> None:
-  args = common.parse_args(argv, "Noisy labels on digits: CE, Forward, Reweight, DWS, RENT.")
-  run(get_config(args.config), args.out)
-
+from experiments.noisy_digits.main import main
 
 if __name__ == "__main__":
   main()
