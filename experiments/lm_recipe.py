@@ -1,9 +1,14 @@
-"""The LM pieces shared by the LM experiments: loss, optimiser, model, mesh, sharded
-state, batches.
+"""The LM pieces shared by the LM experiments: corpus mixture, held-out metric, loss,
+optimiser, model, mesh, sharded state, batches.
 
-The optimiser follows the loss-reweighting paper's GPT-2 runs (Sow et al., ICLR
-2025): AdamW (configurable b2, weight decay), linear warm-up then cosine decay to
-``end_lr``, global gradient clipping.
+The data follows the loss-reweighting paper's setting (Sow et al., ICLR 2025:
+SlimPajama-6B, a uniform mixture of domains, about one pass, the equal-weight mean
+of per-domain held-out losses) at offline scale: :func:`load_corpus` builds
+:func:`jaxweights.data.mixture_corpus` (Python, English prose, C), batches are
+uniform-mixture windows (:func:`train_batch`), and :class:`DomainHeldOut` scores
+every held-out window of every domain. The optimiser follows the paper's GPT-2
+runs: AdamW (betas and weight decay from the config), linear warm-up then cosine
+decay to ``end_lr``, global gradient clipping.
 
 A config chooses the model (``model_kind``: ``"transformer"`` for
 :class:`jaxweights.TransformerLM`, ``"llama"`` for :class:`jaxweights.Llama`, sized
@@ -24,6 +29,7 @@ import optax
 from flax import nnx
 
 import jaxweights
+from experiments import common
 from jaxweights import data as jw_data
 from jaxweights.runtime import aot
 
@@ -52,7 +58,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """Global-norm clipping then AdamW on :func:`make_schedule`."""
   return optax.chain(
     optax.clip_by_global_norm(config.clip_norm),
-    optax.adamw(make_schedule(config), b2=config.b2, weight_decay=config.weight_decay),
+    optax.adamw(
+      make_schedule(config), b1=config.get("b1", 0.9), b2=config.b2, weight_decay=config.weight_decay
+    ),
   )
 
 
@@ -127,19 +135,116 @@ def init_state(model_cfg, optimizer, weighting, seed: int, mesh, shardings):
     return init()
 
 
-def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int, mesh):
-  """Batch ``step`` of random windows (:func:`jaxweights.data.lm_batch`); on a mesh
-  each process cuts only the windows of its own rows."""
+def corpus_config(**overrides) -> dict:
+  """The LM experiments' domain mixture (:func:`jaxweights.data.mixture_corpus`
+  arguments): the standard library's Python source, the English pydoc topics and
+  CPython's C headers, 480 kB of each (the prose domain holds ~0.5 MB), 10% of each
+  domain's ~2 kB chunks held out, vocab 1024."""
+  return dict(
+    dict(
+      domains=("python", "prose", "c"),
+      vocab_size=1024,
+      max_bytes_per_domain=480_000,
+      chunk_bytes=2048,
+      test_fraction=0.1,
+      seed=0,
+    ),
+    **overrides,
+  )
+
+
+def load_corpus(config) -> jw_data.MixtureCorpus:
+  """The config's domain mixture (``config.corpus``, cached in ``config.cache_dir``)."""
+  return jw_data.mixture_corpus(**config.corpus, cache_dir=config.get("cache_dir"))
+
+
+def passes(config, corpus: jw_data.MixtureCorpus, rows_per_step: int | None = None) -> dict[str, float]:
+  """Expected passes over each domain's training tokens: a uniform mix gives each
+  domain ``1/n`` of the ``num_steps x rows x seq_len`` tokens trained on."""
+  rows = config.batch_size if rows_per_step is None else rows_per_step
+  share = config.num_steps * rows * config.seq_len / len(corpus.domains)
+  return {d: share / corpus.train[d].size for d in corpus.domains}
+
+
+def check_passes(config, corpus, rows_per_step: int | None = None) -> dict[str, float]:
+  """:func:`passes`; raises when one exceeds ``config.max_passes`` (None: no limit)."""
+  per_domain = passes(config, corpus, rows_per_step)
+  limit = config.get("max_passes")
+  if limit is not None and max(per_domain.values()) > limit:
+    raise ValueError(
+      f"config {config.name!r} makes {max(per_domain.values()):.2f} passes over a domain's training "
+      f"tokens ({per_domain}); the paper's regime is at most {limit}. Lower num_steps or batch_size, "
+      "or raise corpus.max_bytes_per_domain."
+    )
+  return per_domain
+
+
+def train_batch(corpus, *, seed: int, step: int, batch_size: int, seq_len: int, mesh):
+  """Batch ``step``: uniform-mixture windows (:func:`jaxweights.data.mixture_lm_batch`)
+  with their ``domain`` ids; on a mesh each process cuts only its own rows."""
+  streams = [corpus.train[d] for d in corpus.domains]
+  kwargs = dict(seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
   if mesh is None:
-    return jw_data.lm_batch(tokens, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
-  starts = np.random.default_rng((seed, step)).integers(0, tokens.size - seq_len, size=batch_size)
+    return jw_data.mixture_lm_batch(streams, **kwargs)
+  return jw_data.process_local_batch(
+    lambda rows: jw_data.mixture_lm_batch(streams, rows=rows, **kwargs), np.arange(batch_size), mesh
+  )
 
-  def load_rows(rows):
-    window = tokens[starts[rows][:, None] + np.arange(seq_len + 1)].astype(np.int32)
-    return {"tokens": window, "mask": np.ones(window.shape, bool)}
 
-  return jw_data.process_local_batch(load_rows, np.arange(batch_size), mesh)
+class DomainHeldOut:
+  """Every held-out window of every domain, and the paper's metric over them.
+
+  The headline ``heldout_loss`` is the equal-weight mean over domains of each
+  domain's token-weighted mean cross-entropy (nats/token), the paper's
+  equal-weight average of per-domain held-out perplexity in log space;
+  ``heldout_loss_<domain>`` is each domain's, and ``heldout_loss_pooled`` the
+  token-weighted mean over all held-out tokens.
+  """
+
+  def __init__(self, corpus, config, place):
+    self.domains = corpus.domains
+    self.batches: dict[str, list] = {}
+    self.tokens: dict[str, int] = {}
+    for d in self.domains:
+      batches = list(
+        jw_data.lm_eval_batches(
+          corpus.test[d],
+          batch_size=config.eval_batch_size,
+          seq_len=config.seq_len,
+          max_batches=config.eval_max_batches,
+        )
+      )
+      self.tokens[d] = int(sum(b["mask"][:, 1:].sum() for b in batches))
+      self.batches[d] = [place(b) for b in batches]
+
+  def evaluate(self, ce_fn) -> dict[str, float]:
+    """Held-out metrics from ``ce_fn(batch) -> [batch, seq]`` per-target CE (0 at padding)."""
+    out, total = {}, 0.0
+    for d in self.domains:
+      s = sum(float(np.asarray(jax.device_get(ce_fn(b)), np.float64).sum()) for b in self.batches[d])
+      out[f"heldout_loss_{d}"] = s / self.tokens[d]
+      total += s
+    out["heldout_loss"] = float(np.mean([out[f"heldout_loss_{d}"] for d in self.domains]))
+    out["heldout_loss_pooled"] = total / sum(self.tokens.values())
+    return out
 
 
 def with_dtype(model_cfg, dtype: str):
   return dataclasses.replace(model_cfg, dtype=dtype)
+
+
+def loss_verdict(metrics, n, metric, title, baseline="uniform") -> str:
+  """One line: each method's paired delta of ``metric`` vs ``baseline`` and its verdict."""
+  parts = common.paired_verdicts(
+    metrics,
+    metric,
+    n,
+    baseline=baseline,
+    words=("lower (better)", "higher (worse)"),
+    spec="+.4f",
+    std_spec=".4f",
+  )
+  return (
+    f"{title} vs {baseline} (paired, n={n}; lower/higher = |mean| > 2 standard "
+    f"errors): " + "; ".join(parts) + "."
+  )

@@ -199,6 +199,66 @@ def test_corpus_bad_inputs(kwargs, tmp_path):
 # ---------------------------------------------------------------- LM batches
 
 
+def test_mixture_corpus_iid_held_out_rows_per_domain(tmp_path, monkeypatch):
+  kwargs = dict(vocab_size=300, max_bytes_per_domain=30_000, chunk_bytes=512, test_fraction=0.2)
+  corpus = data.mixture_corpus(cache_dir=str(tmp_path), **kwargs)
+  assert corpus.domains == ("python", "prose", "c")
+  tok = corpus.tokenizer
+  for d in corpus.domains:
+    n = corpus.chunks[d]
+    assert n["test"] == round(0.2 * (n["train"] + n["test"]))
+    # Each stream is its chunks, each closed by <|endoftext|>.
+    assert int((corpus.train[d] == corpus.eot_id).sum()) == n["train"]
+    assert int((corpus.test[d] == corpus.eot_id).sum()) == n["test"]
+  # Held-out rows are chunks, not files: a held-out chunk's file also has training chunks.
+  held = tok.decode(corpus.test["python"][: int(np.argmax(corpus.test["python"] == corpus.eot_id))].tolist())
+  train_text = tok.decode(corpus.train["python"].tolist())
+  assert held and held not in train_text
+  # Cached: the second call trains no tokenizer.
+  monkeypatch.setattr(data, "_train_tokenizer", lambda *a: pytest.fail("retrained"))
+  again = data.mixture_corpus(cache_dir=str(tmp_path), **kwargs)
+  for d in corpus.domains:
+    np.testing.assert_array_equal(again.train[d], corpus.train[d])
+    np.testing.assert_array_equal(again.test[d], corpus.test[d])
+  corpus.save(tmp_path / "saved")
+  split = json.loads((tmp_path / "saved" / "split.json").read_text())
+  assert split["train_tokens"]["c"] == corpus.train["c"].size
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [dict(domains=("python", "python")), dict(domains=("latin",)), dict(domains=()), dict(chunk_bytes=10)],
+)
+def test_mixture_corpus_bad_inputs(kwargs, tmp_path):
+  with pytest.raises(ValueError):
+    data.mixture_corpus(cache_dir=str(tmp_path), **kwargs)
+
+
+def test_mixture_lm_batch_uniform_mix_and_process_rows():
+  streams = [np.arange(0, 500), np.arange(1000, 1300), np.arange(2000, 2100)]
+  a = data.mixture_lm_batch(streams, seed=3, step=7, batch_size=3000, seq_len=8)
+  assert a["tokens"].shape == (3000, 9) and a["tokens"].dtype == np.int32
+  # Rows come from the stream their domain id names, as contiguous windows inside it.
+  np.testing.assert_array_equal(a["tokens"][:, 0] // 1000, a["domain"])
+  assert (np.diff(a["tokens"], axis=1) == 1).all()
+  for d, s in enumerate(streams):
+    rows = a["tokens"][a["domain"] == d]
+    assert rows.min() >= s[0] and rows.max() <= s[-1]
+  # A uniform mix, not proportional to the streams' sizes.
+  shares = np.bincount(a["domain"], minlength=3) / 3000
+  np.testing.assert_allclose(shares, 1 / 3, atol=0.04)
+  # Pure in (seed, step); a subset of rows is exactly those rows of the global batch.
+  b = data.mixture_lm_batch(streams, seed=3, step=7, batch_size=3000, seq_len=8, rows=np.array([5, 17]))
+  np.testing.assert_array_equal(b["tokens"], a["tokens"][[5, 17]])
+  np.testing.assert_array_equal(b["domain"], a["domain"][[5, 17]])
+  c = data.mixture_lm_batch(streams, seed=3, step=8, batch_size=3000, seq_len=8)
+  assert not np.array_equal(c["tokens"], a["tokens"])
+  with pytest.raises(ValueError):
+    data.mixture_lm_batch([np.arange(5)], seed=0, step=0, batch_size=2, seq_len=8)
+  with pytest.raises(ValueError):
+    data.mixture_lm_batch([], seed=0, step=0, batch_size=2, seq_len=8)
+
+
 def test_lm_batch_pure_and_shapes():
   tokens = np.arange(1000, dtype=np.int32)
   a = data.lm_batch(tokens, seed=0, step=5, batch_size=8, seq_len=16)

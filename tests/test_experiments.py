@@ -110,6 +110,8 @@ def test_uniform_weights_are_uniform(smoke_results):
   assert lm["ess_fraction"] == pytest.approx(1.0, abs=1e-5)
   assert lm["weight_ratio"] == pytest.approx(1.0, abs=1e-4)
   assert lm["delta_heldout_loss"] == 0.0
+  for domain in ("python", "prose", "c"):  # uniform weights give every domain its share
+    assert lm[f"mass_{domain}"] == pytest.approx(1.0, abs=1e-5)
   linreg = summaries["loss_linreg"]["metrics"]
   # Uniform weights give each kind its share of the batch; LinUpper moves mass
   # off the easy (low-loss) rows.
@@ -127,12 +129,29 @@ def test_lm_bf16_run_tracks_float32(smoke_results):
   assert "Mixed precision: bf16 compute vs float32" in (out / "loss_lm" / "table.md").read_text()
 
 
-def test_lm_saves_tokenizer(smoke_results):
+def test_lm_is_the_papers_setting(smoke_results):
+  """A uniform mixture of three domains, at most one pass, the equal-weight per-domain metric."""
   out, summaries = smoke_results
-  summaries["loss_lm"]  # pylint: disable=pointless-statement  (runs it)
+  summary = summaries["loss_lm"]
   assert (out / "loss_lm" / "tokenizer" / "tokenizer.json").exists()
   split = json.loads((out / "loss_lm" / "tokenizer" / "split.json").read_text())
-  assert not set(split["train_files"]) & set(split["test_files"])
+  assert split["domains"] == ["python", "prose", "c"]
+  assert all(c["test"] >= 1 and c["train"] > c["test"] for c in split["chunks"].values())
+  assert max(summary["config"]["passes"].values()) <= 1.0
+  for method in summary["config"]["methods"]:
+    m = summary["metrics"][method]
+    per_domain = [m[f"heldout_loss_{d}"] for d in split["domains"]]
+    assert m["heldout_loss"] == pytest.approx(np.mean(per_domain), rel=1e-6), method
+  claims = json.loads((out / "loss_lm" / "claims.json").read_text())
+  assert {c["claim"].split()[0] for c in claims} == {"LinUpper", "Quadratic"}
+
+
+def test_lm_refuses_more_than_one_pass(tmp_path):
+  from experiments import loss_lm
+
+  config = common.replace(_smoke_config("loss_lm", tmp_path), num_steps=100_000)
+  with pytest.raises(ValueError, match="passes over a domain"):
+    loss_lm.train_and_evaluate(config, tmp_path / "lm", log=lambda *_: None)
 
 
 def test_report_assembles_the_fast_experiments(smoke_results):
@@ -328,10 +347,10 @@ def test_lm_resumes_from_checkpoint(tmp_path):
   """A run interrupted after a checkpoint ends exactly where an unbroken one does."""
   from experiments import loss_lm
 
-  config = _smoke_config("loss_lm", tmp_path).replace(
-    methods=("uniform", "linupper"), seeds=(0,), checkpoint_every=6
+  config = common.replace(
+    _smoke_config("loss_lm", tmp_path), methods=("uniform", "linupper"), seeds=(0,), checkpoint_every=6
   )
-  first = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
+  first = loss_lm.train_and_evaluate(config, tmp_path / "a" / "loss_lm", log=lambda *_: None)
   ckpt = tmp_path / "a" / "loss_lm" / "checkpoints" / "linupper_seed0"
   steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
   assert steps == [6, 12]
@@ -339,9 +358,9 @@ def test_lm_resumes_from_checkpoint(tmp_path):
   import shutil
 
   shutil.rmtree(ckpt / "12")
-  again = loss_lm.run(config, str(tmp_path / "a"), log=lambda *_: None)
+  again = loss_lm.train_and_evaluate(config, tmp_path / "a" / "loss_lm", log=lambda *_: None)
   log = jaxweights.read_jsonl(common.run_log_path(tmp_path / "a" / "loss_lm", "linupper", 0))
   trained = [r["step"] for r in log if "loss_mean" in r]
   assert trained.count(2) == 1 and trained.count(8) == 2  # resumed after step 6
-  for key in ("heldout_loss", "train_loss_last10pct"):
+  for key in ("heldout_loss", "heldout_loss_prose", "train_loss_last10pct"):
     assert again["metrics"]["linupper"][key] == pytest.approx(first["metrics"]["linupper"][key], rel=1e-6)

@@ -17,7 +17,8 @@ import pytest
 
 import jaxweights
 from experiments import EXPERIMENTS, common, presence_lm
-from experiments.presence_lm import inject, mass, tracin
+from experiments import weight_mass as mass
+from experiments.presence_lm import inject, tracin
 
 NAME = "presence_lm"
 
@@ -27,7 +28,7 @@ def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp("presence")
   config = presence_lm.get_config("smoke")
   config.cache_dir = str(out / "corpus_cache")
-  summary = presence_lm.run(config, str(out), log=lambda *_: None)
+  summary = presence_lm.train_and_evaluate(config, out / NAME, log=lambda *_: None)
   return out / NAME, config, summary
 
 
@@ -35,69 +36,83 @@ def test_registered():
   assert NAME in EXPERIMENTS
 
 
-def test_smoke_summary_schema_and_outputs(smoke):
-  exp_dir, config, summary = smoke
-  assert set(summary) == {"experiment", "config", "metrics"}
-  assert summary["experiment"] == NAME
-  assert summary["config"]["name"] == "smoke"
-  assert json.loads((exp_dir / "summary.json").read_text()) == summary
-  metrics = summary["metrics"]
-  assert set(metrics) == set(config.methods)
+def _check_metrics(metrics, methods):
+  assert set(metrics) == set(methods)
   for method, values in metrics.items():
-    for key in (
-      "heldout_loss",
-      "delta_heldout_loss",
-      "best_heldout_loss",
-      "step_ms",
-      "ess_fraction_s0",
-      "ess_fraction_s1",
-    ):
+    for key in ("heldout_loss", "delta_heldout_loss", "best_heldout_loss", "step_ms"):
       assert key in values, (method, key)
-    for k in inject.KINDS:
-      for key in (f"mass_{k}", f"rel_mass_{k}_s0", f"rel_mass_{k}_s1", f"pool_loss_{k}"):
-        assert key in values, (method, key)
     for key, value in values.items():
       assert isinstance(value, float) and math.isfinite(value), (method, key, value)
       if not key.endswith("_std"):
         assert values[f"{key}_std"] >= 0.0
-    # Masses are per-step fractions of a weight vector summing to 1.
-    assert sum(values[f"mass_{k}"] for k in inject.KINDS) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_smoke_headline_is_the_papers_setting(smoke):
+  """Clean mixture batches, the equal-weight per-domain metric, first block, switch at 10%."""
+  exp_dir, config, summary = smoke
+  assert set(summary) == {"experiment", "config", "metrics"} and summary["experiment"] == NAME
+  assert json.loads((exp_dir / "summary.json").read_text()) == summary
+  assert config.layers == ("blocks/0",) and config.switch_fraction == 0.1
+  assert config.noise_fraction == 0 and config.duplicate_fraction == 0
+  facts = summary["config"]
+  assert facts["kinds"] == facts["domains"] == ["python", "prose", "c"]
+  assert max(facts["passes"].values()) <= 1.0
+  _check_metrics(summary["metrics"], config.methods)
+  for values in summary["metrics"].values():
+    per_domain = [values[f"heldout_loss_{d}"] for d in facts["domains"]]
+    assert values["heldout_loss"] == pytest.approx(np.mean(per_domain), rel=1e-6)
+    assert "pool_loss_clean" not in values and "tracin_auroc_random" not in values
+  uni = summary["metrics"]["uniform"]
+  for d in facts["domains"]:  # uniform weights give every domain its share
+    for stage in ("s0", "s1"):
+      assert uni[f"rel_mass_{d}_{stage}"] == pytest.approx(1.0, abs=1e-5)
+  assert summary["metrics"]["presence_mb"]["ess_fraction_s1"] < 0.999  # weights not uniform
+  claims = json.loads((exp_dir / "claims.json").read_text())
+  assert [c["claim"].split(" (")[0] for c in claims] == ["Two-stage PRESENCE"]
+  table = (exp_dir / "table.md").read_text()
+  assert table.startswith("## ") and "### Diagnostic (ours" in table
+  for method in config.methods:
+    assert f"| {method} |" in table
+    for seed in config.seeds:
+      records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))
+      assert records[0]["step"] == 0 and max(r["step"] for r in records) == config.num_steps
+  for png in ("heldout_loss.png", "weight_mass.png"):
+    assert (exp_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_diagnostic_injected_noise(smoke):
+  exp_dir, config, _ = smoke
+  diag = json.loads((exp_dir / "diagnostic" / "summary.json").read_text())
+  sub = diag["config"]
+  assert sub["noise_fraction"] > 0 and sub["layers"] is None
+  metrics = diag["metrics"]
+  _check_metrics(metrics, config.diagnostic.methods)
+  counts = inject.kind_counts(sub["batch_size"], sub["noise_fraction"], sub["duplicate_fraction"])
   uni = metrics["uniform"]
+  for k in inject.KINDS:
+    assert uni[f"mass_{k}"] == pytest.approx(counts[k] / sub["batch_size"], abs=1e-5)
+    for stage in ("s0", "s1"):
+      assert uni[f"rel_mass_{k}_{stage}"] == pytest.approx(1.0, abs=1e-5)
+  for values in metrics.values():
+    assert sum(values[f"mass_{k}"] for k in inject.KINDS) == pytest.approx(1.0, abs=1e-4)
+    for k in inject.KINDS:
+      assert f"pool_loss_{k}" in values
   for key in ("tracin_auroc_random", "tracin_auroc_injected", "tracin_top10_injected"):
     assert 0.0 <= uni[key] <= 1.0
   assert any(k.startswith("ck") and k.endswith("_coherence_clean") for k in uni)
   assert "tracin_auroc_random" not in metrics["presence"]
-  # Table and plots.
-  table = (exp_dir / "table.md").read_text()
-  assert table.startswith("## ")
-  for method in config.methods:
-    assert f"| {method} |" in table
-  assert "Offline TracIn" in table and "Notes:" in table
-  for png in ("heldout_loss.png", "weight_mass.png"):
-    assert (exp_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  for method in config.methods:
-    for seed in config.seeds:
-      records = jaxweights.read_jsonl(common.run_log_path(exp_dir, method, seed))
-      assert records[0]["step"] == 0
-      assert max(r["step"] for r in records) == config.num_steps
+  table = (exp_dir / "diagnostic" / "table.md").read_text()
+  assert "Offline TracIn" in table and "ours, not the paper's claim" in table
 
 
-def test_uniform_mass_equals_batch_shares(smoke):
-  """The logging's correctness check: uniform weights give each kind its share."""
-  _, config, summary = smoke
-  counts = inject.kind_counts(config.batch_size, config.noise_fraction, config.duplicate_fraction)
-  uni = summary["metrics"]["uniform"]
-  for k in inject.KINDS:
-    assert uni[f"mass_{k}"] == pytest.approx(counts[k] / config.batch_size, abs=1e-5)
-    for stage in ("s0", "s1"):
-      assert uni[f"rel_mass_{k}_{stage}"] == pytest.approx(1.0, abs=1e-5)
-  assert uni["ess_fraction_s0"] == pytest.approx(1.0, abs=1e-5)
-  # PRESENCE moves mass between kinds (weights are not uniform).
-  assert summary["metrics"]["presence"]["ess_fraction_s1"] < 0.999
+def test_headline_refuses_injection(tmp_path):
+  config = common.replace(presence_lm.get_config("smoke"), noise_fraction=0.1)
+  with pytest.raises(ValueError, match="diagnostic"):
+    presence_lm.train_and_evaluate(config, tmp_path, log=lambda *_: None)
 
 
 def test_injection_is_pure_and_recorded():
-  tokens = np.arange(5000, dtype=np.int32) % 200 + 50
+  tokens = [np.arange(3000, dtype=np.int32) % 200 + 50, np.arange(2000, dtype=np.int32) % 100 + 10]
   kw = dict(
     seed=3,
     batch_size=16,
@@ -115,7 +130,7 @@ def test_injection_is_pure_and_recorded():
   batch = a.batch(7)
   counts = np.bincount(batch["kind"], minlength=4)
   assert counts.tolist() == [10, 1, 1, 4]
-  clean = jaxweights.substrates.data.lm_batch(tokens, seed=3, step=7, batch_size=16, seq_len=12)["tokens"]
+  clean = jaxweights.data.mixture_lm_batch(tokens, seed=3, step=7, batch_size=16, seq_len=12)["tokens"]
   for i, kind in enumerate(batch["kind"]):
     row = batch["tokens"][i]
     if kind == inject.CLEAN:

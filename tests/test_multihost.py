@@ -77,7 +77,7 @@ def test_two_processes_with_checkpoints_save_resume_and_match(tmp_path):
   saves collectively; a per-process directory deadlocked the first save). The run
   finishes within the timeout, a second launch resumes from the checkpoints, and
   the results equal the 1-process run's."""
-  ckpt = ["--checkpoint-every", "5"]
+  ckpt = ["--config.checkpoint_every=5"]
   single = launch(tmp_path / "one", 8, ckpt)
   log, _ = single.communicate(timeout=900)
   assert single.returncode == 0, log[-3000:]
@@ -95,7 +95,7 @@ def test_two_processes_with_checkpoints_save_resume_and_match(tmp_path):
       log, _ = p.communicate(timeout=900)
       assert p.returncode == 0, f"launch {attempt}: " + log[-3000:]
   ckpt_dirs = sorted((tmp_path / "two" / "loss_lm" / "checkpoints").iterdir())
-  assert ckpt_dirs and not (tmp_path / "two" / ".process1" / "loss_lm" / "checkpoints").exists()
+  assert ckpt_dirs and not (tmp_path / "two" / "loss_lm" / ".process1" / "checkpoints").exists()
   assert all(any(p.name.isdigit() for p in d.iterdir()) for d in ckpt_dirs)
   one, two = records(tmp_path / "one" / "loss_lm"), records(tmp_path / "two" / "loss_lm")
   assert one.keys() == two.keys()

@@ -35,6 +35,6 @@ def test_pod_pipeline_at_toy_size(name, tmp_path):
   module = load(name)
   config = module.get_config("pod_smoke")
   config.cache_dir = str(tmp_path / "cache")
-  summary = module.run(config, str(tmp_path), log=lambda *_: None)
+  summary = module.train_and_evaluate(config, tmp_path / name, log=lambda *_: None)
   for method, values in summary["metrics"].items():
     assert math.isfinite(values["heldout_loss"]), method

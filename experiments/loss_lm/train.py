@@ -1,15 +1,19 @@
-"""Causal-LM pretraining with loss-based reweighting: the loop, metrics, table, plots.
+"""Causal-LM pretraining with loss-based reweighting, in the paper's setting at CPU scale.
 
-A :class:`jaxweights.TransformerLM` is trained from scratch on the Python standard
-library's source (held out by file, :func:`jaxweights.substrates.data.stdlib_corpus`) once
-per strategy (uniform, LinUpper, Quadratic, Extremes) and seed, all at the same
-number of steps. A sequence's loss is its mean next-token cross-entropy; the
-weights are a softmax over the global batch of those losses (uniform during the
-weight warm-up). The seed fixes the initialisation and the batch order, so the
-methods are compared paired by seed.
+A :class:`jaxweights.TransformerLM` is trained from scratch on a uniform mixture of
+three offline text domains (:func:`jaxweights.data.mixture_corpus`: the standard
+library's Python source, the English pydoc topics, CPython's C headers) for at
+most one pass, once per strategy (uniform, LinUpper, Quadratic, Extremes) and
+seed, all at the same number of steps. A sequence's loss is its mean next-token
+cross-entropy; the weights are a softmax over the global batch of those losses
+(uniform during the weight warm-up). The seed fixes the initialisation and the
+batch order, so the methods are compared paired by seed.
 
-The headline metric is the held-out loss: the token-weighted mean cross-entropy
-(nats/token) over every window of the held-out files.
+The headline metric is the paper's: the equal-weight mean over domains of each
+domain's held-out loss (nats/token), on held-out rows drawn i.i.d. within each
+domain (:class:`experiments.lm_recipe.DomainHeldOut`). The weight mass each domain
+receives is measured from the weights the step used
+(:mod:`experiments.weight_mass`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxweights
 from experiments import common, lm_recipe
-from jaxweights import data as jw_data
+from experiments.weight_mass import mass_metrics, track_kinds
 
 EXPERIMENT = "loss_lm"
 
@@ -40,16 +44,20 @@ model_config = lm_recipe.model_config
 get_mesh = lm_recipe.get_mesh
 
 
-def make_weighting(method: str, config) -> jaxweights.Weighting:
+def make_weighting(method: str, config, n_domains: int) -> jaxweights.Weighting:
+  """The method's weighting, wrapped to accumulate each domain's weight mass before
+  (stage 0) and after (stage 1) the weight warm-up."""
   if method == "uniform":
-    return jaxweights.uniform_weighting()
-  r = jaxweights.warmup_temperature(config.r[method], config.weight_warmup_steps)
-  return jaxweights.loss_based.WEIGHTINGS[method](r=r, delta=config.delta)
+    inner = jaxweights.uniform_weighting()
+  else:
+    r = jaxweights.warmup_temperature(config.r[method], config.weight_warmup_steps)
+    inner = jaxweights.loss_based.WEIGHTINGS[method](r=r, delta=config.delta)
+  return track_kinds(inner, switch_step=config.weight_warmup_steps, n_kinds=n_domains, kind_key="domain")
 
 
-def build(method: str, config, model_cfg, optimizer, mesh):
+def build(method: str, config, model_cfg, optimizer, mesh, domains):
   """The compiled train and eval steps of one method (shared across seeds)."""
-  weighting = make_weighting(method, config)
+  weighting = make_weighting(method, config, len(domains))
   graphdef = nnx.split(nnx.eval_shape(lambda: lm_recipe.make_model(model_cfg, 0)))[0]
   shardings = lm_recipe.state_shardings(model_cfg, optimizer, weighting, mesh)
   step = jaxweights.make_train_step(
@@ -74,18 +82,23 @@ def build(method: str, config, model_cfg, optimizer, mesh):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     return jnp.where(batch["mask"][:, 1:], ce, 0.0)
 
-  return weighting, step, eval_ce, shardings
+  def with_mass(state, batch):
+    state, metrics = step(state, batch)
+    metrics.update(mass_metrics(state.weighting_state, domains))
+    return state, metrics
+
+  return weighting, with_mass, eval_ce, shardings
 
 
 def run_one(
-  method, seed, config, exp_dir, corpus, model_cfg, optimizer, mesh, compiled, heldout: HeldOut
+  method, seed, config, exp_dir, corpus, model_cfg, optimizer, mesh, compiled, heldout
 ) -> dict[str, float]:
   weighting, step, eval_ce, shardings = compiled
   state = lm_recipe.init_state(model_cfg, optimizer, weighting, seed, mesh, shardings)
 
   def batch_fn(i):
     return lm_recipe.train_batch(
-      corpus.train_tokens, seed=seed, step=i, batch_size=config.batch_size, seq_len=config.seq_len, mesh=mesh
+      corpus, seed=seed, step=i, batch_size=config.batch_size, seq_len=config.seq_len, mesh=mesh
     )
 
   def eval_fn(s):
@@ -99,7 +112,7 @@ def run_one(
     checkpointer = jaxweights.Checkpointer(
       common.shared_path(exp_dir) / "checkpoints" / f"{method}_seed{seed}",
       max_to_keep=2,
-      fingerprint={"config": config.to_json(), "method": method, "seed": seed},
+      fingerprint={"config": common.config_json(config), "method": method, "seed": seed},
     )
   resuming = checkpointer is not None and checkpointer.latest_step() is not None
   logger = jaxweights.JsonlLogger(log_path) if resuming else common.run_logger(exp_dir, method, seed)
@@ -121,61 +134,10 @@ def run_one(
   )
   if checkpointer is not None:
     checkpointer.close()
-  return run_metrics(common.dedupe_by_step(jaxweights.read_jsonl(log_path)), config)
+  return run_metrics(common.dedupe_by_step(jaxweights.read_jsonl(log_path)), config, corpus.domains)
 
 
-class HeldOut:
-  """The held-out windows, with every target token attributed to its file.
-
-  The held-out stream is the held-out files' tokens, each followed by the
-  ``<|endoftext|>`` separator, so a target at stream position ``p`` belongs to
-  file ``#(separators before p)``. Besides the token-weighted loss (the
-  headline, dominated by the largest files) this gives a per-file macro
-  average and the loss without the largest file.
-  """
-
-  def __init__(self, corpus, config, place):
-    tokens = corpus.test_tokens
-    separators = np.flatnonzero(tokens == corpus.eot_id)
-    self.n_files = len(corpus.test_files)
-    self.batches, self.file_ids = [], []
-    positions = np.arange(1, config.seq_len + 1)
-    for b, batch in enumerate(
-      jw_data.lm_eval_batches(
-        tokens, batch_size=config.eval_batch_size, seq_len=config.seq_len, max_batches=config.eval_max_batches
-      )
-    ):
-      window = b * config.eval_batch_size + np.arange(config.eval_batch_size)
-      pos = window[:, None] * config.seq_len + positions[None, :]
-      ids = np.minimum(np.searchsorted(separators, pos, side="left"), self.n_files - 1)
-      self.file_ids.append(np.where(batch["mask"][:, 1:], ids, -1))
-      self.batches.append(place(batch))
-    all_ids = np.concatenate([i.ravel() for i in self.file_ids])
-    self.counts = np.bincount(all_ids[all_ids >= 0], minlength=self.n_files).astype(float)
-    self.largest = int(np.argmax(self.counts))
-    self.largest_name = corpus.test_files[self.largest]
-    self.largest_share = float(self.counts[self.largest] / self.counts.sum())
-
-  def evaluate(self, ce_fn) -> dict[str, float]:
-    """Held-out metrics from ``ce_fn(batch) -> [batch, seq]`` per-target CE."""
-    sums = np.zeros(self.n_files)
-    for batch, ids in zip(self.batches, self.file_ids):
-      ce = np.asarray(jax.device_get(ce_fn(batch)), np.float64)
-      valid = ids >= 0
-      sums += np.bincount(ids[valid], weights=ce[valid], minlength=self.n_files)
-    seen = self.counts > 0
-    rest = seen.copy()
-    rest[self.largest] = False
-    if not rest.any():  # A single evaluated file: nothing to leave out.
-      rest = seen
-    return {
-      "heldout_loss": float(sums.sum() / self.counts.sum()),
-      "heldout_loss_file_macro": float(np.mean(sums[seen] / self.counts[seen])),
-      "heldout_loss_wo_largest": float(sums[rest].sum() / self.counts[rest].sum()),
-    }
-
-
-def run_metrics(records: list[dict], config) -> dict[str, float]:
+def run_metrics(records: list[dict], config, domains) -> dict[str, float]:
   """Per-run metrics from the run's whole log (also right after a resume)."""
   train = [r for r in records if "loss_mean" in r]
   evals = [r for r in records if "heldout_loss" in r]
@@ -184,11 +146,20 @@ def run_metrics(records: list[dict], config) -> dict[str, float]:
   # Weights are softmax(f / r) over the batch: max/min ratio and ESS show how far
   # from uniform they are after the weight warm-up.
   weighted = [r for r in train if r["step"] > config.weight_warmup_steps] or train
+  # Relative weight mass of each domain after the warm-up: the mass its rows got
+  # over the mass uniform weights would have given them (1 = as uniform).
+  final = train[-1]
+  mass = {
+    f"mass_{d}": final[f"mass_s1_{d}"] / max(final[f"share_s1_{d}"], 1e-12)
+    for d in domains
+    if f"mass_s1_{d}" in final
+  }
   return {
     "heldout_loss": last_eval["heldout_loss"],
-    "heldout_loss_file_macro": last_eval["heldout_loss_file_macro"],
-    "heldout_loss_wo_largest": last_eval["heldout_loss_wo_largest"],
+    **{f"heldout_loss_{d}": last_eval[f"heldout_loss_{d}"] for d in domains},
+    "heldout_loss_pooled": last_eval["heldout_loss_pooled"],
     "best_heldout_loss": min(r["heldout_loss"] for r in evals),
+    **mass,
     "train_loss_last10pct": float(np.mean([r["loss_mean"] for r in last])),
     "ess_fraction": float(np.mean([r["ess"] for r in weighted])) / config.batch_size,
     "weight_ratio": float(np.mean([r["weight_max"] / max(r["weight_min"], 1e-30) for r in weighted])),
@@ -196,25 +167,52 @@ def run_metrics(records: list[dict], config) -> dict[str, float]:
   }
 
 
-def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
-  """Runs every method and seed; writes summary.json, table.md, plots, tokenizer."""
+CLAIMS = (
+  common.Claim(
+    "LinUpper lowers the equal-weight mean of per-domain held-out loss vs uniform, at equal steps",
+    "Sow et al.: LinUpper, their best strategy, improves the per-domain average held-out "
+    "perplexity over uniform (GPT-2 124M-300M on SlimPajama-6B; gains grow with size)",
+    "linupper",
+    "heldout_loss",
+  ),
+  common.Claim(
+    "Quadratic lowers the equal-weight per-domain held-out loss vs uniform (r = 1, the authors' 124M setting)",
+    "Sow et al.: Quadratic with r = 1.0 in the authors' 12-layer runs",
+    "quadratic",
+    "heldout_loss",
+  ),
+)
+
+
+def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
+  """Runs every method and seed; writes summary.json, claims.json, table.md, plots, tokenizer.
+
+  Args:
+    config: a config of :mod:`experiments.loss_lm.configs`.
+    workdir: the output folder.
+    log: where progress lines go.
+
+  Returns:
+    The summary, read back from ``summary.json``.
+  """
   t0 = time.perf_counter()
-  exp_dir = common.experiment_dir(out, EXPERIMENT)
-  corpus = jw_data.stdlib_corpus(**config.corpus, cache_dir=config.cache_dir)
+  exp_dir = common.experiment_dir(workdir)
+  corpus = lm_recipe.load_corpus(config)
   corpus.save(exp_dir / "tokenizer")
+  per_domain_passes = lm_recipe.check_passes(config, corpus)
+  domains = corpus.domains
   model_cfg = model_config(config, corpus.vocab_size)
   optimizer = make_optimizer(config)
   mesh = get_mesh(config)
   place = (lambda b: jaxweights.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
-  heldout = HeldOut(corpus, config, place)
+  heldout = lm_recipe.DomainHeldOut(corpus, config, place)
   n_params = lm_recipe.count_params(model_cfg)
-  epochs = config.num_steps * config.batch_size * config.seq_len / corpus.train_tokens.size
-  eval_tokens = int(heldout.counts.sum())
   log(
     f"[{EXPERIMENT}] config={config.name} methods={list(config.methods)} "
     f"seeds={list(config.seeds)} steps={config.num_steps} params={n_params} "
-    f"train_tokens={corpus.train_tokens.size} heldout_tokens={eval_tokens} "
-    f"epochs={epochs:.2f} devices={jax.device_count()} mesh={mesh is not None}"
+    f"train_tokens={ {d: int(corpus.train[d].size) for d in domains} } heldout_tokens={heldout.tokens} "
+    f"passes={ {d: round(p, 2) for d, p in per_domain_passes.items()} } devices={jax.device_count()} "
+    f"mesh={mesh is not None}"
   )
 
   compiled = {}
@@ -224,7 +222,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     method, bf16_run = (name[: -len(BF16)], True) if name.endswith(BF16) else (name, False)
     cfg = dataclasses.replace(model_cfg, dtype="bfloat16") if bf16_run else model_cfg
     if name not in compiled:
-      compiled[name] = build(method, config, cfg, optimizer, mesh)
+      compiled[name] = build(method, config, cfg, optimizer, mesh, domains)
     return run_one(name, seed, config, exp_dir, corpus, cfg, optimizer, mesh, compiled[name], heldout)
 
   per_seed = common.seeds_loop(config.methods, config.seeds, one, log=log)
@@ -234,21 +232,17 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     per_seed_bf16 = common.seeds_loop(bf16_names, config.seeds, one, log=log)
     bf16 = precision_metrics(exp_dir, config, per_seed, per_seed_bf16)
     plot_precision(exp_dir, config)
-  for metric in ("heldout_loss", "heldout_loss_file_macro", "heldout_loss_wo_largest", "best_heldout_loss"):
+  for metric in ("heldout_loss", *(f"heldout_loss_{d}" for d in domains), "heldout_loss_pooled"):
     common.add_paired_deltas(per_seed, metric)
   metrics = common.aggregate(per_seed)
 
-  for key, what in (
-    ("heldout_loss", "held-out loss"),
-    ("heldout_loss_wo_largest", "held-out loss w/o largest file"),
-  ):
-    curves = common.read_curves(exp_dir, config.methods, config.seeds, key)
-    common.plot_curves(
-      exp_dir / f"{key}.png",
-      curves,
-      ylabel=f"{what} (nats/token)",
-      title=f"LM pretraining on stdlib: {what} ({config.name}, {len(config.seeds)} seeds)",
-    )
+  curves = common.read_curves(exp_dir, config.methods, config.seeds, "heldout_loss")
+  common.plot_curves(
+    exp_dir / "heldout_loss.png",
+    curves,
+    ylabel="held-out loss, equal-weight mean over domains (nats/token)",
+    title=f"LM pretraining on {'+'.join(domains)}: held-out loss ({config.name}, {len(config.seeds)} seeds)",
+  )
   train_curves = common.read_curves(exp_dir, config.methods, config.seeds, "loss_mean")
   common.plot_curves(
     exp_dir / "train_loss.png",
@@ -259,18 +253,17 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   runtime = time.perf_counter() - t0
   facts = dict(
     params=n_params,
-    train_tokens=int(corpus.train_tokens.size),
-    heldout_tokens=eval_tokens,
-    heldout_files=heldout.n_files,
-    largest_heldout_file=heldout.largest_name,
-    largest_heldout_share=heldout.largest_share,
-    epochs=epochs,
+    domains=list(domains),
+    train_tokens={d: int(corpus.train[d].size) for d in domains},
+    heldout_tokens=dict(heldout.tokens),
+    passes=per_domain_passes,
     devices=jax.device_count(),
     vocab_size=corpus.vocab_size,
     backend=jax.default_backend(),
     runtime_s=runtime,
   )
-  write_table(exp_dir, config, metrics, facts, bf16)
+  claims = common.write_claims(exp_dir, metrics, CLAIMS, len(config.seeds))
+  write_table(exp_dir, config, metrics, facts, bf16, claims)
   return common.finish(exp_dir, EXPERIMENT, config, {**metrics, **bf16}, runtime, log, **facts)
 
 
@@ -352,109 +345,60 @@ def precision_block(config, bf16) -> list[str]:
   return lines
 
 
-COLUMNS = [
-  ("heldout_loss", "held-out loss"),
-  ("delta_heldout_loss", "Δ vs uniform (paired)"),
-  ("heldout_loss_file_macro", "per-file mean"),
-  ("delta_heldout_loss_file_macro", "Δ vs uniform"),
-  ("heldout_loss_wo_largest", "w/o largest file"),
-  ("delta_heldout_loss_wo_largest", "Δ vs uniform"),
-  ("best_heldout_loss", "best held-out loss"),
-  ("train_loss_last10pct", "train loss (last 10%)"),
-  ("ess_fraction", "ESS / batch"),
-  ("weight_ratio", "max/min weight"),
-]
+def columns(domains) -> list[tuple[str, str]]:
+  cols = [("heldout_loss", "held-out loss (domain mean)"), ("delta_heldout_loss", "Δ vs uniform (paired)")]
+  for d in domains:
+    cols += [(f"heldout_loss_{d}", d), (f"delta_heldout_loss_{d}", "Δ")]
+  cols += [
+    ("heldout_loss_pooled", "pooled (token mean)"),
+    ("train_loss_last10pct", "train loss (last 10%)"),
+    ("ess_fraction", "ESS / batch"),
+    ("weight_ratio", "max/min weight"),
+  ]
+  cols += [(f"mass_{d}", f"rel. mass {d}") for d in domains]
+  return cols
 
 
-def write_table(exp_dir, config, metrics, facts, bf16=None):
+def write_table(exp_dir, config, metrics, facts, bf16, claims):
   n = len(config.seeds)
   rs = ", ".join(f"{m} r={config.r[m]}" for m in config.methods if m in config.r)
+  passes = ", ".join(f"{d} {p:.2f}" for d, p in facts["passes"].items())
   intro = (
-    f"TransformerLM {config.model} ({facts['params'] / 1e6:.2f}M params, vocab "
+    f"TransformerLM {dict(config.model)} ({facts['params'] / 1e6:.2f}M params, vocab "
     f"{facts['vocab_size']}), seq {config.seq_len}, batch {config.batch_size}, "
-    f"{config.num_steps} steps ({facts['epochs']:.2f} epochs of "
-    f"{facts['train_tokens']} training tokens); AdamW peak LR {config.peak_lr}, "
-    f"{config.lr_warmup_steps} warm-up steps, cosine to {config.end_lr}, clip "
-    f"{config.clip_norm}; {rs}, uniform for the first {config.weight_warmup_steps} "
-    f"steps. Held-out loss = token-weighted mean CE (nats/token) over "
-    f"{facts['heldout_tokens']} tokens of {facts['heldout_files']} held-out files "
-    f"(never trained on); 'per-file mean' averages each file's mean CE; 'w/o "
-    f"largest file' drops `{facts['largest_heldout_file']}` "
-    f"({100 * facts['largest_heldout_share']:.0f}% of the held-out tokens). "
-    f"Mean ± std over {n} seeds; Δ = paired per-seed difference vs uniform. "
-    f"Config `{config.name}`, {facts['backend']} x{facts['devices']}, runtime "
-    f"{facts['runtime_s']:.0f}s."
+    f"{config.num_steps} steps on a uniform mixture of {', '.join(facts['domains'])} "
+    f"(passes over each domain's training tokens: {passes}); AdamW betas "
+    f"({config.b1}, {config.b2}), peak LR {config.peak_lr}, {config.lr_warmup_steps} warm-up steps, "
+    f"cosine to {config.end_lr}, clip {config.clip_norm}; {rs}, uniform for the first "
+    f"{config.weight_warmup_steps} steps. Held-out loss = the equal-weight mean over domains of "
+    f"each domain's mean CE (nats/token) on held-out rows drawn i.i.d. within the domain "
+    f"({facts['heldout_tokens']} tokens). Rel. mass = the weight a domain's rows got after the "
+    f"warm-up over what uniform weights give them. Mean ± std over {n} seeds; Δ = paired per-seed "
+    f"difference vs uniform. Config `{config.name}`, {facts['backend']} x{facts['devices']}, "
+    f"runtime {facts['runtime_s']:.0f}s."
   )
   notes = [
-    lm_verdict(metrics, n, "heldout_loss", "Held-out loss (headline)"),
-    lm_verdict(metrics, n, "heldout_loss_file_macro", "Per-file mean held-out loss"),
-    lm_verdict(metrics, n, "heldout_loss_wo_largest", "Held-out loss without the largest file"),
-    "The paper reports LinUpper (its best strategy) below uniform at equal "
-    "steps, at 124M-7B parameters on SlimPajama; gains grow with model size.",
+    lm_recipe.loss_verdict(metrics, n, "heldout_loss", "Held-out loss, domain mean (headline)"),
+    *(
+      lm_recipe.loss_verdict(metrics, n, f"heldout_loss_{d}", f"Held-out loss on {d}")
+      for d in facts["domains"]
+    ),
     "ESS / batch = Kish effective sample size of the weights over the batch "
     "size, and max/min weight = the ratio within a batch, both averaged over the "
     "steps after the weight warm-up (uniform: 1 and 1; the ratio is at most "
     "e^(1/r)).",
+    "The training loss column is the plain batch mean: it counts the easy "
+    "sequences that the weights neglect, so it can be higher for a reweighting "
+    "without the weighted objective being fitted worse.",
   ]
-  if facts["epochs"] > 1:
-    notes.append(
-      f"{facts['epochs']:.1f} epochs: a multi-epoch regime, unlike the paper's "
-      "single pass; held-out loss may turn up late (see `best held-out loss`)."
-    )
-  notes += LM_FINDINGS
+  del claims  # REPORT.md shows claims.json above this table.
+  blocks = precision_block(config, bf16)
   common.write_table(
     exp_dir,
-    "Loss-based reweighting: LM pretraining (stdlib source)",
+    "Loss-based reweighting: LM pretraining on a mixture of domains",
     metrics,
-    COLUMNS,
+    columns(facts["domains"]),
     intro=intro,
     notes=notes,
-    blocks=precision_block(config, bf16),
+    blocks=blocks,
   )
-
-
-def lm_verdict(metrics, n, metric, title, baseline="uniform") -> str:
-  parts = common.paired_verdicts(
-    metrics,
-    metric,
-    n,
-    baseline=baseline,
-    words=("lower (better)", "higher (worse)"),
-    spec="+.4f",
-    std_spec=".4f",
-  )
-  return (
-    f"{title} vs {baseline} (paired, n={n}; lower/higher = |mean| > 2 standard "
-    f"errors): " + "; ".join(parts) + "."
-  )
-
-
-# What the investigation of the quick config found (3 seeds, CPU); kept with the
-# code so the table states it. Re-check these when the data or the defaults change.
-LM_FINDINGS: list[str] = [
-  "Investigation (quick config). The default split (corpus seed 0) holds out "
-  "9 files, and `encodings/cp737.py`, a charmap codec table of repetitive "
-  "`0x00NN: 0x03NN,  # GREEK ...` lines, is 64% of the held-out tokens. Eight "
-  "similar charmap codec files are in the training split, so such text reaches "
-  "a low loss; LinUpper down-weights exactly these low-loss sequences (max/min "
-  "weight e^(1/0.4) ≈ 12 within a batch) and fits them worse. The "
-  "token-weighted headline is dominated by that one file, hence LinUpper's "
-  "large deficit there; without it (column `w/o largest file`) LinUpper is "
-  "clearly below uniform, as in the paper, Quadratic slightly above and "
-  "Extremes clearly above.",
-  "Split check (not in this table): with corpus seed 1 (11 held-out files, the "
-  "largest `logging/__init__.py` at 31% of the tokens), same model, steps and "
-  "3 seeds, LinUpper − uniform = −0.026 ± 0.007 nats/token on the headline "
-  "held-out loss (the paper's direction) and −0.009 ± 0.006 (within noise) "
-  "without the largest file. The sign of the headline thus depends on how much of the "
-  "held-out text is low-loss boilerplate: the method trades loss on easy, "
-  "repetitive text for loss on harder text.",
-  "Temperature check (not in this table): LinUpper with r = 1.0 instead of the "
-  "paper's 0.4 on the default split (3 seeds) reaches a held-out loss of 3.678 "
-  "(+0.22 vs uniform instead of +0.63) with the same gain without the largest "
-  "file (4.992 vs 5.022): r = 0.4, the paper's value at 210M parameters, is "
-  "aggressive for a 0.4M-parameter model trained for 400 steps.",
-  "The training loss column is the plain batch mean: it counts the easy "
-  "sequences that the weights neglect, so it is higher for every reweighting "
-  "without meaning the weighted objective is fitted worse.",
-]

@@ -1,15 +1,6 @@
-"""``python -m experiments.presence_lm [--config quick|full|smoke] [--out results]``."""
+"""``python -m experiments.presence_lm``: the same as ``python -m experiments.presence_lm.main``."""
 
-from __future__ import annotations
-
-from experiments import common
-from experiments.presence_lm import get_config, run
-
-
-def main(argv=None) -> None:
-  args = common.parse_args(argv, "PRESENCE self-influence reweighting on a noisy LM corpus.")
-  run(get_config(args.config), args.out)
-
+from experiments.presence_lm.main import main
 
 if __name__ == "__main__":
   main()

@@ -1,14 +1,15 @@
 """Noisy and duplicated rows injected into LM training batches, a pure function of (seed, step).
 
-Every training batch starts as :func:`jaxweights.substrates.data.lm_batch` windows of the
-clean training stream. Then, with a generator seeded by ``(seed, step, 1)``, a
+Every training batch starts as :func:`jaxweights.substrates.data.mixture_lm_batch`
+windows of the clean training streams (the domain mixture). Then, with a generator
+seeded by ``(seed, step, 1)``, a
 random set of rows is replaced:
 
 * ``shuffled`` (kind 1): the window's own tokens in a random order (same unigram
   statistics, no sequential structure);
 * ``random`` (kind 2): uniform token ids over the whole vocabulary;
 * ``duplicate`` (kind 3): an exact copy of one of ``duplicate_pool`` fixed
-  windows of the training stream (drawn once per seed), so each pool window is
+  windows of the training streams (drawn once per seed), so each pool window is
   repeated many times over training.
 
 The other rows are ``clean`` (kind 0). The batch carries ``kind`` (int32
@@ -25,7 +26,7 @@ from jaxweights import data as jw_data
 KINDS = ("clean", "shuffled", "random", "duplicate")
 CLEAN, SHUFFLED, RANDOM, DUPLICATE = range(4)
 _INJECT_STREAM = 1
-_POOL_STREAM = 2
+_POOL_STEP = 2**62
 
 
 def kind_counts(batch_size: int, noise_fraction: float, duplicate_fraction: float) -> dict[str, int]:
@@ -51,7 +52,7 @@ class Injector:
 
   def __init__(
     self,
-    tokens: np.ndarray,
+    streams,
     *,
     seed: int,
     batch_size: int,
@@ -61,21 +62,22 @@ class Injector:
     duplicate_fraction: float,
     duplicate_pool: int,
   ):
-    self.tokens = np.asarray(tokens)
+    self.streams = [np.asarray(t) for t in streams]
     self.seed, self.batch_size, self.seq_len = seed, batch_size, seq_len
     self.vocab_size = vocab_size
     self.counts = kind_counts(batch_size, noise_fraction, duplicate_fraction)
     if duplicate_pool < 1:
       raise ValueError(f"duplicate_pool must be >= 1, got {duplicate_pool}.")
-    starts = np.random.default_rng((seed, _POOL_STREAM)).integers(
-      0, self.tokens.size - seq_len, size=duplicate_pool
-    )
-    self.pool = self.tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)
+    # The pool is the batch of a "step" no run reaches: a fixed draw of the same
+    # mixture, independent of every training batch.
+    self.pool = jw_data.mixture_lm_batch(
+      self.streams, seed=seed, step=_POOL_STEP, batch_size=duplicate_pool, seq_len=seq_len
+    )["tokens"]
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """``{"tokens", "mask", "kind"}`` of training step ``step``."""
-    batch = jw_data.lm_batch(
-      self.tokens, seed=self.seed, step=step, batch_size=self.batch_size, seq_len=self.seq_len
+    batch = jw_data.mixture_lm_batch(
+      self.streams, seed=self.seed, step=step, batch_size=self.batch_size, seq_len=self.seq_len
     )
     tokens = batch["tokens"].copy()
     rng = np.random.default_rng((self.seed, step, _INJECT_STREAM))

@@ -1,30 +1,29 @@
-"""PRESENCE on a small causal LM trained on stdlib source with injected noise and duplicates.
+"""PRESENCE on a small causal LM, in the paper's setting at CPU scale, plus a noise diagnostic.
 
-A :class:`jaxweights.TransformerLM` is trained from scratch on windows of the
-Python standard library's source (:func:`jaxweights.substrates.data.stdlib_corpus`) into
-whose every batch shuffled-token, random-token and duplicated rows are injected
-(:mod:`experiments.presence_lm.inject`). Each method (uniform; PRESENCE
-two-stage, tau = +1 then -1; direct-only, +1; inverse-only, -1; PRESENCE at
-microbatch level) is trained once per seed at the same number of steps; the
-seed fixes the initialisation, the batches and the injected rows, so methods
-are compared paired by seed.
+Headline (the paper's setting): a :class:`jaxweights.TransformerLM` is trained from
+scratch on the loss-based LM experiment's clean domain mixture
+(:mod:`experiments.lm_recipe`, at most one pass) once per method and seed, all at
+the same number of steps: uniform; PRESENCE two-stage (tau = +1 for the first 10%
+of the steps, then -1) with self-influence over the first block, weighting the
+batch's microbatches (``presence_mb``, what the paper ran) or its rows
+(``presence``, the paper's definition); and, in ``full``, the paper's stage
+ablations. The seed fixes the initialisation and the batches, so methods are
+compared paired by seed. Measured: the clean held-out loss (equal-weight mean of
+per-domain losses, rows drawn i.i.d. within each domain), and the weight mass
+each domain received per stage.
 
-Measured:
-
-* held-out loss on the CLEAN held-out files (token-weighted mean CE, as in the
-  loss-based LM experiment);
-* the weight mass each row kind received, from the weights the step used
-  (:mod:`experiments.presence_lm.mass`), relative to its share of the batch,
-  per stage (before / from the switch step);
-* the final per-row loss on a fixed pool of training rows, by kind;
-* on every uniform run, TracIn self-influence of that pool over checkpoints
-  along the run: where the injected rows rank (AUROC vs clean rows, share of the
-  top decile), and per checkpoint whether their gradient norms are above or
-  below the clean rows'.
+Diagnostic (ours, not the paper's claim; ``config.diagnostic``): the same recipe
+with shuffled-token, random-token and duplicated rows injected into every batch
+(:mod:`experiments.presence_lm.inject`), all layers scored. Measured: the weight
+mass each row kind received per stage (:mod:`experiments.weight_mass`), the final
+per-row loss of a fixed pool of training rows by kind, and on every uniform run,
+TracIn self-influence of that pool over checkpoints along the run (where the
+injected rows rank: AUROC vs clean rows, share of the top decile).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -37,13 +36,11 @@ from flax import nnx
 
 import jaxweights
 from experiments import common, lm_recipe
-from experiments.lm_recipe import get_mesh, loss_fn, model_config
-from experiments.loss_lm.train import HeldOut, lm_verdict
+from experiments.lm_recipe import get_mesh, loss_fn, loss_verdict, model_config
 from experiments.presence_lm import configs as cfgs
 from experiments.presence_lm.inject import KINDS, Injector, fixed_batches
-from experiments.presence_lm.mass import mass_metrics, track_kinds
 from experiments.presence_lm.tracin import Scorer, tracin_metrics
-from jaxweights import data as jw_data
+from experiments.weight_mass import mass_metrics, track_kinds
 
 EXPERIMENT = "presence_lm"
 INJECTED = KINDS[1:]
@@ -57,8 +54,9 @@ def switch_step(config) -> int:
   return int(round(config.switch_fraction * config.num_steps))
 
 
-def make_weighting(method: str, config) -> jaxweights.Weighting:
-  """The method's weighting, wrapped to account per-kind weight mass."""
+def make_weighting(method: str, config, kinds, kind_key: str) -> jaxweights.Weighting:
+  """The method's weighting, wrapped to account the weight mass of each row kind
+  (``batch[kind_key]`` codes ``0 .. len(kinds) - 1``) per stage."""
   if method not in cfgs.METHODS:
     raise ValueError(f"unknown method {method!r}; choose from {sorted(cfgs.METHODS)}")
   spec = cfgs.METHODS[method]
@@ -66,21 +64,24 @@ def make_weighting(method: str, config) -> jaxweights.Weighting:
     inner = jaxweights.uniform_weighting()
   else:
     tau, mb = spec
-    tau = (
-      jaxweights.two_stage_tau(switch_step(config), config.tau) if tau == "two_stage" else tau * config.tau
-    )
+    if tau == "two_stage":
+      tau = jaxweights.two_stage_tau(switch_step(config), config.tau)
+    elif tau == "reversed":  # the paper's reversed-order ablation: inverse first, then direct
+      tau = jaxweights.two_stage_tau(switch_step(config), -config.tau)
+    else:
+      tau = tau * config.tau
     inner = jaxweights.presence_weighting(
       tau=tau,
       method=config.norm_method,
       layers=config.layers,
       microbatches=config.microbatches if mb == "config" else None,
     )
-  return track_kinds(inner, switch_step=switch_step(config), n_kinds=len(KINDS))
+  return track_kinds(inner, switch_step=switch_step(config), n_kinds=len(kinds), kind_key=kind_key)
 
 
-def build(method: str, config, model_cfg, optimizer, mesh):
+def build(method: str, config, model_cfg, optimizer, mesh, kinds, kind_key):
   """The compiled train, eval and per-row loss functions of one method."""
-  weighting = make_weighting(method, config)
+  weighting = make_weighting(method, config, kinds, kind_key)
   graphdef = nnx.split(nnx.eval_shape(lambda: lm_recipe.make_model(model_cfg, 0)))[0]
   shardings = lm_recipe.state_shardings(model_cfg, optimizer, weighting, mesh)
   inner = jaxweights.make_train_step(
@@ -90,7 +91,7 @@ def build(method: str, config, model_cfg, optimizer, mesh):
   @jax.jit
   def step(state, batch):
     state, metrics = inner(state, batch)
-    return state, {**metrics, **mass_metrics(state.weighting_state, KINDS)}
+    return state, {**metrics, **mass_metrics(state.weighting_state, kinds)}
 
   @jax.jit
   def eval_ce(state, batch):
@@ -104,12 +105,23 @@ def build(method: str, config, model_cfg, optimizer, mesh):
   return graphdef, weighting, step, eval_ce, shardings
 
 
+def injected(config) -> bool:
+  """Whether the config injects noisy or duplicated rows (the diagnostic)."""
+  return config.noise_fraction > 0 or config.duplicate_fraction > 0
+
+
 class Context:
-  """What every run of one ``run()`` call shares."""
+  """What every run of one setting (the headline or the diagnostic) shares.
+
+  Clean batches carry each row's domain (the kinds are the domains); injected
+  batches carry each row's kind (clean, shuffled, random, duplicate).
+  """
 
   def __init__(self, config, exp_dir, corpus, model_cfg, optimizer, mesh, heldout):
     self.config, self.exp_dir, self.corpus = config, exp_dir, corpus
     self.model_cfg, self.optimizer, self.mesh, self.heldout = model_cfg, optimizer, mesh, heldout
+    self.injected = injected(config)
+    self.kinds, self.kind_key = (KINDS, "kind") if self.injected else (tuple(corpus.domains), "domain")
     self.schedule = make_schedule(config)
     self.compiled: dict[str, tuple] = {}
     self.scorer = Scorer(loss_fn, method=config.norm_method, layers=config.layers)
@@ -118,7 +130,7 @@ class Context:
   def injector(self, seed: int) -> Injector:
     c = self.config
     return Injector(
-      self.corpus.train_tokens,
+      [self.corpus.train[d] for d in self.corpus.domains],
       seed=seed,
       batch_size=c.batch_size,
       seq_len=c.seq_len,
@@ -132,24 +144,33 @@ class Context:
     c = self.config
     return sorted({max(1, int(round(f * c.num_steps))) for f in c.tracin_fractions})
 
+  def batch_fn(self, seed: int):
+    """``step -> batch`` of one seed: injected rows, or clean mixture windows."""
+    c = self.config
+    if self.injected:
+      injector = self.injector(seed)
+      return lambda i: self.place(injector.batch(i))
+    return lambda i: lm_recipe.train_batch(
+      self.corpus, seed=seed, step=i, batch_size=c.batch_size, seq_len=c.seq_len, mesh=self.mesh
+    )
+
 
 def run_one(method: str, seed: int, ctx: Context) -> dict[str, float]:
   config = ctx.config
   if method not in ctx.compiled:
-    ctx.compiled[method] = build(method, config, ctx.model_cfg, ctx.optimizer, ctx.mesh)
+    ctx.compiled[method] = build(
+      method, config, ctx.model_cfg, ctx.optimizer, ctx.mesh, ctx.kinds, ctx.kind_key
+    )
   graphdef, weighting, step, eval_ce, shardings = ctx.compiled[method]
   state = lm_recipe.init_state(ctx.model_cfg, ctx.optimizer, weighting, seed, ctx.mesh, shardings)
-  injector = ctx.injector(seed)
-
-  def batch_fn(i):
-    return ctx.place(injector.batch(i))
+  batch_fn = ctx.batch_fn(seed)
 
   def eval_fn(s):
     return ctx.heldout.evaluate(lambda batch: eval_ce(s, batch))
 
   # Uniform runs keep their parameters at the TracIn checkpoints (host copies).
   snapshots: dict[int, Any] = {}
-  wanted = set(ctx.tracin_steps()) if method == "uniform" else set()
+  wanted = set(ctx.tracin_steps()) if method == "uniform" and ctx.injected else set()
   done = [0]
 
   def step_fn(s, batch):
@@ -174,9 +195,11 @@ def run_one(method: str, seed: int, ctx: Context) -> dict[str, float]:
     desc=f"{method}/{seed}",
     show_progress=None,
   )
-  metrics = run_metrics(common.dedupe_by_step(jaxweights.read_jsonl(log_path)), config)
+  metrics = run_metrics(common.dedupe_by_step(jaxweights.read_jsonl(log_path)), config, ctx.kinds)
+  if not ctx.injected:
+    return metrics
 
-  pool = injector.scoring_pool(config.num_steps, config.tracin_pool)
+  pool = ctx.injector(seed).scoring_pool(config.num_steps, config.tracin_pool)
   batches = fixed_batches(pool, config.batch_size)
   metrics.update(pool_losses(state, eval_ce, batches, pool["kind"], ctx.place))
   if method == "uniform" and snapshots:  # the pod configs score no TracIn checkpoints
@@ -208,24 +231,20 @@ def pool_losses(state, eval_ce, batches, kinds, place) -> dict[str, float]:
   return {f"pool_loss_{k}": float(loss[kinds == i].mean()) for i, k in enumerate(KINDS)}
 
 
-def run_metrics(records: list[dict], config) -> dict[str, float]:
+def run_metrics(records: list[dict], config, kinds) -> dict[str, float]:
   """Per-run metrics from the run's log."""
   train = [r for r in records if "loss_mean" in r]
   evals = [r for r in records if "heldout_loss" in r]
   last_eval, last = evals[-1], train[-1]
-  out = {
-    "heldout_loss": last_eval["heldout_loss"],
-    "heldout_loss_file_macro": last_eval["heldout_loss_file_macro"],
-    "heldout_loss_wo_largest": last_eval["heldout_loss_wo_largest"],
-    "best_heldout_loss": min(r["heldout_loss"] for r in evals),
-  }
-  for k in KINDS:
+  out = {key: value for key, value in last_eval.items() if key.startswith("heldout_loss")}
+  out["best_heldout_loss"] = min(r["heldout_loss"] for r in evals)
+  for k in kinds:
     m0, m1 = last[f"mass_s0_{k}"], last[f"mass_s1_{k}"]
     s0, s1 = last[f"share_s0_{k}"], last[f"share_s1_{k}"]
     out[f"mass_{k}"] = (m0 + m1) / config.num_steps
-    out[f"rel_mass_{k}"] = (m0 + m1) / (s0 + s1)
-    out[f"rel_mass_{k}_s0"] = m0 / s0
-    out[f"rel_mass_{k}_s1"] = m1 / s1
+    out[f"rel_mass_{k}"] = (m0 + m1) / max(s0 + s1, 1e-12)
+    out[f"rel_mass_{k}_s0"] = m0 / max(s0, 1e-12)
+    out[f"rel_mass_{k}_s1"] = m1 / max(s1, 1e-12)
   sw = switch_step(config)
   for stage, recs in (
     ("s0", [r for r in train if r["step"] - 1 < sw]),
@@ -257,14 +276,18 @@ def mass_curves(records: list[dict], kind: str) -> tuple[np.ndarray, np.ndarray]
   return np.asarray(steps, np.float64), np.asarray(values, np.float64)
 
 
-def plot_mass(path, exp_dir, config) -> None:
+def plot_mass(path, exp_dir, config, kinds) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  kinds = list(KINDS[1:]) + ["clean"]
-  fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=110, sharex=True)
+  kinds = [k for k in kinds if k != "clean"] + (["clean"] if "clean" in kinds else [])
+  cols = 2
+  rows = math.ceil(len(kinds) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(10, 3.2 * rows), dpi=110, sharex=True, squeeze=False)
+  for ax in axes.ravel()[len(kinds) :]:
+    ax.axis("off")
   for ax, kind in zip(axes.ravel(), kinds):
     for method in config.methods:
       runs = [
@@ -286,7 +309,7 @@ def plot_mass(path, exp_dir, config) -> None:
     ax.set_title(f"{kind} rows")
     ax.set_ylabel("weight mass / uniform share")
     ax.grid(alpha=0.3)
-  for ax in axes[-1]:
+  for ax in axes[-1][: len(kinds)]:
     ax.set_xlabel(f"step (interval of {config.log_every}; dotted: switch step)")
   axes[0, 0].legend(fontsize=8)
   fig.suptitle(
@@ -297,29 +320,33 @@ def plot_mass(path, exp_dir, config) -> None:
   plt.close(fig)
 
 
-def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
-  """Runs every method and seed; writes summary.json, table.md and plots."""
+def run_setting(config, exp_dir, corpus, *, log=print) -> tuple[dict, dict]:
+  """Every method and seed of one setting (clean headline or injected diagnostic).
+
+  Writes the runs' logs and plots into ``exp_dir``; returns ``(metrics, facts)``.
+  """
   t0 = time.perf_counter()
-  exp_dir = common.experiment_dir(out, EXPERIMENT)
-  corpus = jw_data.stdlib_corpus(**config.corpus, cache_dir=config.cache_dir)
+  exp_dir = common.experiment_dir(exp_dir)
   model_cfg = model_config(config, corpus.vocab_size)
   optimizer = make_optimizer(config)
   mesh = get_mesh(config)
   place = (lambda b: jaxweights.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
-  heldout = HeldOut(corpus, config, place)
+  heldout = lm_recipe.DomainHeldOut(corpus, config, place)
   ctx = Context(config, exp_dir, corpus, model_cfg, optimizer, mesh, heldout)
-  counts = ctx.injector(0).counts
+  counts = ctx.injector(0).counts if ctx.injected else {"clean": config.batch_size}
+  passes = lm_recipe.check_passes(config, corpus, rows_per_step=counts["clean"])
   n_params = lm_recipe.count_params(model_cfg)
-  epochs = config.num_steps * counts["clean"] * config.seq_len / corpus.train_tokens.size
   log(
-    f"[{EXPERIMENT}] config={config.name} methods={list(config.methods)} "
-    f"seeds={list(config.seeds)} steps={config.num_steps} switch={switch_step(config)} "
-    f"params={n_params} rows/batch={counts} train_tokens={corpus.train_tokens.size} "
-    f"clean_epochs={epochs:.2f} devices={jax.device_count()} mesh={mesh is not None}"
+    f"[{EXPERIMENT}] {'diagnostic' if ctx.injected else 'headline'} config={config.name} "
+    f"methods={list(config.methods)} seeds={list(config.seeds)} steps={config.num_steps} "
+    f"switch={switch_step(config)} params={n_params} rows/batch={counts} "
+    f"passes={ {d: round(p, 2) for d, p in passes.items()} } devices={jax.device_count()} "
+    f"mesh={mesh is not None}"
   )
 
   per_seed = common.seeds_loop(config.methods, config.seeds, lambda m, s: run_one(m, s, ctx), log=log)
-  for metric in ("heldout_loss", "heldout_loss_file_macro", "heldout_loss_wo_largest", "best_heldout_loss"):
+  loss_keys = [k for k in per_seed[config.methods[0]][0] if k.startswith("heldout_loss")]
+  for metric in loss_keys:
     common.add_paired_deltas(per_seed, metric)
   metrics = common.aggregate(per_seed)
 
@@ -327,88 +354,245 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   common.plot_curves(
     exp_dir / "heldout_loss.png",
     curves,
-    ylabel="clean held-out loss (nats/token)",
-    title=f"PRESENCE on noisy stdlib LM data: held-out loss ({config.name}, {len(config.seeds)} seeds)",
+    ylabel="clean held-out loss, domain mean (nats/token)",
+    title=f"PRESENCE{' (injected-noise diagnostic)' if ctx.injected else ''}: held-out loss "
+    f"({config.name}, {len(config.seeds)} seeds)",
   )
-  plot_mass(exp_dir / "weight_mass.png", exp_dir, config)
-  runtime = time.perf_counter() - t0
+  plot_mass(exp_dir / "weight_mass.png", exp_dir, config, ctx.kinds)
   facts = dict(
     params=n_params,
-    train_tokens=int(corpus.train_tokens.size),
-    heldout_tokens=int(heldout.counts.sum()),
-    heldout_files=heldout.n_files,
-    largest_heldout_file=heldout.largest_name,
-    largest_heldout_share=heldout.largest_share,
-    clean_epochs=epochs,
+    domains=list(corpus.domains),
+    heldout_tokens=dict(heldout.tokens),
+    passes=passes,
     switch_step=switch_step(config),
-    tracin_steps=ctx.tracin_steps(),
+    tracin_steps=ctx.tracin_steps() if ctx.injected else [],
     rows_per_batch=counts,
+    kinds=list(ctx.kinds),
     devices=jax.device_count(),
     vocab_size=corpus.vocab_size,
     backend=jax.default_backend(),
-    runtime_s=runtime,
+    runtime_s=time.perf_counter() - t0,
   )
-  write_table(exp_dir, config, metrics, facts)
+  return metrics, facts
+
+
+CLAIMS = (
+  common.Claim(
+    "Two-stage PRESENCE (microbatch weights, as run) lowers the clean held-out loss vs uniform",
+    "Thakkar et al. (mT5-base, XTREME zero-shot): two-stage PRESENCE above uniform, "
+    "e.g. XQuAD 72.9 -> 74.1, TyDi 49.2 -> 53.2 (downstream accuracy, not LM loss)",
+    "presence_mb",
+    "heldout_loss",
+  ),
+  common.Claim(
+    "Two-stage PRESENCE (per-sample weights, the paper's definition) lowers the clean held-out loss vs uniform",
+    "Thakkar et al. define per-sample weights; the gains above are theirs",
+    "presence",
+    "heldout_loss",
+  ),
+  common.Claim(
+    "Two-stage beats direct-only (microbatch)",
+    "Thakkar et al. ablations: direct-only is worse than two-stage",
+    "presence_mb",
+    "heldout_loss",
+    baseline="direct_mb",
+  ),
+  common.Claim(
+    "Two-stage beats inverse-only (microbatch)",
+    "Thakkar et al. ablations: inverse-only is worse than two-stage",
+    "presence_mb",
+    "heldout_loss",
+    baseline="inverse_mb",
+  ),
+  common.Claim(
+    "Two-stage beats the reversed order (microbatch)",
+    "Thakkar et al. ablations: the reversed order is worse",
+    "presence_mb",
+    "heldout_loss",
+    baseline="reversed_mb",
+  ),
+)
+
+
+def claims_for(config) -> list[common.Claim]:
+  """The claims whose methods and baselines this config runs."""
+  return [c for c in CLAIMS if c.method in config.methods and c.baseline in config.methods]
+
+
+def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
+  """The headline (clean mixture), then the injected-noise diagnostic when configured.
+
+  Writes into ``workdir``: ``summary.json`` (the headline), ``claims.json``,
+  ``table.md`` and plots; the diagnostic's into ``workdir/diagnostic/``.
+
+  Args:
+    config: a config of :mod:`experiments.presence_lm.configs`.
+    workdir: the output folder.
+    log: where progress lines go.
+
+  Returns:
+    The headline summary, read back from ``summary.json``.
+  """
+  t0 = time.perf_counter()
+  if injected(config):
+    raise ValueError(
+      "the headline runs clean batches: set injection in config.diagnostic, not at the top level."
+    )
+  exp_dir = common.experiment_dir(workdir)
+  corpus = lm_recipe.load_corpus(config)
+  metrics, facts = run_setting(config, exp_dir, corpus, log=log)
+  # A claim against a baseline other than uniform is checked on deltas paired against it.
+  rows = []
+  for claim in claims_for(config):
+    m = metrics if claim.baseline == "uniform" else paired_against(exp_dir, config, claim.baseline)
+    rows.append(common.claim_verdict(m, claim, len(config.seeds)))
+  (exp_dir / "claims.json").write_text(json.dumps(rows, indent=2) + "\n")
+  diagnostic = None
+  if config.diagnostic is not None:
+    sub = common.replace(config, **config.diagnostic.to_dict(), diagnostic=None)
+    sub_dir = common.experiment_dir(exp_dir / "diagnostic")
+    diag_metrics, diag_facts = run_setting(sub, sub_dir, corpus, log=log)
+    write_diagnostic_table(sub_dir, sub, diag_metrics, diag_facts)
+    common.write_summary(
+      sub_dir, f"{EXPERIMENT}/diagnostic", {**common.config_json(sub), **diag_facts}, diag_metrics
+    )
+    diagnostic = (sub, diag_metrics, diag_facts)
+  runtime = time.perf_counter() - t0
+  facts["runtime_s"] = runtime
+  write_table(exp_dir, config, metrics, facts, diagnostic)
   return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log, **facts)
 
 
-# --- table -------------------------------------------------------------------------
+def paired_against(exp_dir, config, baseline: str) -> dict:
+  """The headline metrics with ``delta_heldout_loss`` taken against ``baseline`` (paired by seed)."""
+  per_seed = {
+    m: [
+      {"heldout_loss": common.dedupe_by_step(jaxweights.read_jsonl(common.run_log_path(exp_dir, m, s)))}
+      for s in config.seeds
+    ]
+    for m in config.methods
+  }
+  for runs in per_seed.values():
+    for run in runs:
+      run["heldout_loss"] = [r["heldout_loss"] for r in run["heldout_loss"] if "heldout_loss" in r][-1]
+  common.add_paired_deltas(per_seed, "heldout_loss", baseline=baseline)
+  return common.aggregate(per_seed)
 
-COLUMNS = [
-  ("heldout_loss", "held-out loss"),
-  ("delta_heldout_loss", "Δ vs uniform (paired)"),
-  ("heldout_loss_wo_largest", "w/o largest file"),
-  ("delta_heldout_loss_wo_largest", "Δ vs uniform"),
-  ("best_heldout_loss", "best held-out loss"),
-  ("ess_fraction_s0", "ESS/batch, steps < I"),
-  ("ess_fraction_s1", "ESS/batch, steps ≥ I"),
-  ("step_ms", "ms/step"),
-]
+
+# --- tables ------------------------------------------------------------------------
 
 
-def _mass_columns():
+def _mass_columns(kinds):
   cols = []
-  for k in INJECTED + ("clean",):
+  for k in kinds:
     cols += [(f"rel_mass_{k}_s0", f"{k}, < I"), (f"rel_mass_{k}_s1", f"{k}, ≥ I")]
   return cols
 
 
-def _subset(metrics, keys):
-  return {m: v for m, v in metrics.items() if any(k in v for k in keys)}
+def _recipe(config, facts) -> str:
+  layers = "all layers" if config.layers is None else ", ".join(config.layers)
+  passes = ", ".join(f"{d} {p:.2f}" for d, p in facts["passes"].items())
+  return (
+    f"TransformerLM {dict(config.model)} ({facts['params'] / 1e6:.2f}M params, vocab "
+    f"{facts['vocab_size']}), seq {config.seq_len}, batch {config.batch_size}, "
+    f"{config.num_steps} steps on a uniform mixture of {', '.join(facts['domains'])} "
+    f"(passes over each domain's clean training tokens: {passes}); AdamW betas "
+    f"({config.b1}, {config.b2}), peak LR {config.peak_lr}, {config.lr_warmup_steps} warm-up "
+    f"steps, cosine to {config.end_lr}, clip {config.clip_norm}. PRESENCE: w = "
+    f"softmax(τ·zscore(‖∇ℓ‖²)) over the batch's rows (`presence`, `direct`, `inverse`) or "
+    f"its {config.microbatches} microbatches of {config.batch_size // config.microbatches} rows "
+    f"(`*_mb`), exact ghost norms over {layers}; two-stage τ = +{config.tau} for steps "
+    f"< I = {facts['switch_step']} ({100 * config.switch_fraction:.0f}% of the steps), then "
+    f"−{config.tau}; `direct*` +{config.tau} throughout, `inverse*` −{config.tau}, `reversed_mb` "
+    f"−{config.tau} then +{config.tau}. Held-out loss = the equal-weight mean over domains of "
+    f"each domain's mean CE (nats/token) on clean held-out rows drawn i.i.d. within the "
+    f"domain ({facts['heldout_tokens']} tokens). Config `{config.name}`, "
+    f"{facts['backend']} x{facts['devices']}."
+  )
 
 
-def write_table(exp_dir, config, metrics, facts):
+def write_table(exp_dir, config, metrics, facts, diagnostic=None):
+  """The headline table (the paper's setting), then a pointer to the diagnostic."""
+  n = len(config.seeds)
+  domains = facts["domains"]
+  columns = [("heldout_loss", "held-out loss (domain mean)"), ("delta_heldout_loss", "Δ vs uniform (paired)")]
+  for d in domains:
+    columns += [(f"heldout_loss_{d}", d), (f"delta_heldout_loss_{d}", "Δ")]
+  columns += [
+    ("ess_fraction_s0", "ESS/batch, < I"),
+    ("ess_fraction_s1", "ESS/batch, ≥ I"),
+    ("step_ms", "ms/step"),
+  ]
+  intro = (
+    f"The paper's setting at CPU scale: {_recipe(config, facts)} Mean ± std over {n} seeds; "
+    f"Δ = paired per-seed difference vs uniform; runtime {facts['runtime_s']:.0f}s."
+  )
+  blocks = [
+    "Weight mass each domain's rows received, relative to their share of the batch "
+    "(1 = what uniform weights give; from the weights each step used), before (< I) and "
+    f"from (≥ I) step I = {facts['switch_step']}:",
+    "",
+    common.markdown_table(metrics, _mass_columns(domains), digits=3),
+    "",
+  ]
+  if diagnostic is not None:
+    sub, diag_metrics, diag_facts = diagnostic
+    counts = diag_facts["rows_per_batch"]
+    blocks += [
+      "### Diagnostic (ours, not the paper's claim): injected noise",
+      "",
+      f"The same recipe with {counts['shuffled']} shuffled-token, {counts['random']} random-token "
+      f"and {counts['duplicate']} duplicate rows injected into every batch of {sub.batch_size}, "
+      f"{'all layers' if sub.layers is None else sub.layers} scored, {sub.num_steps} steps; full "
+      "tables in `diagnostic/table.md`. Weight mass relative to uniform:",
+      "",
+      common.markdown_table(diag_metrics, _mass_columns(KINDS), digits=3),
+      "",
+      "- " + mass_verdict(diag_metrics, len(sub.seeds), diag_facts["switch_step"]),
+      "- "
+      + loss_verdict(diag_metrics, len(sub.seeds), "heldout_loss", "Clean held-out loss under injection"),
+      "",
+    ]
+  notes = [
+    loss_verdict(metrics, n, "heldout_loss", "Clean held-out loss, domain mean (headline)"),
+    *(loss_verdict(metrics, n, f"heldout_loss_{d}", f"Held-out loss on {d}") for d in domains),
+    "ms/step is measured inside a run on a shared CPU: not a cost measurement (see `make bench`).",
+  ]
+  common.write_table(
+    exp_dir,
+    "PRESENCE self-influence reweighting: LM pretraining on a mixture of domains",
+    metrics,
+    columns,
+    intro=intro,
+    blocks=blocks,
+    notes=notes,
+  )
+
+
+def write_diagnostic_table(exp_dir, config, metrics, facts):
+  """The injected-noise diagnostic: weight mass per kind, pool losses, TracIn."""
   n = len(config.seeds)
   sw = facts["switch_step"]
   counts = facts["rows_per_batch"]
   intro = (
-    f"TransformerLM {config.model} ({facts['params'] / 1e6:.2f}M params, vocab "
-    f"{facts['vocab_size']}), seq {config.seq_len}, batch {config.batch_size} = "
-    f"{counts['clean']} clean + {counts['shuffled']} shuffled-token + "
-    f"{counts['random']} random-token + {counts['duplicate']} duplicate rows (from a "
-    f"fixed pool of {config.duplicate_pool} windows, each seen ~"
-    f"{config.num_steps * counts['duplicate'] / config.duplicate_pool:.0f} times), "
-    f"{config.num_steps} steps ({facts['clean_epochs']:.2f} epochs of the clean "
-    f"training tokens); AdamW peak LR {config.peak_lr}, {config.lr_warmup_steps} "
-    f"warm-up steps, cosine to {config.end_lr}, clip {config.clip_norm}. PRESENCE: w = "
-    f"softmax(τ·zscore(‖∇ℓ_i‖²)) over the batch, exact ghost norms over "
-    f"{'all layers' if config.layers is None else config.layers}; `presence` τ = "
-    f"+{config.tau} for steps < I = {sw} then −{config.tau}; `direct` τ = +{config.tau}; "
-    f"`inverse` τ = −{config.tau}; `presence_mb` = two-stage over "
-    f"{config.microbatches} microbatches of {config.batch_size // config.microbatches} "
-    f"rows (what the paper ran). Held-out loss = token-weighted mean CE (nats/token) on "
-    f"{facts['heldout_tokens']} tokens of {facts['heldout_files']} CLEAN held-out files; "
-    f"'w/o largest file' drops `{facts['largest_heldout_file']}` "
-    f"({100 * facts['largest_heldout_share']:.0f}% of them). Mean ± std over {n} seeds; "
-    f"Δ = paired per-seed difference vs uniform. Config `{config.name}`, "
-    f"{facts['backend']} x{facts['devices']}, runtime {facts['runtime_s']:.0f}s."
+    f"Diagnostic (ours, not the paper's claim). Batch {config.batch_size} = {counts['clean']} "
+    f"clean + {counts['shuffled']} shuffled-token + {counts['random']} random-token + "
+    f"{counts['duplicate']} duplicate rows (from a fixed pool of {config.duplicate_pool} windows, "
+    f"each seen ~{config.num_steps * counts['duplicate'] / config.duplicate_pool:.0f} times). "
+    f"{_recipe(config, facts)} Mean ± std over {n} seeds; runtime {facts['runtime_s']:.0f}s."
   )
+  columns = [
+    ("heldout_loss", "clean held-out loss"),
+    ("delta_heldout_loss", "Δ vs uniform (paired)"),
+    ("ess_fraction_s0", "ESS/batch, < I"),
+    ("ess_fraction_s1", "ESS/batch, ≥ I"),
+  ]
   blocks = [
     "Weight mass each row kind received, relative to its share of the batch "
     "(1 = what uniform weights give; from the weights each step used), before "
     f"(< I) and from (≥ I) step I = {sw}:",
     "",
-    common.markdown_table(metrics, _mass_columns(), digits=3),
+    common.markdown_table(metrics, _mass_columns(KINDS), digits=3),
     "",
     "Final mean loss (nats/token) of the scoring pool's training rows, by kind "
     "(duplicates: how well the repeated windows are memorised):",
@@ -458,7 +642,7 @@ def write_table(exp_dir, config, metrics, facts):
       "",
       common.markdown_table(rows, ck_cols, digits=3),
       "",
-      "Why (output layer only, same rows): 'per-token ratio' = the kind's median "
+      "Output layer only, same rows: 'per-token ratio' = the kind's median "
       "mean_t ‖softmax(z_t) − e_(y_t)‖² (per-token gradient size at the logits) over "
       "the clean rows'; 'coherence' = median of the row's exact squared head-gradient "
       "norm over its diagonal part Σ_t (‖a_t‖² + 1)‖g_t‖² (1: the per-token "
@@ -470,20 +654,15 @@ def write_table(exp_dir, config, metrics, facts):
     ]
   notes = [
     mass_verdict(metrics, n, sw),
-    lm_verdict(metrics, n, "heldout_loss", "Clean held-out loss (headline)"),
-    lm_verdict(metrics, n, "heldout_loss_wo_largest", "Held-out loss without the largest file"),
-    "The paper (mT5-base, 1M steps, I = 100k) reports two-stage PRESENCE above "
-    "uniform on downstream XTREME tasks and direct-only / inverse-only below "
-    "two-stage; it measured no held-out LM loss on injected noise.",
+    loss_verdict(metrics, n, "heldout_loss", "Clean held-out loss under injection"),
   ]
   if "tracin_auroc_injected" in uni:
     notes.append(tracin_verdict(uni))
-  notes += FINDINGS
   common.write_table(
     exp_dir,
-    "PRESENCE self-influence reweighting: LM on noisy stdlib data",
+    "PRESENCE diagnostic (ours): injected noise and duplicates",
     metrics,
-    COLUMNS,
+    columns,
     intro=intro,
     blocks=blocks,
     notes=notes,
@@ -507,7 +686,7 @@ def mass_verdict(metrics, n, sw) -> str:
     ("presence_mb", "s1", "presence_mb inverse stage"),
     ("inverse", "s1", "inverse-only (≥ I)"),
   ):
-    if method not in metrics:
+    if method not in metrics or f"rel_mass_{INJECTED[0]}_{stage}" not in metrics[method]:
       continue
     kinds = []
     for k in INJECTED:
@@ -522,65 +701,9 @@ def mass_verdict(metrics, n, sw) -> str:
   )
 
 
-def render_table(exp_dir) -> None:
-  """Rewrites ``table.md`` from ``summary.json`` (e.g. after editing the notes)."""
-  from pathlib import Path
-
-  summary = common.read_summary(Path(exp_dir) / "summary.json")
-  config = common.Config(summary["config"])
-  write_table(exp_dir, config, summary["metrics"], config)
-
-
 def tracin_verdict(uni) -> str:
   parts = [f"{k} AUROC {uni[f'tracin_auroc_{k}']:.2f}" for k in INJECTED]
   return (
     "TracIn ranking (uniform runs): " + ", ".join(parts) + f"; the top 10% of "
     f"scores are {100 * uni['tracin_top10_injected']:.0f}% injected rows."
   )
-
-
-# What the quick config showed (3 seeds, CPU); kept with the code so the table states
-# it. Re-check when the data, the injection or the defaults change.
-FINDINGS: list[str] = [
-  "Findings of the quick config (3 seeds, CPU). Direction: the inverse stage of "
-  "two-stage PRESENCE does down-weight the injected noise, modestly (random-token "
-  "rows ~0.68 of their uniform share over the stage, falling from ~1 at the switch "
-  "to ~0.4 by the last steps, see weight_mass.png; shuffled ~0.93; clean ~1.04). The direct "
-  "stage gives random rows only ~0.26 of their share: early in training their "
-  "gradient norms are BELOW the clean rows' (step-60 ratio 0.90, AUROC 0.33), so "
-  "'favour high self-influence' does not favour them.",
-  "Why (checked on uniform seed 0 by layer group, with a throw-away script): at "
-  "step 20 random rows have 0.73x the clean rows' median ||grad||^2 (head 0.65x, "
-  "attention 0.75x, MLP 0.76x). Their per-token gradient at the logits is as large "
-  "as clean rows' (per-token ratio ~1.01) but adds up less coherently over the "
-  "window (head coherence 1.24 vs 1.48 at step 60): the token-mean loss over "
-  "unrelated targets averages out. From step ~120 the body layers reverse this "
-  "(step 300: attention 1.7x, MLP 1.5x, LayerNorm 2.7x, total 1.45x; head still "
-  "0.81x), and both noise kinds score above clean rows (AUROC 0.73-0.77).",
-  "Held-out: every PRESENCE variant is worse than uniform on the clean held-out "
-  "loss, with and without the dominant file (beyond 2 standard errors). The "
-  "headline penalty of inverse-only and two-stage is mostly on "
-  "`encodings/cp737.py` (64% of the held-out tokens): windows of the 8 similar "
-  "charmap codec tables in the training split have larger gradient norms than "
-  "other clean windows (median 1.2x, AUROC 0.64-0.71 at steps 20-300, same "
-  "check), so tau = -1 down-weights the text that file resembles. Direct-only is "
-  "the worst without that file: with tau = +1 the per-sample weights concentrate "
-  "(ESS ~30% of the batch, ~5 effective rows). The effect of the smaller effective "
-  "batch was not separated from that of which rows get the weight.",
-  "Duplicates: every PRESENCE variant gives the duplicated windows at most their "
-  "share (0.71-1.0 per stage) and memorises them much less (final loss on the duplicate "
-  "windows 2.7-4.4 vs 1.9 nats/token under uniform). Their self-influence rises "
-  "while they are being learned (1.3-1.4x clean at steps 120-180) and falls once "
-  "memorised (0.92x at step 300, per-token gradient 0.61x).",
-  "Microbatch mode (4 groups of 4 rows, what the paper ran) moves much less mass "
-  "(ESS ~60%); one injected row is diluted in its group, and in the inverse stage "
-  "random rows get ~1.0 of their share.",
-  "TracIn over 5 checkpoints ranks injected rows above clean ones only moderately "
-  "(AUROC 0.67-0.69 per kind; ~43% of the top decile injected vs 33% of the "
-  "pool); its sum includes the early checkpoints (highest learning rate) where "
-  "random rows score below clean.",
-  "ms/step were measured while other jobs loaded the 2 CPU cores (load average "
-  "7-11): they are not a cost measurement (see `make bench`). Scale caveat: "
-  "0.43M parameters, 300 steps, batch 16, vs mT5-base for 1M steps and "
-  "downstream metrics in the paper.",
-]

@@ -10,6 +10,9 @@ an iterator position. Everything is host-side numpy; hand the batches to
 * :func:`stdlib_corpus` / :func:`prose_corpus`: token streams built from the
   Python standard library's own source (or its pydoc topics), held out by file,
   with a byte-level BPE trained on the training files only; cached on disk.
+* :func:`mixture_corpus` / :func:`mixture_lm_batch`: a mixture of offline text
+  domains (Python, English prose, C) with i.i.d. held-out rows per domain, and
+  uniform-mixture batches.
 * :func:`lm_batch` / :func:`lm_eval_batches`: random and exhaustive windows.
 * :func:`linear_regression_data`: clean / easy-redundant / noisy-label rows.
 * :class:`TfdsSource`: random access to tensorflow-datasets (no TensorFlow).
@@ -464,21 +467,9 @@ def _build_corpus(
     test_files=[name for name, _ in test],
   )
 
-  # Write into a scratch folder and rename it into place: readers never see a
-  # half-written cache, and a concurrent builder's identical result wins harmlessly.
-  os.makedirs(cache_dir, exist_ok=True)
-  scratch = tempfile.mkdtemp(prefix=f".{kind}-{digest}-", dir=cache_dir)
-  try:
-    corpus.save(scratch)
-    np.savez(
-      os.path.join(scratch, "tokens.npz"), train_tokens=corpus.train_tokens, test_tokens=corpus.test_tokens
-    )
-    try:
-      os.rename(scratch, target)
-    except OSError:
-      pass  # Another process got there first.
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
+  _write_cache(
+    cache_dir, target, corpus.save, {"train_tokens": corpus.train_tokens, "test_tokens": corpus.test_tokens}
+  )
   return corpus
 
 
@@ -565,6 +556,290 @@ def prose_corpus(
     seed=seed,
     cache_dir=cache_dir,
   )
+
+
+def _c_header_documents() -> list[tuple[str, int, Callable[[], str]]]:
+  """``(relative path, size, reader)`` of this interpreter's C headers (``include/``), sorted."""
+  root = sysconfig.get_paths()["include"]
+  docs = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      if name.endswith(".h") and os.path.getsize(path) > 0:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        docs.append((f"include/{rel}", os.path.getsize(path), functools.partial(_read_text, path)))
+  return sorted(docs, key=lambda d: d[0])
+
+
+# Offline text domains of the interpreter itself: name -> document lister.
+MIXTURE_DOMAINS: dict[str, Callable[[], list[tuple[str, int, Callable[[], str]]]]] = {
+  "python": _stdlib_documents,  # the standard library's Python source
+  "prose": _prose_documents,  # English: pydoc_data.topics, the language reference's help texts
+  "c": _c_header_documents,  # C: CPython's public headers
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureCorpus:
+  """Token streams of several text domains with i.i.d. held-out rows per domain.
+
+  Attributes:
+    tokenizer: a byte-level BPE trained on the training chunks of every domain only.
+    domains: the domain names, in order (a batch's ``domain`` ids index this).
+    train: ``{domain: int32 [T]}``, the domain's training chunks, each followed by
+      ``<|endoftext|>``.
+    test: ``{domain: int32 [T']}``, its held-out chunks, likewise.
+    chunks: ``{domain: {"train": n, "test": n}}``, chunk counts.
+  """
+
+  tokenizer: tokenizers.Tokenizer
+  domains: tuple[str, ...]
+  train: dict[str, np.ndarray]
+  test: dict[str, np.ndarray]
+  chunks: dict[str, dict[str, int]]
+
+  @property
+  def vocab_size(self) -> int:
+    """The tokenizer's vocabulary size, special token included."""
+    return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+  @property
+  def eot_id(self) -> int:
+    """The id of the ``<|endoftext|>`` chunk separator."""
+    return int(self.tokenizer.token_to_id(EOT))
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes ``tokenizer.json`` and ``split.json`` (domains, chunk and token counts).
+
+    Args:
+      directory: the output folder (created if missing).
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    split = {
+      "domains": list(self.domains),
+      "chunks": self.chunks,
+      "train_tokens": {d: int(self.train[d].size) for d in self.domains},
+      "test_tokens": {d: int(self.test[d].size) for d in self.domains},
+    }
+    with open(os.path.join(directory, "split.json"), "w") as f:
+      json.dump(split, f, indent=1)
+
+
+def _chunks(text: str, chunk_bytes: int) -> list[str]:
+  """``text`` cut at line ends into pieces of at most ~``chunk_bytes`` characters."""
+  out, current, size = [], [], 0
+  for line in text.splitlines(keepends=True):
+    if size and size + len(line) > chunk_bytes:
+      out.append("".join(current))
+      current, size = [], 0
+    current.append(line)
+    size += len(line)
+  if current:
+    out.append("".join(current))
+  return out
+
+
+def mixture_corpus(
+  *,
+  domains: Sequence[str] = ("python", "prose", "c"),
+  vocab_size: int = 1024,
+  max_bytes_per_domain: int | None = None,
+  chunk_bytes: int = 2048,
+  test_fraction: float = 0.1,
+  seed: int = 0,
+  cache_dir: str | None = None,
+) -> MixtureCorpus:
+  """A mixture of offline text domains with held-out rows drawn i.i.d. within each domain.
+
+  For each domain (:data:`MIXTURE_DOMAINS`: the standard library's Python source,
+  the English pydoc topics, CPython's C headers) the documents are shuffled with
+  ``seed`` and taken whole while their total stays within
+  ``max_bytes_per_domain``; each is cut at line ends into chunks of about
+  ``chunk_bytes`` characters, and ``round(test_fraction * n_chunks)`` chunks drawn
+  at random (seeded) are held out. Held-out rows are thus i.i.d. samples of the
+  domain, not whole files, as a held-out split of a shuffled pretraining corpus
+  is. A byte-level BPE of ``vocab_size`` tokens is trained on the training chunks
+  only. Cached like :func:`stdlib_corpus`.
+
+  Args:
+    domains: names from :data:`MIXTURE_DOMAINS` (at least one, no repeats).
+    vocab_size: BPE vocabulary size (>= 257).
+    max_bytes_per_domain: cap on each domain's bytes; None reads everything.
+    chunk_bytes: target chunk size in characters (>= 64).
+    test_fraction: held-out fraction of each domain's chunks, in (0, 1).
+    seed: seed of the document shuffle and of the held-out draw.
+    cache_dir: cache folder (default ``~/.cache/jaxweights``).
+
+  Returns:
+    The corpus, a :class:`MixtureCorpus`.
+
+  Raises:
+    ValueError: an unknown or repeated domain, a domain with fewer than 2 chunks,
+      or an invalid count or fraction.
+    ImportError: tokenizers is not installed.
+  """
+  try:
+    import tokenizers
+  except ImportError as e:
+    raise ImportError("text corpora need tokenizers: pip install 'jaxweights[experiments]'") from e
+  domains = tuple(domains)
+  unknown = [d for d in domains if d not in MIXTURE_DOMAINS]
+  if not domains or unknown or len(set(domains)) != len(domains):
+    raise ValueError(f"domains must be distinct names from {sorted(MIXTURE_DOMAINS)}, got {domains}.")
+  vocab_size = _nonneg_int(vocab_size, "vocab_size")
+  if vocab_size < 257:
+    raise ValueError(f"vocab_size must be >= 257 (256 byte tokens + {EOT}), got {vocab_size}.")
+  if max_bytes_per_domain is not None:
+    max_bytes_per_domain = _pos_int(max_bytes_per_domain, "max_bytes_per_domain")
+  chunk_bytes = _pos_int(chunk_bytes, "chunk_bytes")
+  if chunk_bytes < 64:
+    raise ValueError(f"chunk_bytes must be >= 64, got {chunk_bytes}.")
+  test_fraction = _check_fraction(test_fraction, "test_fraction")
+  seed = _nonneg_int(seed, "seed")
+  key = json.dumps(
+    {
+      "kind": "mixture",
+      "domains": domains,
+      "vocab_size": vocab_size,
+      "max_bytes_per_domain": max_bytes_per_domain,
+      "chunk_bytes": chunk_bytes,
+      "test_fraction": test_fraction,
+      "seed": seed,
+      "python": sys.version,
+      "tokenizers": tokenizers.__version__,
+      "format": _CACHE_FORMAT,
+    },
+    sort_keys=True,
+  )
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
+  target = os.path.join(cache_dir, f"mixture-{digest}")
+  if os.path.exists(os.path.join(target, "tokens.npz")):
+    return _load_mixture(target)
+
+  split_chunks: dict[str, tuple[list[str], list[str]]] = {}
+  for i, domain in enumerate(domains):
+    docs = MIXTURE_DOMAINS[domain]()
+    rng = np.random.default_rng((seed, i))
+    chunks, total = [], 0
+    for j in rng.permutation(len(docs)):
+      _, size, read = docs[j]
+      if max_bytes_per_domain is not None and total + size > max_bytes_per_domain:
+        continue
+      chunks += _chunks(read(), chunk_bytes)
+      total += size
+    if len(chunks) < 2:
+      raise ValueError(f"domain {domain!r} gives {len(chunks)} chunk(s); need at least 2 for a split.")
+    n_test = min(max(1, round(test_fraction * len(chunks))), len(chunks) - 1)
+    held = set(rng.permutation(len(chunks))[:n_test].tolist())
+    split_chunks[domain] = (
+      [c for k, c in enumerate(chunks) if k not in held],
+      [c for k, c in enumerate(chunks) if k in held],
+    )
+  tok = _train_tokenizer([c for d in domains for c in split_chunks[d][0]], vocab_size)
+  corpus = MixtureCorpus(
+    tokenizer=tok,
+    domains=domains,
+    train={d: _encode_stream(tok, split_chunks[d][0]) for d in domains},
+    test={d: _encode_stream(tok, split_chunks[d][1]) for d in domains},
+    chunks={d: {"train": len(split_chunks[d][0]), "test": len(split_chunks[d][1])} for d in domains},
+  )
+  arrays = {f"{part}/{d}": getattr(corpus, part)[d] for part in ("train", "test") for d in domains}
+  _write_cache(cache_dir, target, corpus.save, arrays)
+  return corpus
+
+
+def _load_mixture(directory: str) -> MixtureCorpus:
+  import tokenizers
+
+  tok = tokenizers.Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+  with open(os.path.join(directory, "split.json")) as f:
+    split = json.load(f)
+  domains = tuple(split["domains"])
+  with np.load(os.path.join(directory, "tokens.npz")) as z:
+    train = {d: z[f"train/{d}"] for d in domains}
+    test = {d: z[f"test/{d}"] for d in domains}
+  for d in domains:
+    if train[d].size != split["train_tokens"][d] or test[d].size != split["test_tokens"][d]:
+      raise ValueError(f"corrupt corpus cache in {directory}.")
+  return MixtureCorpus(tok, domains, train, test, split["chunks"])
+
+
+def _write_cache(cache_dir: str, target: str, save: Callable[[str], None], arrays: dict) -> None:
+  """Writes ``save(folder)`` and ``tokens.npz`` into a scratch folder renamed to ``target``.
+
+  Readers never see a half-written cache, and a concurrent builder's identical
+  result wins harmlessly.
+  """
+  os.makedirs(cache_dir, exist_ok=True)
+  scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-", dir=cache_dir)
+  try:
+    save(scratch)
+    np.savez(os.path.join(scratch, "tokens.npz"), **arrays)
+    try:
+      os.rename(scratch, target)
+    except OSError:
+      pass  # Another process got there first.
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def mixture_lm_batch(
+  streams: Sequence[np.ndarray],
+  *,
+  seed: int,
+  step: int,
+  batch_size: int,
+  seq_len: int,
+  rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+  """Random windows of a uniform mixture of token streams, a pure function of ``(seed, step)``.
+
+  Every row picks a stream uniformly at random, then a window start uniformly
+  within it (``np.random.default_rng((seed, step))``; with replacement): a
+  uniform domain mix, each row an i.i.d. draw.
+
+  Args:
+    streams: one int ``[T_d]`` stream per domain, each ``T_d >= seq_len + 1``.
+    seed: non-negative data seed.
+    step: non-negative step number.
+    batch_size: rows of the global batch (> 0).
+    seq_len: predicted positions per window (> 0).
+    rows: the global row indices to cut (None: all); a process loading only
+      its own rows gets exactly those rows of the global batch.
+
+  Returns:
+    ``{"tokens": int32 [R, seq_len + 1], "mask": bool [R, seq_len + 1] (all True),
+    "domain": int32 [R]}`` with ``R = len(rows)`` (``batch_size`` by default).
+
+  Raises:
+    ValueError: no stream, a stream too short, or an invalid count.
+
+  Examples:
+    >>> import numpy as np
+    >>> import jaxweights as jw
+    >>> b = jw.data.mixture_lm_batch([np.arange(50), np.arange(100, 150)], seed=0, step=0,
+    ...                              batch_size=4, seq_len=8)
+    >>> b["tokens"].shape, b["domain"].tolist() == (b["tokens"][:, 0] >= 100).tolist()
+    ((4, 9), True)
+  """
+  if not len(streams):
+    raise ValueError("mixture_lm_batch needs at least one stream.")
+  streams = [_check_window(s, seq_len)[0] for s in streams]
+  seq_len = _pos_int(seq_len, "seq_len")
+  batch_size = _pos_int(batch_size, "batch_size")
+  rng = np.random.default_rng((_nonneg_int(seed, "seed"), _nonneg_int(step, "step")))
+  domain = rng.integers(0, len(streams), size=batch_size)
+  unit = rng.random(batch_size)
+  sizes = np.array([s.size - seq_len for s in streams])
+  starts = np.minimum((unit * sizes[domain]).astype(np.int64), sizes[domain] - 1)
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  offsets = np.arange(seq_len + 1)
+  window = np.stack([streams[domain[r]][starts[r] + offsets] for r in rows]).astype(np.int32)
+  return {"tokens": window, "mask": np.ones(window.shape, bool), "domain": domain[rows].astype(np.int32)}
 
 
 def _check_window(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
