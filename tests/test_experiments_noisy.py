@@ -96,7 +96,19 @@ def test_claims_cite_the_paper(smoke):
   assert "RENT 69.0 vs CE 46.6" in rows[0]["paper"] and "RENT 69.0 vs Forward 58.8" in rows[1]["paper"]
   assert {r["verdict"] for r in rows} == {"too few seeds"}  # 2 seeds
   table = (exp_dir / "table.md").read_text()
-  assert "### The paper's claims" in table and rows[0]["claim"] in table
+  assert "### The paper's claims" in table and "- 2 claims: too few seeds 2." in table
+
+
+def test_claim_lines_list_the_decided_claims():
+  rows = [
+    {"claim": "a", "ours": "x", "verdict": "reproduces"},
+    {"claim": "b", "ours": "y", "verdict": "no significant difference"},
+    {"claim": "c", "ours": "z", "verdict": "opposite direction"},
+    {"claim": "d", "ours": "w", "verdict": "reproduces"},
+  ]
+  lines = nd.claim_lines(rows)
+  assert lines[0].startswith("4 claims: reproduces 2, no significant difference 1, opposite direction 1.")
+  assert lines[1:] == ["reproduces: a — x", "reproduces: d — w", "opposite direction: c — z"]
 
 
 def test_outputs_on_disk(smoke):

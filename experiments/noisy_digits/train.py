@@ -781,11 +781,25 @@ def paper_table(metrics, names, which) -> list[str]:
   return lines
 
 
-def claim_tally(rows) -> str:
-  count = {}
+def claim_lines(rows) -> list[str]:
+  """The verdicts in a few generated lines: a count per verdict, then the claims that are not ties.
+
+  The full table (the paper's figure, ours, the verdict per claim) is ``claims.json``,
+  which the report prints.
+  """
+  count: dict[str, int] = {}
   for r in rows:
     count[r["verdict"]] = count.get(r["verdict"], 0) + 1
-  return ", ".join(f"{v}: {k}" for k, v in sorted(count.items(), key=lambda kv: -kv[1]))
+  lines = [
+    f"{len(rows)} claims: "
+    + ", ".join(f"{k} {v}" for k, v in sorted(count.items(), key=lambda kv: -kv[1]))
+    + ". A direction counts when |paired Δ| > 2 standard errors over ≥ 3 seeds (`claims.json`)."
+  ]
+  for verdict in ("reproduces", "opposite direction"):
+    for r in rows:
+      if r["verdict"] == verdict:
+        lines.append(f"{verdict}: {r['claim']} — {r['ours']}")
+  return lines
 
 
 def write_table(exp_dir, config, metrics, names, noise_rates, runtime, n_train, n_test, claims, sections=()):
@@ -820,10 +834,7 @@ def write_table(exp_dir, config, metrics, names, noise_rates, runtime, n_train, 
   blocks = [
     f"### The paper's claims (headline: last-epoch accuracy, {which} T)",
     "",
-    common.claims_table(claims),
-    "",
-    f"Verdicts ({len(claims)} claims): {claim_tally(claims)}. A direction counts when |paired Δ| > 2 "
-    "standard errors over ≥ 3 seeds.",
+    *[f"- {line}" for line in claim_lines(claims)],
     "",
     "### The regime (CE)",
     "",
