@@ -28,30 +28,11 @@ from flax import nnx
 
 import jaxweights
 from experiments import common
+from experiments.weight_mass import track_kinds
 from jaxweights import data as jw_data
 
 EXPERIMENT = "loss_linreg"
 KINDS = ("clean", "easy", "noisy")  # kind_train codes 0, 1, 2
-
-
-def with_kind_mass(weighting: jaxweights.Weighting, n_kinds: int = len(KINDS)):
-  """Wraps a weighting so its state also holds this step's weight mass per kind.
-
-  The batch carries ``kind`` (``[batch]`` int codes); the mass is the sum of the
-  weights actually used in the step over the samples of each kind, so no extra
-  forward pass or recomputation is needed.
-  """
-
-  def init():
-    return (weighting.init(), jnp.zeros((n_kinds,), jnp.float32))
-
-  def update(inputs: jaxweights.WeightInputs, state):
-    weights, inner = weighting.update(inputs, state[0])
-    weights = jnp.where(inputs.mask, weights, 0.0)
-    onehot = jax.nn.one_hot(inputs.batch["kind"], n_kinds, dtype=jnp.float32)
-    return weights, (inner, jnp.einsum("b,bk->k", weights, onehot))
-
-  return jaxweights.Weighting(init=init, update=update, prepare=weighting.prepare)
 
 
 def loss_fn(model: nnx.Module, batch: dict) -> jaxweights.LossOutput:
@@ -71,14 +52,15 @@ def make_model(dim: int, seed: int) -> nnx.Linear:
 
 def build_step(method: str, config, optimizer):
   """One compiled step per method, reused across seeds (same graph, same shapes)."""
-  weighting = with_kind_mass(make_weighting(method, config))
+  # One stage (switch at step 0): the state accumulates each kind's weight mass over steps.
+  weighting = track_kinds(make_weighting(method, config), switch_step=0, n_kinds=len(KINDS))
   graphdef, _ = jaxweights.init_train_state(make_model(config.data["dim"], 0), optimizer, weighting)
   inner = jaxweights.make_train_step(graphdef, loss_fn, optimizer, weighting)
 
   @jax.jit
   def step(state, batch):
     state, metrics = inner(state, batch)
-    mass = state.weighting_state[1]
+    mass = state.weighting_state["mass"][1] / (state.step.astype(jnp.float32))
     metrics.update({f"mass_{k}": mass[i] for i, k in enumerate(KINDS)})
     return state, metrics
 
@@ -131,8 +113,9 @@ def run_one(method, seed, config, exp_dir, optimizer, compiled, data) -> dict[st
     "initial_test_mse": initial["test_mse"],
     "final_test_mse": evals[-1]["test_mse"],
     "final_param_error": evals[-1]["param_error"],
-    "mass_easy": float(np.mean([r["mass_easy"] for r in train])),
-    "mass_noisy": float(np.mean([r["mass_noisy"] for r in train])),
+    # Cumulative weight mass over the steps so far / steps: the mean per-step mass.
+    "mass_easy": float(train[-1]["mass_easy"]),
+    "mass_noisy": float(train[-1]["mass_noisy"]),
     "ess_fraction": float(np.mean([r["ess"] for r in train])) / config.batch_size,
     "skipped_updates": float(sum(r["update_skipped"] for r in train)),
   }
