@@ -156,9 +156,8 @@ def test_continue_as_keeps_network_and_optimiser():
   tx = optax.adam(1e-3)
   _, ce_state = jaxweights.init_train_state(nd.make_model(config, 0), tx, nd.make_weighting("ce", config))
   ce_state = ce_state._replace(step=jnp.asarray(48, jnp.int32))
-  _, fresh = jaxweights.init_train_state(nd.make_model(config, 1), tx, nd.make_weighting("rent", config))
   T = nl.symmetric_transition(10, 0.5)
-  state = nd.continue_as("rent", ce_state, fresh, T)
+  state = nd.continue_as("rent", ce_state, nd.make_weighting("rent", config).init(), T)
   assert state.params is ce_state.params and state.opt_state is ce_state.opt_state
   assert int(state.step) == 48
   np.testing.assert_array_equal(state.weighting_state[0].T, T)

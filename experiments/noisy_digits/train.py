@@ -179,14 +179,14 @@ def with_T(state: jaxweights.TrainState, kind: str, T) -> jaxweights.TrainState:
   return state._replace(weighting_state=(inner._replace(T=jnp.asarray(T, jnp.float32)), mass))
 
 
-def continue_as(kind: str, source: jaxweights.TrainState, fresh: jaxweights.TrainState, T):
-  """``fresh``'s weighting state (holding ``T``) on ``source``'s network, Adam state, step and key.
+def continue_as(kind: str, source: jaxweights.TrainState, weighting_state, T) -> jaxweights.TrainState:
+  """``source``'s network, Adam state, step and key with a new weighting state holding ``T``.
 
   The authors' schedule: the T-based loss continues the warmed-up CE network
   with the same optimiser (their ``update_model`` then ``update_model_sir`` share
   one ``self.optimizer``).
   """
-  return with_T(source._replace(weighting_state=fresh.weighting_state), kind, T)
+  return with_T(source._replace(weighting_state=weighting_state), kind, T)
 
 
 class Compiled:
@@ -353,11 +353,11 @@ def summarise(records, train, corrupt_share, config, which, T, setting) -> dict[
   return out
 
 
-def run_seed(ctx: Context, setting: Setting, methods, seed: int) -> tuple[dict, np.ndarray | None, dict]:
+def run_seed(ctx: Context, setting: Setting, methods, seed: int) -> tuple[dict, np.ndarray | None]:
   """Every method on one setting and seed: the shared CE warm-up, then each method.
 
   Returns:
-    ``({method: metrics}, the estimated T (None on clean labels), CE warm-up facts)``.
+    ``({method: metrics}, the estimated T (None on clean labels))``.
   """
   config = ctx.config
   w = config.warmup_steps
@@ -390,12 +390,9 @@ def run_seed(ctx: Context, setting: Setting, methods, seed: int) -> tuple[dict, 
     T = eye if which is None else (setting.T if which == "true" else T_est)
     t0 = time.perf_counter()
     if kind == "ce" or config.continue_after_warmup:
-      fresh = None
-      if kind != "ce":
-        _, fresh = jaxweights.init_train_state(
-          make_model(config, seed), ctx.optimizer, make_weighting(kind, config), seed=seed
-        )
-      start_state = warm.state if kind == "ce" else continue_as(kind, warm.state, fresh, T)
+      start_state = (
+        warm.state if kind == "ce" else continue_as(kind, warm.state, make_weighting(kind, config).init(), T)
+      )
       seg = train_segment(ctx, kind, start_state, setting, seed, T, w, config.num_steps)
       records = head + seg.records
       train = {k: np.concatenate([warm.train[k], seg.train[k]]) for k in warm.train}
@@ -416,7 +413,7 @@ def run_seed(ctx: Context, setting: Setting, methods, seed: int) -> tuple[dict, 
     out[method]["run_s"] = time.perf_counter() - t0 + (warm_s if kind == "ce" else 0.0)
     shown = ", ".join(f"{k}={out[method][k]:.4g}" for k in ("test_acc", "best_test_acc", "memorised"))
     ctx.log(f"  [{setting.name}] {method:>13s} seed {seed}: {shown} ({out[method]['run_s']:.1f}s)")
-  return out, (T_est if setting.name != CLEAN else None), warm_facts
+  return out, (T_est if setting.name != CLEAN else None)
 
 
 def run_volmin(ctx: Context, settings: list[Setting]) -> list[dict]:
@@ -605,7 +602,7 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
     results = {m: [] for m in chosen}
     T_est = {}
     for seed in config.seeds:
-      out, T_hat, _ = run_seed(ctx, setting, chosen, seed)
+      out, T_hat = run_seed(ctx, setting, chosen, seed)
       for m in chosen:
         results[m].append(out[m])
       if T_hat is not None:
