@@ -1,8 +1,11 @@
 """TIW-DSM on long-tailed 8x8 digits: the loop, metrics, table and plots.
 
 Per seed: a long-tailed biased set and a 5% class-balanced reference set from
-the digits' training split (the class order is a per-seed permutation); the
-time-dependent and time-independent discriminators; then one EDM score network
+the digits' training split (the class order is a per-seed permutation); a
+noise-conditional feature map pretrained by plain DSM on ``D_obs`` (frozen); the
+time-dependent and time-independent discriminators, small heads on those
+features whose size is chosen on a validation split of ``D_ref`` and ``D_bias``
+(:mod:`experiments.tiw_digits.features`); then one EDM score network
 per method (:mod:`experiments.tiw_gmm.methods`, shared with ``tiw_gmm``) on
 identical initialisation, batch order and noise stream, sampled with Heun's
 probability-flow ODE.
@@ -18,17 +21,24 @@ held-out real digits.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
+import jax
 import numpy as np
+import optax
 from flax import nnx
 
+import jaxweights
 from experiments import common
+from experiments.tiw_digits import features as F
 from experiments.tiw_gmm import methods as M
+from experiments.tiw_gmm.train import add_paired_deltas_vs
 from jaxweights import data as jw_data
 from jaxweights import density_ratio as dr
 from jaxweights import diffusion as df
+from jaxweights.substrates.data import batch_indices
 
 EXPERIMENT = "tiw_digits"
 NUM_CLASSES = 10
@@ -129,17 +139,125 @@ def model_fn(config):
   raise ValueError(f"model kind must be 'mlp' or 'unet', got {m['kind']!r}.")
 
 
-def disc_fn(config):
-  d = config.disc
-  return lambda seed: dr.TimeDiscriminator(
-    64, hidden=d["hidden"], depth=d["depth"], rngs=nnx.Rngs(1000 + seed)
+def disc_fn(encoder: dict, config):
+  """``disc_fn(seed, hidden, depth)``: a head on the seed's frozen feature map."""
+  embed_dim = config.encoder["embed_dim"]
+  return lambda seed, hidden, depth: F.FeatureDiscriminator(
+    encoder, embed_dim, int(hidden), int(depth), rngs=nnx.Rngs(1000 + seed)
   )
 
 
-def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
-  """Runs every method and seed; writes summary, table and plots."""
+def pretrain_encoder(config, x_obs: np.ndarray, edm: df.EDMDiffusion, seed: int) -> dict:
+  """A ScoreMLP trained by plain DSM on ``D_obs`` (no labels): the frozen feature map."""
+  e = config.encoder
+  model = df.ScoreMLP(
+    64, hidden=e["hidden"], depth=e["depth"], embed_dim=e["embed_dim"], rngs=nnx.Rngs(500 + seed)
+  )
+  tx = optax.adam(e["learning_rate"])
+  weighting = df.dsm_weighting(edm)
+  graphdef, state = jaxweights.init_train_state(model, tx, weighting, seed=500 + seed)
+  step = _encoder_step(graphdef, edm, e["learning_rate"])
+  for i in range(int(e["num_steps"])):
+    idx = batch_indices(len(x_obs), config.batch_size, seed=500 + seed, step=i)
+    state, _ = step(state, {"x": x_obs[idx]})
+  return nnx.to_pure_dict(state.params)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder_step(graphdef, edm, learning_rate):
+  tx = optax.adam(learning_rate)
+  return jax.jit(jaxweights.make_train_step(graphdef, df.dsm_loss_fn(edm), tx, df.dsm_weighting(edm)))
+
+
+def train_discriminators(config, data, encoder: dict, seed: int, choice: dict | None):
+  """The time-dependent and time-independent discriminators of one seed.
+
+  ``choice`` maps each to a candidate index chosen on another seed's validation
+  split; None chooses on this seed's own split. The chosen candidate is refit on
+  all of D_ref and D_bias.
+
+  Returns:
+    ``({name: RatioModel}, {name: (index, validation BCEs or None)})``.
+  """
+  d = config.disc
+  make = disc_fn(encoder, config)
+  models, selection = {}, {}
+  for name, ti in (("time_dependent", False), ("time_independent", True)):
+    if choice is None:
+      idx, scores = F.select_discriminator(
+        make,
+        d["candidates"],
+        data["x_ref"],
+        data["x_bias"],
+        time_independent=ti,
+        validation_fraction=d["validation_fraction"],
+        batch_size=d["batch_size"],
+        learning_rate=d["learning_rate"],
+        draws=d["draws"],
+        seed=seed,
+      )
+    else:
+      idx, scores = choice[name], None
+    hidden, depth, num_steps = d["candidates"][idx]
+    models[name], _ = dr.train_discriminator(
+      make(seed, hidden, depth),
+      data["x_ref"],
+      data["x_bias"],
+      num_steps=int(num_steps),
+      batch_size=d["batch_size"],
+      learning_rate=d["learning_rate"],
+      time_independent=ti,
+      seed=seed,
+    )
+    selection[name] = (idx, scores)
+  return models, selection
+
+
+CLAIMS = (
+  common.Claim(
+    "TIW-DSM's generated class proportions are closer to uniform than DSM(obs)'s",
+    "CelebA subgroups: data 46.5/29.6/11.5/12.4 % -> TIW-DSM 31.0/27.8/20.1/21.1 %",
+    "tiw_dsm",
+    "class_tv",
+    baseline="dsm_obs",
+  ),
+  common.Claim(
+    "TIW-DSM's samples are closer to the real balanced digits than DSM(obs)'s (feature FD)",
+    "Table 1, CIFAR-10 long-tailed, 5% reference: FID TIW-DSM 11.51 vs DSM(obs) 12.99",
+    "tiw_dsm",
+    "fd",
+    baseline="dsm_obs",
+  ),
+  common.Claim(
+    "TIW-DSM's samples are closer to the real balanced digits than IW-DSM's (feature FD)",
+    "Table 1, CIFAR-10 long-tailed, 5% reference: FID TIW-DSM 11.51 vs IW-DSM 15.79",
+    "tiw_dsm",
+    "fd_vs_iw_dsm",
+    baseline="iw_dsm",
+  ),
+  common.Claim(
+    "TIW-DSM's samples are closer to the real balanced digits than DSM(ref)'s (feature FD)",
+    "Table 1, CIFAR-10 long-tailed, 5% reference: DSM(ref) has the worst FID of the baselines",
+    "tiw_dsm",
+    "fd_vs_dsm_ref",
+    baseline="dsm_ref",
+  ),
+)
+
+
+def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
+  """Runs every method and seed; writes summary, claims, table and plots.
+
+  Args:
+    config: a config of :mod:`experiments.tiw_digits.configs`.
+    workdir: the output folder.
+    log: where progress lines go.
+
+  Returns:
+    The summary, read back from ``summary.json``.
+  """
   t0 = time.perf_counter()
-  exp_dir = common.experiment_dir(out, EXPERIMENT)
+  exp_dir = common.experiment_dir(workdir)
   edm = df.EDMDiffusion()
   digits = jw_data.load_digits(seed=config.data_seed)
   judge = Judge(digits, config)
@@ -149,25 +267,27 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     f"{judge.test_accuracy:.3f}"
   )
 
-  datasets, discs, disc_checks = {}, {}, {}
+  datasets, discs, disc_checks, selections = {}, {}, {}, {}
   t_disc = time.perf_counter()
-  for seed in config.seeds:
+  select_seeds = tuple(config.disc["select_seeds"]) or tuple(config.seeds)
+  select_seeds = tuple(s for s in config.seeds if s in select_seeds) or (config.seeds[0],)
+  shared_choice = None
+  template = None
+  for seed in select_seeds + tuple(s for s in config.seeds if s not in select_seeds):
     datasets[seed] = data = make_data(config, digits, seed)
-    d = config.disc
-    discs[seed] = M.train_discriminators(
-      data["x_ref"],
-      data["x_bias"],
-      disc_fn=disc_fn(config),
-      seed=seed,
-      num_steps=d["num_steps"],
-      batch_size=d["batch_size"],
-      learning_rate=d["learning_rate"],
+    encoder = pretrain_encoder(config, data["x_obs"], edm, seed)
+    own = seed in select_seeds
+    discs[seed], selections[seed] = train_discriminators(
+      config, data, encoder, seed, None if own else shared_choice
     )
+    if own and shared_choice is None:
+      shared_choice = {k: v[0] for k, v in selections[seed].items()}
+    if template is None:
+      template = discs[seed]["time_dependent"]
     disc_checks[seed] = ratio_by_rank(discs[seed], data, digits, edm.sde)
   disc_time = time.perf_counter() - t_disc
-  log(f"[{EXPERIMENT}] discriminators: {disc_time:.1f}s")
+  log(f"[{EXPERIMENT}] feature maps and discriminators: {disc_time:.1f}s")
 
-  template = dr.RatioModel.from_module(disc_fn(config)(0))
   heldout = to_model(digits["x_test"])
   compiled: dict[str, M.ScoreTrainer] = {}
   samples: dict[str, np.ndarray] = {}
@@ -196,8 +316,8 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     trainer = compiled[method]
     params = M.ratio_params_for(
       method,
-      time_dependent=discs[seed]["time_dependent"][0],
-      time_independent=discs[seed]["time_independent"][0],
+      time_dependent=discs[seed]["time_dependent"],
+      time_independent=discs[seed]["time_independent"],
       oracle=None,
     )
     state = trainer.init(seed, params)
@@ -220,6 +340,8 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   per_seed = common.seeds_loop(config.methods, config.seeds, one, log=log)
   for metric in ("class_tv", "tail_mass", "fd", "heldout_dsm"):
     common.add_paired_deltas(per_seed, metric, baseline="dsm_obs")
+  for metric, baseline in (("class_tv", "iw_dsm"), ("fd", "iw_dsm"), ("fd", "dsm_ref")):
+    add_paired_deltas_vs(per_seed, metric, baseline)
   metrics = common.aggregate(per_seed)
   refs = reference_values(config, datasets, digits, judge)
   refs["judge_test_accuracy"] = judge.test_accuracy
@@ -227,7 +349,8 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
   plot_proportions(exp_dir / "class_proportions.png", metrics, config, refs)
   plot_samples(exp_dir / "samples.png", samples, config)
   runtime = time.perf_counter() - t0
-  write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime)
+  claims = common.write_claims(exp_dir, metrics, CLAIMS, len(config.seeds))
+  write_table(exp_dir, config, metrics, refs, disc_checks, selections, claims, runtime)
   return common.finish(
     exp_dir,
     EXPERIMENT,
@@ -238,6 +361,7 @@ def run(config, out: str = common.RESULTS, *, log=print) -> dict[str, Any]:
     runtime_s=runtime,
     discriminator_time_s=disc_time,
     references=refs,
+    discriminator_choice={str(s): {k: v[0] for k, v in sel.items()} for s, sel in selections.items()},
   )
 
 
@@ -260,7 +384,7 @@ def ratio_by_rank(discs, data, digits, sde) -> dict[str, list[float]]:
   share = counts / counts.sum()
   out = {"exact": list(np.log(0.1 / (pi * 0.1 + (1 - pi) * share)))}
   for name in ("time_dependent", "time_independent"):
-    model = discs[name][0]
+    model = discs[name]
     lw = np.asarray(dr.log_ratio_from_logits(model.apply(model.params, x, t), ref_fraction=pi))
     out[name] = [float(lw[ranks == r].mean()) for r in range(NUM_CLASSES)]
   return out
@@ -361,13 +485,16 @@ COLUMNS = [
 ]
 
 
-def write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime):
+def write_table(exp_dir, config, metrics, refs, disc_checks, selections, claims, runtime):
   n = len(config.seeds)
   counts = class_counts(config)
   intro = (
     f"8×8 digits, long-tailed D_bias ({int(refs['n_bias'])} images, counts by rank "
     f"{counts.tolist()}), class-balanced D_ref ({int(refs['n_ref'])} images = "
-    f"{config.ref_size:g} × |D_bias|; π = {refs['ref_fraction']:.3f} of D_obs). EDM score "
+    f"{config.ref_size:g} × |D_bias|; π = {refs['ref_fraction']:.3f} of D_obs). Discriminator: a "
+    f"TimeDiscriminator head on a frozen noise-conditional ScoreMLP "
+    f"({config.encoder['hidden']}×{config.encoder['depth']}, plain DSM on D_obs, "
+    f"{config.encoder['num_steps']} steps), Adam lr {config.disc['learning_rate']}. EDM score "
     f"network `{config.model['kind']}`, Adam lr {config.learning_rate}, batch "
     f"{config.batch_size}, {config.num_steps} steps; Heun sampler {config.sampler_steps} "
     f"steps, {config.n_generate} samples. Judge: MLP classifier on all real training "
@@ -382,31 +509,50 @@ def write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime):
   for name in ("exact", "time_dependent", "time_independent"):
     vals = np.mean([disc_checks[s][name] for s in config.seeds], axis=0)
     ratio_lines.append(f"| {name} | " + " | ".join(f"{v:+.2f}" for v in vals) + " |")
+  cands = list(config.disc["candidates"])
+  sel_lines = [
+    "| seed | discriminator | " + " | ".join(f"{tuple(c)}" for c in cands) + " | chosen |",
+    "|---|---|" + "---|" * (len(cands) + 1),
+  ]
+  for seed, sel in selections.items():
+    for name, (idx, scores) in sel.items():
+      cells = [f"{v:.4f}" for v in scores] if scores else ["(not scored)"] * len(cands)
+      sel_lines.append(f"| {seed} | {name} | " + " | ".join(cells) + f" | {tuple(cands[idx])} |")
   blocks = [
+    "### The paper's claims, checked on this table (paired per seed)",
+    "",
+    common.claims_table(claims),
+    "",
     "### Generated class proportions by frequency rank (judge)",
     "",
     "Uniform target: 0.1 each; D_bias shares: " + ", ".join(f"{c / counts.sum():.3f}" for c in counts) + ".",
     "",
     common.markdown_table(metrics, rank_cols, digits=2),
     "",
-    "### Discriminators on held-out real digits",
+    "### Discriminator choice on the validation split",
+    "",
+    f"Balanced validation BCE (lower is better) of each candidate (head hidden, head depth, "
+    f"steps), trained on {1 - config.disc['validation_fraction']:.0%} of D_ref and D_bias and "
+    f"scored on the rest; seeds not scored reuse the first scored seed's choice. The chosen "
+    f"candidate is refit on all of D_ref and D_bias.",
+    "",
+    *sel_lines,
+    "",
+    "### Diagnostic: discriminators on held-out real digits (not used for any choice)",
     "",
     "Mean estimated log w (mixture formula) of real test digits at t = t_min, by class "
     "rank, vs the exact class-level value (classes assumed separable).",
     "",
     *ratio_lines,
     "",
+    "### Paired differences",
+    "",
   ]
-  verdicts = [
-    M.paired_verdict(per_seed, metric, m, "dsm_obs")
-    for metric in ("class_tv", "fd")
-    for m in ("tiw_dsm", "iw_dsm")
-  ]
-  verdicts += [
-    M.paired_verdict(per_seed, "class_tv", "tiw_dsm", "iw_dsm"),
-    M.paired_verdict(per_seed, "fd", "tiw_dsm", "iw_dsm"),
-    M.paired_verdict(per_seed, "fd", "tiw_dsm", "dsm_ref"),
-  ]
+  for metric in ("class_tv", "tail_mass", "fd", "heldout_dsm"):
+    blocks.append("- " + verdict(metrics, metric, "dsm_obs", n))
+  for metric, baseline in (("class_tv", "iw_dsm"), ("fd", "iw_dsm"), ("fd", "dsm_ref")):
+    blocks.append("- " + verdict(metrics, f"{metric}_vs_{baseline}", baseline, n))
+  blocks.append("")
   notes = [
     "Methods: " + "; ".join(f"`{m}` = {M.DESCRIPTIONS[m]}" for m in config.methods) + ".",
     f"References: D_obs itself scores class TV {refs['class_tv_of_d_obs']:.3f}, tail mass "
@@ -414,8 +560,11 @@ def write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime):
     f"{config.n_generate} real balanced training digits score FD "
     f"{refs['fd_real_balanced_train']:.2f} and class TV "
     f"{refs['class_tv_real_balanced_train']:.3f} (the floors).",
-    "Paired differences ('lower/higher' = |mean| > 2 s.e.): " + "; ".join(v for v in verdicts if v) + ".",
-  ] + FINDINGS
+    "tail_mass: share of the 5 rarest classes (target 0.5; higher is closer for every "
+    "method that stays below it).",
+    "better/worse = |mean paired delta| > 2 standard errors (std/√n, n >= 3 seeds); "
+    "otherwise 'no clear difference'. For tail_mass 'better' means a lower value.",
+  ]
   common.write_table(
     exp_dir,
     "TIW-DSM: long-tailed 8×8 digits with a 5% balanced reference",
@@ -427,30 +576,7 @@ def write_table(exp_dir, config, metrics, per_seed, refs, disc_checks, runtime):
   )
 
 
-# What the quick config showed (3 seeds); kept with the code so the table states
-# it. Re-check these when the data or the defaults change.
-FINDINGS: list[str] = [
-  "Direction partly reproduced: TIW-DSM moves the class mix toward uniform (class TV "
-  "0.305 -> 0.184, paired −0.120 ± 0.028) at no cost in feature FD (3.70 vs 3.85, no "
-  "clear difference). IW-DSM reaches the same class TV (0.178) but overshoots the tail "
-  "(5 rarest classes 0.62 vs target 0.5), trains on ~6% effective samples and has a "
-  "worse, more variable FD (6.27 ± 1.7; paired TIW − IW −2.57 ± 2.1, borderline with 3 "
-  "seeds): the paper's TIW > IW ordering holds for sample quality, not for proportions.",
-  "DSM(ref) (30 images) has the best proportions (TV 0.09) but memorises: worst "
-  "held-out DSM (3.09) and FD 5.13 (TIW-DSM − DSM(ref): −1.42 ± 0.39).",
-  "Ablations: weight-only (TV 0.24) and correction-only (0.23) each do about half of "
-  "what TIW-DSM does (0.18); unlike on the toy, the weights matter here (finite "
-  "capacity and training), in line with the paper's ablation.",
-  "The discriminators are badly calibrated with 30 references: on held-out real "
-  "digits the mean log w is −4.5…−1.4 (time-dependent, at t_min) and −8.8…−4.9 "
-  "(time-independent) against exact −0.9…+1.3; the class order is right (the "
-  "correction only needs the slope), the level is not (they partly memorise the "
-  "references, which drives the ESS to 19% / 6%). A first quick run with a 256x2 "
-  "discriminator trained 1500 steps memorised worse (level ≈ −8.8, ESS 5-8%; TIW-DSM "
-  "class TV 0.161 but FD 4.77 vs DSM(obs) 3.85); the 64x2 / 300-step default was "
-  "picked with this diagnostic, which uses labelled held-out digits that a real user "
-  "would not have.",
-  "TIW-DSM's plain DSM loss on held-out real digits (0.89) is higher than DSM(obs)'s "
-  "(0.75): with a mis-calibrated ratio and ESS 19% the weighted objective is a noisy "
-  "estimate of the unbiased one.",
-]
+def verdict(metrics, metric: str, baseline: str, n: int) -> str:
+  """One clause per method: its paired delta of ``metric`` vs ``baseline``."""
+  parts = common.paired_verdicts(metrics, metric, n, baseline=baseline)
+  return f"`{metric}` vs {baseline}: " + ("; ".join(parts) or "not measured") + "."

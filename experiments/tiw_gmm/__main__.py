@@ -1,15 +1,6 @@
-"""``python -m experiments.tiw_gmm [--config quick|full|smoke] [--out results]``."""
+"""``python -m experiments.tiw_gmm``: the same as ``python -m experiments.tiw_gmm.main``."""
 
-from __future__ import annotations
-
-from experiments import common
-from experiments.tiw_gmm import get_config, run
-
-
-def main(argv=None) -> None:
-  args = common.parse_args(argv, "TIW-DSM on a 2-D Gaussian mixture.")
-  run(get_config(args.config), args.out)
-
+from experiments.tiw_gmm.main import main
 
 if __name__ == "__main__":
   main()

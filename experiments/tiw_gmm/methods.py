@@ -15,7 +15,13 @@ and their :class:`~jaxweights.Weighting`:
   ``grad_x log w_t`` from the time-dependent discriminator;
 * ``tiw_weight_only`` / ``tiw_correction_only``: the ablations;
 * ``tiw_oracle`` (toy data only): TIW-DSM with the closed-form ratio, which
-  separates the objective from the discriminator's error.
+  separates the objective from the discriminator's error;
+* ``authors_code`` (ablation): what the authors' public code computes, taken
+  literally, with the same time-dependent discriminator: ``w = 2 d``, the target
+  correction ``-sigma^2 grad_x d`` (sign and function differ from the paper's
+  ``+sigma^2 grad_x log w``) and the per-sample weights collapsed by a broadcast
+  into one batch factor ``sum_j 2 d_j`` (every sample weighted alike). It lives
+  here, never in the library (:func:`authors_code_weighting`).
 
 Ratios are to the training mixture: ``w = r / (pi r + 1 - pi)`` with ``pi =
 |D_ref| / |D_obs|``.
@@ -23,6 +29,7 @@ Ratios are to the training mixture: ``w = r / (pi r + 1 - pi)`` with ``pi =
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -36,6 +43,7 @@ import jaxweights
 from experiments import common
 from jaxweights import density_ratio as dr
 from jaxweights import diffusion as df
+from jaxweights.core import normalize
 from jaxweights.substrates.data import batch_indices
 
 DESCRIPTIONS = {
@@ -46,7 +54,76 @@ DESCRIPTIONS = {
   "tiw_weight_only": "ablation: weight w_t only",
   "tiw_correction_only": "ablation: target correction only",
   "tiw_oracle": "TIW-DSM with the closed-form ratio (oracle)",
+  "authors_code": "ablation: the authors' code literally (w = 2d, correction −σ²∇d, weights collapsed)",
 }
+#: The batch key of the authors' collapsed batch factor (``mean_j 2 d_j``).
+BATCH_FACTOR_KEY = "authors_batch_factor"
+
+
+def authors_code_weighting(ratio_model: dr.RatioModel, edm: df.EDMDiffusion) -> jaxweights.Weighting:
+  """The authors' public TIW-DSM step, taken literally (an ablation, not the paper's objective).
+
+  With ``d = sigmoid(logits)`` of the time-dependent discriminator at the noisy
+  sample (EDM coordinate ``x = x_0 + s n``, the discriminator sees ``alpha(t) x``):
+
+  * the score correction is ``-grad_x d`` (the regression target becomes
+    ``x_0 - s^2 grad_x d``) instead of ``+grad_x log w``;
+  * the weight is ``w = 2 d`` (the mixture formula for ``pi = 1/2``, while the
+    score data have ``pi`` of a few percent);
+  * a broadcast of ``[B, 1, 1, 1]`` weights against the ``[B, C, H, W]`` loss
+    collapses the per-sample weights into one factor ``sum_j 2 d_j``: every
+    sample gets the same weight. Here: uniform weights, and the loss of the batch
+    is multiplied by ``mean_j 2 d_j`` in :func:`authors_code_loss_fn` (the
+    constant ``B`` in between is immaterial under Adam).
+
+  Args:
+    ratio_model: the frozen time-dependent discriminator.
+    edm: the score model's parameterisation.
+
+  Returns:
+    A :class:`~jaxweights.Weighting` (state: the discriminator's parameters)
+    whose ``prepare`` adds the noise draw, ``"score_correction"`` and the batch
+    factor, and whose ``update`` returns uniform weights.
+  """
+  sde = edm.sde
+
+  def prepare(ctx):
+    batch = df.perturb_batch(edm, ctx.batch, ctx.key, axis_name=ctx.axis_name)
+    x = batch["x"] + df.expand_to(batch["sigma"], batch["x"]) * batch["noise"]
+    t = batch["t"]
+    scale = df.expand_to(sde.alpha(t), x)
+
+    def prob(z):
+      return jax.nn.sigmoid(ratio_model.apply(ctx.state, scale * z, t))
+
+    d, vjp = jax.vjp(prob, x)
+    (grad_d,) = vjp(jnp.ones_like(d))
+    return {
+      **batch,
+      df.CORRECTION_KEY: jax.lax.stop_gradient(-grad_d),
+      BATCH_FACTOR_KEY: jax.lax.stop_gradient(jnp.full_like(d, jnp.mean(2.0 * d))),
+    }
+
+  def update(inputs, state):
+    return normalize.uniform(inputs.mask, axis_name=inputs.axis_name), state
+
+  return jaxweights.Weighting(init=lambda: ratio_model.params, update=update, prepare=prepare)
+
+
+def authors_code_loss_fn(edm: df.EDMDiffusion):
+  """The DSM loss times the authors' collapsed batch factor ``mean_j 2 d_j`` (stop-gradient)."""
+  base = df.dsm_loss_fn(edm)
+
+  def loss_fn(model, batch):
+    out = base(model, batch)
+    return out._replace(loss=out.loss * jax.lax.stop_gradient(batch[BATCH_FACTOR_KEY]))
+
+  return loss_fn
+
+
+def loss_fn_for(method: str, edm: df.EDMDiffusion):
+  """The per-sample loss of a method (the authors' row scales it by its batch factor)."""
+  return authors_code_loss_fn(edm) if method == "authors_code" else df.dsm_loss_fn(edm)
 
 
 def uses_reference_only(method: str) -> bool:
@@ -75,6 +152,8 @@ def make_weighting(
     return dr.tiw_dsm_weighting(time_dependent, edm, correction=False, **kw)
   if method == "tiw_correction_only":
     return dr.tiw_dsm_weighting(time_dependent, edm, weight=False, t_range=t_range, **kw)
+  if method == "authors_code":
+    return authors_code_weighting(time_dependent, edm)
   if method == "tiw_oracle":
     if oracle is None:
       raise ValueError("tiw_oracle needs a closed-form ratio model.")
@@ -112,7 +191,7 @@ class ScoreTrainer:
     self.tx = optax.adam(learning_rate)
     graphdef, _ = jaxweights.init_train_state(model_fn(0), self.tx, weighting)
     self.graphdef = graphdef
-    self.step = jaxweights.make_train_step(graphdef, df.dsm_loss_fn(edm), self.tx, weighting)
+    self.step = jaxweights.make_train_step(graphdef, loss_fn_for(method, edm), self.tx, weighting)
     # A fixed noise draw on held-out unbiased data: the plain (unweighted) DSM
     # loss of p_data, the quantity TIW-DSM's Theorem 1 says it minimises.
     rng = np.random.default_rng(eval_seed)
@@ -124,15 +203,7 @@ class ScoreTrainer:
       "sigma": jnp.asarray(sigma),
       "noise": jnp.asarray(rng.standard_normal(eval_x.shape).astype(np.float32)),
     }
-    loss_fn = df.dsm_loss_fn(edm)
-
-    @jax.jit
-    def heldout(state, batch):
-      model = nnx.merge(graphdef, state.params, state.model_vars)
-      return jnp.mean(loss_fn(model, batch).loss)
-
-    self._heldout = heldout
-    self._samplers = {}
+    self._heldout = _heldout_fn(graphdef, edm)
 
   def init(self, seed: int, ratio_params):
     _, state = jaxweights.init_train_state(self.model_fn(seed), self.tx, self.weighting, seed=seed)
@@ -175,18 +246,34 @@ class ScoreTrainer:
   def sample(self, state, n: int, *, seed: int, num_steps: int, sigma_max: float = 80.0) -> np.ndarray:
     """``n`` samples by Heun's probability-flow ODE (``2 num_steps - 1`` evaluations)."""
     shape = (n,) + tuple(np.shape(self.eval_batch["x"])[1:])
-    cache_key = (shape, num_steps, sigma_max)
-    if cache_key not in self._samplers:
-      graphdef, edm = self.graphdef, self.edm
-
-      @jax.jit
-      def run(params, rest, key):
-        fn = df.denoiser(edm, graphdef, params, rest)
-        return df.heun_sampler(fn, key, shape, num_steps=num_steps, sigma_max=sigma_max)
-
-      self._samplers[cache_key] = run
+    run = _sampler_fn(self.graphdef, self.edm, shape, num_steps, sigma_max)
     key = jax.random.PRNGKey(10_000 + seed)
-    return np.asarray(self._samplers[cache_key](state.params, state.model_vars, key))
+    return np.asarray(run(state.params, state.model_vars, key))
+
+
+@functools.lru_cache(maxsize=32)
+def _heldout_fn(graphdef, edm):
+  """The held-out plain DSM loss, compiled once per architecture (methods share it)."""
+  loss_fn = df.dsm_loss_fn(edm)
+
+  @jax.jit
+  def heldout(state, batch):
+    model = nnx.merge(graphdef, state.params, state.model_vars)
+    return jnp.mean(loss_fn(model, batch).loss)
+
+  return heldout
+
+
+@functools.lru_cache(maxsize=32)
+def _sampler_fn(graphdef, edm, shape, num_steps, sigma_max):
+  """Heun's sampler, compiled once per architecture and shape (methods share it)."""
+
+  @jax.jit
+  def run(params, rest, key):
+    fn = df.denoiser(edm, graphdef, params, rest)
+    return df.heun_sampler(fn, key, shape, num_steps=num_steps, sigma_max=sigma_max)
+
+  return run
 
 
 def train_discriminators(
@@ -231,9 +318,18 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, num_projections: int = 2
   dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
   n = min(len(a), len(b))
   q = (np.arange(n) + 0.5) / n
-  pa = np.quantile(a @ dirs, q, axis=0)
-  pb = np.quantile(b @ dirs, q, axis=0)
+  pa, pb = _quantiles(a @ dirs, q), _quantiles(b @ dirs, q)
   return float(np.sqrt(np.mean((pa - pb) ** 2)))
+
+
+def _quantiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+  """``np.quantile(x, q, axis=0)`` (linear interpolation) by one sort: fast for many ``q``."""
+  s = np.sort(x, axis=0)
+  pos = q * (len(s) - 1)
+  lo = np.floor(pos).astype(int)
+  hi = np.minimum(lo + 1, len(s) - 1)
+  frac = (pos - lo)[:, None]
+  return s[lo] * (1.0 - frac) + s[hi] * frac
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:

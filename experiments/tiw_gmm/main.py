@@ -1,0 +1,15 @@
+"""``python -m experiments.tiw_gmm.main --config=quick --config.num_steps=500 --workdir=DIR``.
+
+The shared command line of :mod:`experiments.cli`.
+"""
+
+from experiments import cli
+from experiments.tiw_gmm.train import EXPERIMENT, train_and_evaluate
+
+
+def main(argv=None) -> dict:
+  return cli.main(EXPERIMENT, train_and_evaluate, argv)
+
+
+if __name__ == "__main__":
+  main()
