@@ -1,6 +1,6 @@
-"""Experiment: Q-probes on an arithmetic task with an executable reward (Li et al., 2024)."""
+"""Q-probes on a task with many distinct correct completions and an executable reward (Li et al., 2024)."""
 
 from experiments.qprobe_arith.configs import get_config
-from experiments.qprobe_arith.experiment import EXPERIMENT, run
+from experiments.qprobe_arith.train import EXPERIMENT, train_and_evaluate
 
-__all__ = ["EXPERIMENT", "get_config", "run"]
+__all__ = ["EXPERIMENT", "get_config", "train_and_evaluate"]

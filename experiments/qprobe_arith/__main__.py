@@ -1,15 +1,6 @@
-"""``python -m experiments.qprobe_arith [--config quick|full|smoke] [--out results]``."""
+"""``python -m experiments.qprobe_arith``: the same as ``python -m experiments.qprobe_arith.main``."""
 
-from __future__ import annotations
-
-from experiments import common
-from experiments.qprobe_arith import get_config, run
-
-
-def main(argv=None) -> None:
-  args = common.parse_args(argv, "Q-probes on an arithmetic task with an executable reward.")
-  run(get_config(args.config), args.out)
-
+from experiments.qprobe_arith.main import main
 
 if __name__ == "__main__":
   main()

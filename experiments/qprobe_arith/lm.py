@@ -1,4 +1,4 @@
-"""Training the small arithmetic LMs (the base policy and the "API" embedder)."""
+"""Training the small LMs (the base policy and the "API" embedder) with the shared LM recipe."""
 
 from __future__ import annotations
 
@@ -7,32 +7,17 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 import jaxweights
+from experiments import lm_recipe
 from experiments.qprobe_arith import task
-
-
-def lm_loss(model, batch) -> jaxweights.LossOutput:
-  """Mean cross-entropy over the answer tokens (and the end token) of each row."""
-  tokens = batch["tokens"]
-  losses, mask = jaxweights.token_mean_cross_entropy(
-    model(tokens[:, :-1]), tokens[:, 1:], batch["mask"][:, 1:]
-  )
-  return jaxweights.LossOutput(losses, mask)
 
 
 def train_lm(
   text: task.WorksheetText,
+  lm_config,
   *,
-  model: dict,
-  max_len: int,
-  steps: int,
-  batch_size: int,
-  learning_rate: float,
-  warmup_steps: int,
-  seed: int,
   logger: jaxweights.JsonlLogger | None = None,
   log_every: int = 50,
   log: Callable[[str], None] = print,
@@ -40,32 +25,38 @@ def train_lm(
 ):
   """Trains a :class:`~jaxweights.TransformerLM` on worksheet text from scratch.
 
-  AdamW (weight decay 0.01), linear warm-up then cosine decay to 10% of the
-  peak, gradient clipping at 1.0; batches from ``text.batch`` (a pure function
-  of ``(seed, step)``).
+  The recipe is :mod:`experiments.lm_recipe`'s (the per-sequence token-mean
+  loss, AdamW with warm-up and cosine decay, gradient clipping); batches come
+  from ``text.batch`` (a pure function of ``(seed, step)``).
+
+  Args:
+    text: the worksheet lines.
+    lm_config: ``model``, ``seq_len``, ``num_steps``, ``batch_size``, ``seed``
+      and the optimiser fields of :func:`experiments.lm_recipe.make_optimizer`.
+    logger: where the training loss goes every ``log_every`` steps.
+    log_every: logging period.
+    log: where the summary line goes.
+    name: the model's name in that line.
 
   Returns:
-    ``(model, final mean training loss over the last 10% of steps)``.
+    ``(model, final mean training loss over the last 10% of steps, parameter count)``.
   """
-  cfg = jaxweights.TransformerConfig(vocab_size=task.VOCAB_SIZE, max_len=max_len, **model)
-  lm = jaxweights.TransformerLM(cfg, rngs=nnx.Rngs(seed))
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), learning_rate / 10
-  )
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-  graphdef, state = jaxweights.init_train_state(lm, tx, seed=seed)
-  step = jaxweights.make_train_step(graphdef, lm_loss, tx)
+  model_cfg = lm_recipe.model_config(lm_config, task.VOCAB_SIZE)
+  lm = lm_recipe.make_model(model_cfg, lm_config.seed)
+  tx = lm_recipe.make_optimizer(lm_config)
+  graphdef, state = jaxweights.init_train_state(lm, tx, seed=lm_config.seed)
+  step = jaxweights.make_train_step(graphdef, lm_recipe.loss_fn, tx)
   t0 = time.perf_counter()
   losses = []
+  steps = lm_config.num_steps
   for i in range(steps):
-    state, metrics = step(state, text.batch(seed=seed, step=i, batch_size=batch_size))
+    batch = text.batch(seed=lm_config.seed, step=i, batch_size=lm_config.batch_size)
+    state, metrics = step(state, batch)
     losses.append(metrics["loss_mean"])
     if logger is not None and ((i + 1) % log_every == 0 or i + 1 == steps):
       logger.log({"step": i + 1, "loss_mean": float(metrics["loss_mean"])})
   losses = np.asarray(jax.device_get(losses))
   tail = float(losses[-max(1, steps // 10) :].mean()) if steps else float("nan")
-  log(
-    f"  {name}: {jaxweights.count_params(lm)} params, {steps} steps, final loss "
-    f"{tail:.3f} ({time.perf_counter() - t0:.1f}s)"
-  )
-  return nnx.merge(graphdef, state.params, state.model_vars), tail
+  n_params = lm_recipe.count_params(model_cfg)
+  log(f"  {name}: {n_params} params, {steps} steps, final loss {tail:.3f} ({time.perf_counter() - t0:.1f}s)")
+  return nnx.merge(graphdef, state.params, state.model_vars), tail, n_params

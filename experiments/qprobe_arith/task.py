@@ -1,25 +1,32 @@
-"""The arithmetic task: prompts, a character tokenizer and an executable reward.
+"""The target-number task: prompts, a character tokenizer and an executable reward.
 
-Two kinds of prompt with small integers, ``"a+b="`` (``a, b`` in
-``[0, add_max]``) and ``"a*b+c="`` (``a, b`` in ``[0, mul_max]``, ``c`` in
-``[0, add_max]``). A completion is the answer's digits then the end token
-``";"``. The reward executes the check: ``int(completion up to the end
-token) == the true answer`` (1.0), anything else (no parse, wrong value) 0.0.
+A prompt gives a target ``T`` and four digits (sorted), ``"17:1356="``; a
+completion is an expression that uses each given digit exactly once, joined by
+``+``, ``-`` or ``*`` (usual precedence, no brackets), then the end token
+``";"``: ``"3*6-1*5;"``. The reward executes the check: the completion parses,
+uses exactly the given digits and evaluates to ``T`` (1.0), anything else 0.0.
+
+Unlike "write the answer" arithmetic, a prompt has many distinct correct
+completions (orders of the operands and of the terms, other decompositions:
+about 12 distinct strings per prompt), as a program-synthesis task has many
+distinct correct programs (the Q-probe paper's MBPP setting).
 
 The LMs learn the task from "worksheet" text (:class:`WorksheetText`): lines
-``"12+34=46;Y\\n"``, where a share of the answers are wrong and the grader's
-mark ``Y``/``N`` follows the end token. A policy's completion stops at the end
+``"17:1356=3*6-1*5;Y\\n"``, where a share of the expressions are wrong (another
+expression of the same digits with another value) and the grader's mark
+``Y``/``N`` follows the end token. A policy's completion stops at the end
 token, so the mark is never sampled; it only shapes what the LM's hidden state
-at the end token knows.
+at the end token knows (the role unit tests and judged code play for a code LM).
 
-The tokenizer maps each character to one id (0 is padding), so a
-:class:`~jaxweights.TransformerLM` with a 20-token vocabulary can learn the
-task from scratch.
+The tokenizer maps each character to one id (0 is padding).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,11 +34,12 @@ import numpy as np
 from jaxweights.families.q_probe.policies import Tokens, pad_sequences
 
 PAD = 0
-CHARS = "0123456789+*=;YN\n"
-EOS_CHAR = ";"  # ends an answer (the completion's last token)
+CHARS = "0123456789+-*:=;YN\n"
+EOS_CHAR = ";"  # ends an expression (the completion's last token)
 GOOD, BAD = "Y", "N"  # the verdict marks of graded lines
 NEWLINE = "\n"
-VOCAB_SIZE = 20  # padding + 17 characters, rounded up
+VOCAB_SIZE = 20  # padding + 19 characters
+OPS = "+-*"
 
 
 def encode(text: str) -> list[int]:
@@ -53,110 +61,99 @@ EOS_ID = encode(EOS_CHAR)[0]
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  prompt: str
-  answer: int
+  """Reach ``target`` with each of ``digits`` (sorted) once."""
+
+  digits: tuple[int, ...]
+  target: int
+
+  @property
+  def prompt(self) -> str:
+    return f"{self.target}:{''.join(map(str, self.digits))}="
 
 
-def all_problems(add_max: int, mul_max: int) -> tuple[list[Problem], list[Problem]]:
-  """Every ``a+b=`` and every ``a*b+c=`` problem of the given ranges."""
-  add = [Problem(f"{a}+{b}=", a + b) for a in range(add_max + 1) for b in range(add_max + 1)]
-  mul = [
-    Problem(f"{a}*{b}+{c}=", a * b + c)
-    for a in range(mul_max + 1)
-    for b in range(mul_max + 1)
-    for c in range(add_max + 1)
-  ]
-  return add, mul
+@functools.cache
+def expressions(digits: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+  """Every ``(expression, value)`` over an ordering of ``digits`` and a choice of operators."""
+  out = []
+  for perm in sorted(set(itertools.permutations(digits))):
+    for ops in itertools.product(OPS, repeat=len(digits) - 1):
+      text = str(perm[0]) + "".join(o + str(d) for o, d in zip(ops, perm[1:]))
+      out.append((text, evaluate(text)))
+  return tuple(out)
+
+
+_EXPR = re.compile(r"[1-9]([-+*][1-9])*")
+
+
+def evaluate(text: str) -> int:
+  """The value of a digit expression with ``+ - *`` (``*`` first), or raise ValueError."""
+  if not _EXPR.fullmatch(text):
+    raise ValueError(f"not an expression of digits: {text!r}.")
+  total, sign = 0, 1
+  for term in re.split(r"([-+])", text):
+    if term in "+-":
+      sign = 1 if term == "+" else -1
+      continue
+    prod = 1
+    for d in term.split("*"):
+      prod *= int(d)
+    total += sign * prod
+  return total
+
+
+def all_problems(n_digits: int, max_digit: int) -> list[Problem]:
+  """Every (sorted digit multiset, reachable target) problem."""
+  out = []
+  for digits in itertools.combinations_with_replacement(range(1, max_digit + 1), n_digits):
+    for t in sorted({v for _, v in expressions(digits)}):
+      out.append(Problem(digits, t))
+  return out
 
 
 @dataclasses.dataclass
 class Split:
-  """Disjoint problem sets: the base LMs' training text and the probe's prompts."""
+  """Disjoint problem sets: the LMs' training text and the probe's prompts."""
 
   lm_train: list[Problem]
   probe_train: list[Problem]
   probe_test: list[Problem]
 
 
-def make_split(
-  *,
-  add_max: int,
-  mul_max: int,
-  mul_fraction: float,
-  n_probe_train: int,
-  n_probe_test: int,
-  lm_train_size: int | None,
-  seed: int,
-) -> Split:
-  """Samples the probe's train/test prompts, then the LM text from the rest.
+def make_split(*, n_digits: int, max_digit: int, n_probe_train: int, n_probe_test: int, seed: int) -> Split:
+  """The probe's train/test prompts and the LMs' problems, all disjoint.
 
-  Probe prompts are drawn with ``mul_fraction`` of ``a*b+c`` problems; the LM
-  training text is ``lm_train_size`` of the remaining problems in the same mix
-  (``None``: every remaining problem), so no probe prompt, train or test, is
-  ever in the LMs' training text.
+  Problems are drawn with probability proportional to their number of
+  expressions (a target that many expressions reach is drawn more often, as a
+  random expression's value would be); the LMs' text holds every other problem.
   """
-  if not 0 <= mul_fraction <= 1:
-    raise ValueError(f"mul_fraction must be in [0, 1], got {mul_fraction}.")
   rng = np.random.default_rng(seed)
-  add, mul = all_problems(add_max, mul_max)
-  add = [add[i] for i in rng.permutation(len(add))]
-  mul = [mul[i] for i in rng.permutation(len(mul))]
-
-  def take(pool, n):
-    if n > len(pool):
-      raise ValueError(f"asked for {n} problems, only {len(pool)} left; widen the ranges.")
-    return pool[:n], pool[n:]
-
-  def mix(n):
-    nonlocal add, mul
-    n_mul = int(round(n * mul_fraction))
-    got_mul, mul = take(mul, n_mul)
-    got_add, add = take(add, n - n_mul)
-    out = got_add + got_mul
-    return [out[i] for i in rng.permutation(len(out))]
-
-  probe_train = mix(n_probe_train)
-  probe_test = mix(n_probe_test)
-  if lm_train_size is None:  # every remaining problem, whatever the mix
-    rest = add + mul
-    lm_train = [rest[i] for i in rng.permutation(len(rest))]
-  else:
-    lm_train = mix(lm_train_size)
-  return Split(lm_train=lm_train, probe_train=probe_train, probe_test=probe_test)
+  problems = all_problems(n_digits, max_digit)
+  n = n_probe_train + n_probe_test
+  if n >= len(problems):
+    raise ValueError(f"asked for {n} probe prompts, only {len(problems)} problems; widen the ranges.")
+  counts = np.array([n_correct(p) for p in problems], np.float64)
+  picked = rng.choice(len(problems), n, replace=False, p=counts / counts.sum())
+  rest = np.setdiff1d(np.arange(len(problems)), picked)
+  rest = rest[rng.permutation(len(rest))]
+  return Split(
+    lm_train=[problems[i] for i in rest],
+    probe_train=[problems[i] for i in picked[:n_probe_train]],
+    probe_test=[problems[i] for i in picked[n_probe_train:]],
+  )
 
 
-# Typical slips of a graded worksheet's wrong answers: the last digit off by
-# one, a carry dropped or added.
-WRONG_OFFSETS = (1, -1, 10, -10)
+def correct_expressions(problem: Problem) -> list[str]:
+  return [e for e, v in expressions(problem.digits) if v == problem.target]
 
 
-def wrong_answers(answer: int, kind: str, rng: np.random.Generator, n: int = 4, high: int = 199) -> list[int]:
-  """``n`` wrong answers to a problem, never equal to ``answer``.
-
-  ``kind="slip"``: near misses, ``answer + o`` for the :data:`WRONG_OFFSETS`
-  (``answer - o`` where that would be negative), cycled to ``n``.
-  ``kind="guess"``: uniform guesses in ``[0, high)``.
-  ``kind="mix"``: half slips, half guesses.
-  """
-  slips = [answer + o if answer + o >= 0 else answer - o for o in WRONG_OFFSETS]
-  slips = [slips[i % len(slips)] for i in range(n)]
-  guesses = []
-  while len(guesses) < n:
-    g = int(rng.integers(0, high))
-    if g != answer:
-      guesses.append(g)
-  if kind == "slip":
-    return slips
-  if kind == "guess":
-    return guesses
-  if kind == "mix":
-    return slips[: n // 2] + guesses[: n - n // 2]
-  raise ValueError(f"unknown wrong-answer kind {kind!r}; use 'slip', 'guess' or 'mix'.")
+def n_correct(problem: Problem) -> int:
+  """How many distinct expressions solve ``problem``."""
+  return len(correct_expressions(problem))
 
 
-def line(prompt: str, value: int, correct: bool, verdicts: bool) -> str:
-  """One line of the LMs' text: ``"12+34=46;Y\\n"`` (``"12+34=46\\n"`` without verdicts)."""
-  text = f"{prompt}{value}{EOS_CHAR}"
+def line(problem: Problem, expr: str, correct: bool, verdicts: bool) -> str:
+  """One line of the LMs' text: ``"17:1356=3*6-1*5;Y\\n"`` (no mark without verdicts)."""
+  text = f"{problem.prompt}{expr}{EOS_CHAR}"
   if verdicts:
     text += GOOD if correct else BAD
   return text + NEWLINE
@@ -165,55 +162,46 @@ def line(prompt: str, value: int, correct: bool, verdicts: bool) -> str:
 class WorksheetText:
   """The LMs' training text: graded worksheet lines, drawn fresh every step.
 
-  Each line is a problem, an answer that is wrong with probability
-  ``wrong_fraction`` (one of :func:`wrong_answers`, uniformly), then (with
-  ``verdicts``) the grader's mark ``Y``/``N``. The loss mask covers
-  everything after the ``=``: the answer, the end token, the mark and the
-  newline (the operands are random: their loss is irreducible).
+  Each line is a problem, then a correct expression (uniform among the
+  problem's) or, with probability ``wrong_fraction``, a wrong one (uniform among
+  the same digits' expressions of another value), then (with ``verdicts``) the
+  grader's mark ``Y``/``N``. The loss mask covers everything after the ``=``
+  (the problem itself is random: its loss is irreducible).
 
   Args:
     problems: the problems the LM may see.
-    width: row width (tokens; ``max_len + 1`` for next-token training).
-    wrong_fraction: share of wrong answers.
+    width: row width (tokens; ``seq_len + 1`` for next-token training).
+    wrong_fraction: share of wrong expressions.
     verdicts: whether lines carry the grader's mark.
   """
 
-  def __init__(
-    self,
-    problems: Sequence[Problem],
-    width: int,
-    *,
-    wrong_fraction: float,
-    verdicts: bool,
-    wrong_kind: str = "guess",
-    n_wrong: int = 4,
-    seed: int = 0,
-  ):
+  def __init__(self, problems: Sequence[Problem], width: int, *, wrong_fraction: float, verdicts: bool):
     if not 0 <= wrong_fraction <= 1:
       raise ValueError(f"wrong_fraction must be in [0, 1], got {wrong_fraction}.")
     if not problems:
       raise ValueError("no problems to train on.")
+    self.problems = list(problems)
+    self.width = width
     self.wrong_fraction = wrong_fraction
-    rng = np.random.default_rng(seed)
-    self.tokens = np.zeros((len(problems), n_wrong + 1, width), np.int32)
-    self.mask = np.zeros((len(problems), n_wrong + 1, width), bool)
-    high = max(p.answer for p in problems) + 1
-    for i, p in enumerate(problems):
-      values = [p.answer] + wrong_answers(p.answer, wrong_kind, rng, n_wrong, high)
-      for j, v in enumerate(values):
-        ids = encode(line(p.prompt, v, j == 0, verdicts))
-        if len(ids) > width:
-          raise ValueError(f"a line of {len(ids)} tokens does not fit the width {width}.")
-        self.tokens[i, j, : len(ids)] = ids
-        self.mask[i, j, len(p.prompt) : len(ids)] = True
+    self.verdicts = verdicts
+    self._good = [correct_expressions(p) for p in self.problems]
+    self._bad = [[e for e, v in expressions(p.digits) if v != p.target] for p in self.problems]
 
   def batch(self, *, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """``{"tokens", "mask"}`` ``[batch_size, width]``: a pure function of (seed, step)."""
     rng = np.random.default_rng((seed, step))
-    idx = rng.integers(0, len(self.tokens), batch_size)
-    wrong = rng.random(batch_size) < self.wrong_fraction
-    variant = np.where(wrong, rng.integers(1, self.tokens.shape[1], batch_size), 0)
-    return {"tokens": self.tokens[idx, variant], "mask": self.mask[idx, variant]}
+    tokens = np.zeros((batch_size, self.width), np.int32)
+    mask = np.zeros((batch_size, self.width), bool)
+    for row, i in enumerate(rng.integers(0, len(self.problems), batch_size)):
+      wrong = rng.random() < self.wrong_fraction and self._bad[i]
+      pool = self._bad[i] if wrong else self._good[i]
+      p = self.problems[i]
+      ids = encode(line(p, pool[rng.integers(len(pool))], not wrong, self.verdicts))
+      if len(ids) > self.width:
+        raise ValueError(f"a line of {len(ids)} tokens does not fit the width {self.width}.")
+      tokens[row, : len(ids)] = ids
+      mask[row, len(p.prompt) : len(ids)] = True
+    return {"tokens": tokens, "mask": mask}
 
 
 def prompt_tokens(problems: Sequence[Problem], width: int | None = None) -> Tokens:
@@ -227,21 +215,27 @@ def completion_text(ids: Sequence[int], length: int) -> str:
   return text.split(EOS_CHAR, 1)[0]
 
 
-def reward(text: str, answer: int) -> float:
-  """1.0 if ``int(text) == answer``, else 0.0 (including text that does not parse)."""
+def reward(text: str, problem: Problem) -> float:
+  """1.0 if ``text`` uses exactly ``problem.digits`` and evaluates to the target, else 0.0."""
   try:
-    return float(int(text) == answer)
+    value = evaluate(text)
   except ValueError:
     return 0.0
+  used = tuple(sorted(int(c) for c in text if c.isdigit()))
+  return float(used == problem.digits and value == problem.target)
+
+
+def completion_texts(completions: Tokens) -> list[list[str]]:
+  """``[P][k]`` texts of sampled completions (``Tokens([P, k, T], [P, k])``)."""
+  p, k, _ = completions.tokens.shape
+  return [
+    [completion_text(completions.tokens[i, j], completions.lengths[i, j]) for j in range(k)] for i in range(p)
+  ]
 
 
 def rewards(problems: Sequence[Problem], completions: Tokens) -> np.ndarray:
   """``[P, k]`` rewards of sampled completions (``Tokens([P, k, T], [P, k])``)."""
-  p, k, _ = completions.tokens.shape
-  if p != len(problems):
-    raise ValueError(f"{len(problems)} problems but completions for {p} prompts.")
-  out = np.zeros((p, k), np.float32)
-  for i, prob in enumerate(problems):
-    for j in range(k):
-      out[i, j] = reward(completion_text(completions.tokens[i, j], completions.lengths[i, j]), prob.answer)
-  return out
+  texts = completion_texts(completions)
+  if len(texts) != len(problems):
+    raise ValueError(f"{len(problems)} problems but completions for {len(texts)} prompts.")
+  return np.array([[reward(t, prob) for t in row] for prob, row in zip(problems, texts)], np.float32)
