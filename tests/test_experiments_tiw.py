@@ -76,6 +76,23 @@ def test_gmm_data_oracle_and_mode_metrics():
   assert m["p_mode0"] < config.mixture["bias_weights"][0]
 
 
+def test_ratio_and_correction_errors_vanish_for_the_exact_ratio():
+  config = gmm_configs.get_config("smoke")
+  data = gmm.make_data(config, 0)
+  sde = df.VPSDE()
+  oracle = gmm.oracle_ratio(config, sde)
+  errors, _ = gmm.make_ratio_error_fn(config, sde, data["ref_fraction"], oracle)
+  x_t = jnp.asarray(data["x_obs"][:200]) * 0.9
+  td_mae, _, _, grad_err, grad_norm = errors((), (), x_t, 0.05, jnp.asarray(data["x_obs"]))
+  assert float(td_mae) < 1e-4 and float(grad_err) < 1e-3 * float(grad_norm)
+  assert float(grad_norm) > 0.1  # the correction is not trivially zero here
+  # A wrong ratio (the exact one plus a tilt) shows up in both errors.
+  tilted = dr.RatioModel(lambda p, x, t: oracle.apply(p, x, t) + 0.5 * x[:, 0], ())
+  errors_tilted, _ = gmm.make_ratio_error_fn(config, sde, data["ref_fraction"], tilted)
+  td_mae_t, _, _, grad_err_t, _ = errors_tilted((), (), x_t, 0.05, jnp.asarray(data["x_obs"]))
+  assert float(td_mae_t) > 0.05 and float(grad_err_t) > 0.1
+
+
 def _two_gaussian_logits(params, x_t, t):
   """The exact log p_data^t / p_bias^t of two 1-D-separated 2-D mixtures (a test oracle)."""
   del params

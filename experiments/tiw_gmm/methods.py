@@ -346,19 +346,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
   covmean = linalg.sqrtm(ca @ cb)
   covmean = np.real(covmean)
   return float(np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb - 2 * covmean))
-
-
-def paired_verdict(per_seed, metric: str, method: str, baseline: str) -> str:
-  """``method − baseline`` paired by seed: mean ± std and better/worse at 2 s.e."""
-  if method not in per_seed or baseline not in per_seed:
-    return ""
-  d = np.array([m[metric] - b[metric] for m, b in zip(per_seed[method], per_seed[baseline])])
-  n = len(d)
-  mean, std = float(d.mean()), float(d.std(ddof=1)) if n > 1 else 0.0
-  if n < 3:
-    word = "too few seeds to tell"
-  elif abs(mean) > 2 * std / np.sqrt(n):
-    word = "lower" if mean < 0 else "higher"
-  else:
-    word = "no clear difference"
-  return f"`{metric}` {method} − {baseline}: {mean:+.4g} ± {std:.2g} ({word})"

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.model = dict(kind="mlp", hidden=32, depth=1, embed_dim=8, channels=8)
   config.encoder = dict(hidden=16, depth=1, embed_dim=8, num_steps=10, learning_rate=1e-3)
-  config.disc.candidates = ((8, 1, 5), (16, 1, 10))
+  config.disc.candidates = ((8, 1, 10),)
   config.disc.batch_size = 32
   config.disc.draws = 2
   config.classifier = dict(hidden=16, max_iter=50)
