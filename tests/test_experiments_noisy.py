@@ -97,6 +97,12 @@ def test_claims_cite_the_paper(smoke):
   assert {r["verdict"] for r in rows} == {"too few seeds"}  # 2 seeds
   table = (exp_dir / "table.md").read_text()
   assert "### The paper's claims" in table and "- 2 claims: too few seeds 2." in table
+  # The other T's rows are checked against the same directions, as a diagnostic outside claims.json.
+  assert "The paper's directions checked with the true T" in table
+  assert (
+    "- 1 claims: too few seeds 1. A direction counts when |paired Δ| > 2 standard errors over ≥ 3 seeds.\n"
+    in table
+  )
 
 
 def test_claim_lines_list_the_decided_claims():

@@ -778,7 +778,7 @@ def paper_table(metrics, names, which) -> list[str]:
   return lines
 
 
-def claim_lines(rows) -> list[str]:
+def claim_lines(rows, source: str | None = "claims.json") -> list[str]:
   """The verdicts in a few generated lines: a count per verdict, then the claims that are not ties.
 
   The full table (the paper's figure, ours, the verdict per claim) is ``claims.json``,
@@ -790,7 +790,8 @@ def claim_lines(rows) -> list[str]:
   lines = [
     f"{len(rows)} claims: "
     + ", ".join(f"{k} {v}" for k, v in sorted(count.items(), key=lambda kv: -kv[1]))
-    + ". A direction counts when |paired Δ| > 2 standard errors over ≥ 3 seeds (`claims.json`)."
+    + ". A direction counts when |paired Δ| > 2 standard errors over ≥ 3 seeds"
+    + (f" (`{source}`)." if source else ".")
   ]
   for verdict in ("reproduces", "opposite direction"):
     for r in rows:
@@ -864,8 +865,13 @@ def write_table(exp_dir, config, metrics, names, noise_rates, runtime, n_train, 
     "",
   ]
   if other_methods:
+    other_rows = [common.claim_verdict(metrics, c, n) for c in make_claims(names, other, methods)]
     blocks += [
       f"### The other T ({other}): last test accuracy, memorised share",
+      "",
+      f"The paper's directions checked with the {other} T (a diagnostic, not in `claims.json`):",
+      "",
+      *[f"- {line}" for line in claim_lines(other_rows, source=None)],
       "",
       common.markdown_table(other_methods, [(f"{s}_test_acc", f"{s} last") for s in names]),
       "",
