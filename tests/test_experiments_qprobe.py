@@ -93,6 +93,11 @@ def test_chunks_estimators_and_layer():
   assert train.chunk_expected_reward(q, r, full, 0.1) == pytest.approx(exact, rel=1e-6)
   assert train.chunk_expected_reward(q, r, full, 0.0) == pytest.approx(2 / 3)  # argmax picks index 0
   assert train.chunk_expected_reward(q, r, train.chunks(3, 4, 1, seed=0), 0.1) == pytest.approx(r.mean())
+  config = get_config("smoke")
+  rr = np.random.default_rng(0).random((5, config.n_samples)) < 0.3
+  base = train.base_metrics(config, rr.astype(np.float32), seed=0)
+  for b in config.betas:  # a uniform draw whatever beta (beta = 0 is not one tie-broken draw)
+    assert base[train.beta_key(b)] == pytest.approx(rr.mean(), abs=1e-6)
   assert train.embedding_layer(32, 26 / 32) == 26
   assert train.embedding_layer(4, 26 / 32) == 3
   assert train.embedding_layer(2, 26 / 32) == 1  # never the last block

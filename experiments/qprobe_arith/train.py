@@ -245,10 +245,16 @@ def run_method(method: str, seed: int, config, data: Data, exp_dir, name=None, p
 
 
 def base_metrics(config, r: np.ndarray, seed: int) -> dict[str, float]:
-  """The base policy's row: uniform selection (any beta) is a draw, pass@1."""
-  zeros = np.zeros_like(r)
-  out = evaluate(config, zeros, r, seed)
+  """The base policy's row: a uniform draw among the candidates (pass@1), whatever beta.
+
+  A constant Q would make beta = 0 pick each chunk's first candidate (argmax of
+  ties), one noisy draw; the base row is the exact uniform expectation instead.
+  """
+  out = evaluate(config, np.zeros_like(r), r, seed)
   out.pop("q_spread"), out.pop("pair_auc")
+  uniform = chunk_expected_reward(np.zeros_like(r), r, chunks(len(r), r.shape[1], config.k, seed), 1.0)
+  for b in config.betas:
+    out[beta_key(b)] = uniform
   return out
 
 
