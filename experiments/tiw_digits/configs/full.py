@@ -19,5 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 5e-4
   config.n_generate = 2000
   config.encoder.num_steps = 4000
+  config.disc.candidates = ((16, 1, 100), (32, 1, 300), (32, 1, 1200), (128, 2, 1200))
   config.disc.select_seeds = ()  # choose the head on every seed's own validation split
   return config

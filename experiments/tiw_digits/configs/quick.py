@@ -32,15 +32,15 @@ def get_config() -> ml_collections.ConfigDict:
       ref_size=0.05,  # |D_ref| = ref_size * |D_bias|, class-balanced
       # Score network: "mlp" = ScoreMLP(64, hidden, depth, embed_dim), "unet" =
       # ScoreUNet((8, 8, 1), channels, embed_dim).
-      model=dict(kind="mlp", hidden=256, depth=3, embed_dim=32, channels=32),
+      model=dict(kind="mlp", hidden=128, depth=3, embed_dim=32, channels=32),
       batch_size=128,
       learning_rate=1e-3,
-      num_steps=2000,
+      num_steps=1500,
       log_every=50,
       eval_every=500,
       # The frozen noise-conditional feature map of the discriminator: a ScoreMLP
       # trained by plain DSM on D_obs (no labels) for num_steps.
-      encoder=dict(hidden=128, depth=2, embed_dim=16, num_steps=1500, learning_rate=1e-3),
+      encoder=dict(hidden=128, depth=2, embed_dim=16, num_steps=1000, learning_rate=1e-3),
       # The discriminator head (TimeDiscriminator on the features), Adam 3e-4 as the
       # authors. candidates: (head hidden, head depth, steps), chosen by the
       # balanced BCE on a validation split (validation_fraction of D_ref and of
@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
       # (empty: every seed); the chosen candidate is then refit on all of D_ref
       # and D_bias.
       disc=dict(
-        candidates=((32, 1, 300), (32, 1, 1200), (128, 2, 1200)),
+        candidates=((16, 1, 100), (32, 1, 300), (32, 1, 1200)),
         batch_size=128,
         learning_rate=3e-4,
         validation_fraction=0.2,
