@@ -2,14 +2,18 @@
 
 ``python -m experiments.tiw_gmm --config=quick``
 
-The setting is chosen from what the paper argues (Kim et al., ICLR 2024, Sec. 3.1
-and its 2-D toy), not from which method wins: a time-dependent ratio helps when the
+The setting is chosen from what the paper argues (Kim et al., ICLR 2024, its
+motivation and 2-D toy), not from which method wins: a time-dependent ratio helps when the
 ``t = 0`` discriminator is unreliable. Two things make it unreliable here: the
 modes overlap (adjacent means 3 standard deviations apart, so the true ``t = 0``
 ratio varies continuously inside the data instead of being one constant per
-mode), and the reference set is 2% of the biased set (100 points), the low end of
-the reference sizes the paper studies. The discriminators use the authors'
-learning rate (Adam 3e-4) and importance-sampled times. Expected: see README.md.
+mode), and the reference set is 2% of the biased set (100 points), in the 1-2%
+range the method sheet asks for. The discriminators use the authors'
+learning rate (Adam 3e-4) and importance-sampled times.
+
+Measured 2026-11-30 (5 seeds; 170 s CPU): mean log-ratio error, time-dependent
+0.22 vs time-independent 0.29; sliced W2 to unbiased held-out points DSM(obs) 0.31,
+DSM(ref) 0.09, IW-DSM 0.12, TIW-DSM 0.29 ± 0.11, authors' code 0.37 (README.md).
 """
 
 import ml_collections
