@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxweights as jw
-from experiments.loss_lm.configs.pod import POD_MODEL
+from experiments.lm_recipe import POD_MODEL
 from jaxweights.runtime import aot
 
 # The model of the LM experiments' pod configurations.

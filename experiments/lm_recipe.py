@@ -153,6 +153,77 @@ def corpus_config(**overrides) -> dict:
   )
 
 
+def recipe_config(**overrides) -> dict:
+  """The fields every LM experiment's config shares: data, model, optimiser, evaluation.
+
+  The recipe follows the loss-based paper's GPT-2 runs scaled down (AdamW with the
+  library-default betas (0.9, 0.999), weight decay 0.01, clipping 1.0, warm-up then
+  cosine decay to a fifth of the peak) on :func:`corpus_config`'s mixture, at most
+  one pass. ``overrides`` replace or add fields.
+  """
+  return dict(
+    dict(
+      corpus=corpus_config(),
+      # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
+      cache_dir=None,
+      # "transformer" (jaxweights.TransformerLM) or "llama" (jaxweights.Llama).
+      model_kind="transformer",
+      # The model config's fields besides vocab_size and max_len.
+      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
+      # None: a data mesh over every device; dict(data=, fsdp=, tensor=): a sharded
+      # train state on jaxweights.make_mesh.
+      mesh=None,
+      seq_len=64,
+      # At most this many passes over each domain's training tokens (the paper's
+      # regime: one); the experiments refuse a config that exceeds it (None: off).
+      max_passes=1.0,
+      # A 0.4M-parameter model for a few hundred steps: a peak LR above the paper's
+      # 5e-4, chosen for the uniform baseline before any weighting was run.
+      peak_lr=1e-3,
+      end_lr=2e-4,
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.999,
+      clip_norm=1.0,
+      eval_batch_size=64,
+      # None: every held-out window at every evaluation.
+      eval_max_batches=None,
+      # Shard the batch over all devices (jaxweights.data_mesh) when more than one
+      # is present; on one device the step runs unsharded.
+      use_mesh=True,
+    ),
+    **overrides,
+  )
+
+
+def pod_overrides(config) -> None:
+  """Turns an LM config into the v5e-64 pod layout of the ~1B Llama (in place): the
+  whole mixture at vocab 32000, FSDP 64, 512 x 2048 tokens per step, no pass limit
+  (a throughput and memory check on the offline corpus, not a pretraining run)."""
+  config.seeds = (0,)
+  config.corpus.vocab_size = 32000
+  config.corpus.max_bytes_per_domain = None
+  config.model_kind = "llama"
+  config.model = POD_MODEL
+  config.mesh = dict(data=1, fsdp=64, tensor=1)
+  config.seq_len = 2048
+  config.batch_size = 512
+  config.eval_batch_size = 512
+  config.eval_max_batches = 4
+  config.num_steps = 200
+  config.max_passes = None
+  config.peak_lr = 3e-4
+  config.end_lr = 3e-5
+  config.lr_warmup_steps = 20
+  config.log_every = 10
+  config.eval_every = 100
+
+
+# The ~1B Llama-style decoder of the pod configurations (benchmarks.pod_memory
+# checks its per-device memory by ahead-of-time compilation).
+POD_MODEL = dict(d_model=2048, n_layers=18, n_heads=16, d_ff=5632, tied=False, dtype="bfloat16", remat=True)
+
+
 def load_corpus(config) -> jw_data.MixtureCorpus:
   """The config's domain mixture (``config.corpus``, cached in ``config.cache_dir``)."""
   return jw_data.mixture_corpus(**config.corpus, cache_dir=config.get("cache_dir"))

@@ -408,7 +408,7 @@ def _build_corpus(
   cache_dir: str | None,
 ) -> TextCorpus:
   try:
-    import tokenizers
+    import tokenizers  # noqa: F401  (checks that it is installed)
   except ImportError as e:
     raise ImportError("text corpora need tokenizers: pip install 'jaxweights[experiments]'") from e
   vocab_size = _nonneg_int(vocab_size, "vocab_size")
@@ -419,22 +419,14 @@ def _build_corpus(
   test_fraction = _check_fraction(test_fraction, "test_fraction")
   seed = _nonneg_int(seed, "seed")
 
-  key = json.dumps(
-    {
-      "kind": kind,
-      "vocab_size": vocab_size,
-      "max_bytes": max_bytes,
-      "test_fraction": test_fraction,
-      "seed": seed,
-      "python": sys.version,
-      "tokenizers": tokenizers.__version__,
-      "format": _CACHE_FORMAT,
-    },
-    sort_keys=True,
+  cache_dir, target = _cache_target(
+    cache_dir,
+    kind,
+    vocab_size=vocab_size,
+    max_bytes=max_bytes,
+    test_fraction=test_fraction,
+    seed=seed,
   )
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
-  target = os.path.join(cache_dir, f"{kind}-{digest}")
   if os.path.exists(os.path.join(target, "tokens.npz")):
     return TextCorpus._load(target)
 
@@ -682,7 +674,7 @@ def mixture_corpus(
     ImportError: tokenizers is not installed.
   """
   try:
-    import tokenizers
+    import tokenizers  # noqa: F401  (checks that it is installed)
   except ImportError as e:
     raise ImportError("text corpora need tokenizers: pip install 'jaxweights[experiments]'") from e
   domains = tuple(domains)
@@ -699,24 +691,16 @@ def mixture_corpus(
     raise ValueError(f"chunk_bytes must be >= 64, got {chunk_bytes}.")
   test_fraction = _check_fraction(test_fraction, "test_fraction")
   seed = _nonneg_int(seed, "seed")
-  key = json.dumps(
-    {
-      "kind": "mixture",
-      "domains": domains,
-      "vocab_size": vocab_size,
-      "max_bytes_per_domain": max_bytes_per_domain,
-      "chunk_bytes": chunk_bytes,
-      "test_fraction": test_fraction,
-      "seed": seed,
-      "python": sys.version,
-      "tokenizers": tokenizers.__version__,
-      "format": _CACHE_FORMAT,
-    },
-    sort_keys=True,
+  cache_dir, target = _cache_target(
+    cache_dir,
+    "mixture",
+    domains=domains,
+    vocab_size=vocab_size,
+    max_bytes_per_domain=max_bytes_per_domain,
+    chunk_bytes=chunk_bytes,
+    test_fraction=test_fraction,
+    seed=seed,
   )
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
-  target = os.path.join(cache_dir, f"mixture-{digest}")
   if os.path.exists(os.path.join(target, "tokens.npz")):
     return _load_mixture(target)
 
@@ -766,6 +750,26 @@ def _load_mixture(directory: str) -> MixtureCorpus:
     if train[d].size != split["train_tokens"][d] or test[d].size != split["test_tokens"][d]:
       raise ValueError(f"corrupt corpus cache in {directory}.")
   return MixtureCorpus(tok, domains, train, test, split["chunks"])
+
+
+def _cache_target(cache_dir: str | None, kind: str, **args: Any) -> tuple[str, str]:
+  """``(cache folder, this corpus's folder in it)``: named by a hash of ``kind``, the
+  arguments, and the Python and tokenizers versions."""
+  import tokenizers
+
+  key = json.dumps(
+    {
+      "kind": kind,
+      **args,
+      "python": sys.version,
+      "tokenizers": tokenizers.__version__,
+      "format": _CACHE_FORMAT,
+    },
+    sort_keys=True,
+  )
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
+  return cache_dir, os.path.join(cache_dir, f"{kind}-{digest}")
 
 
 def _write_cache(cache_dir: str, target: str, save: Callable[[str], None], arrays: dict) -> None:

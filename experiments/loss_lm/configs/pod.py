@@ -15,35 +15,19 @@ needs a real corpus behind the same loader.
 
 import ml_collections
 
+from experiments import lm_recipe
 from experiments.loss_lm.configs import quick
 
-# The ~1B Llama-style decoder of the pod configurations (benchmarks.pod_memory
-# checks its per-device memory by ahead-of-time compilation).
-POD_MODEL = dict(d_model=2048, n_layers=18, n_heads=16, d_ff=5632, tied=False, dtype="bfloat16", remat=True)
+# Re-exported for benchmarks.pod_memory.
+POD_MODEL = lm_recipe.POD_MODEL
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = quick.get_config()
   config.name = "pod"
-  config.seeds = (0,)
   config.methods = ("uniform", "linupper")
-  config.corpus.vocab_size = 32000
-  config.corpus.max_bytes_per_domain = None
-  config.model_kind = "llama"
-  config.model = POD_MODEL
-  config.mesh = dict(data=1, fsdp=64, tensor=1)
-  config.seq_len = 2048
-  config.batch_size = 512
-  config.eval_batch_size = 512
-  config.eval_max_batches = 4
-  config.num_steps = 200
-  config.max_passes = None
-  config.peak_lr = 3e-4
-  config.end_lr = 3e-5
-  config.lr_warmup_steps = 20
+  lm_recipe.pod_overrides(config)
   config.weight_warmup_steps = 40
-  config.log_every = 10
-  config.eval_every = 100
   config.checkpoint_every = 100
   config.bf16_methods = ()
   return config

@@ -29,51 +29,23 @@ SMALL_SCALE_R = {"linupper": 1.0, "quadratic": 1.0, "extremes": 1.0}
 
 def get_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
-    dict(
+    lm_recipe.recipe_config(
       name="quick",
       methods=("uniform", "linupper", "quadratic", "extremes"),
       seeds=(0, 1, 2),
-      # jaxweights.data.mixture_corpus: the domains are mixed uniformly, as the
-      # paper's SlimPajama-6B; 10% of each domain's ~2 kB chunks are held out.
-      corpus=lm_recipe.corpus_config(),
-      # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
-      cache_dir=None,
-      # "transformer" (jaxweights.TransformerLM) or "llama" (jaxweights.Llama).
-      model_kind="transformer",
-      # The model config's fields besides vocab_size and max_len.
-      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
-      # None: a data mesh over every device; dict(data=, fsdp=, tensor=): a sharded
-      # train state on jaxweights.make_mesh (see experiments/lm_recipe.py).
-      mesh=None,
-      seq_len=64,
       batch_size=16,
       num_steps=400,
-      # The run must stay within one pass over every domain's training tokens
-      # (the paper's regime); train_and_evaluate refuses a config that does not.
-      max_passes=1.0,
-      peak_lr=1e-3,
-      end_lr=2e-4,
       lr_warmup_steps=10,
-      weight_decay=0.01,
-      b1=0.9,
-      b2=0.999,
-      clip_norm=1.0,
       r=SMALL_SCALE_R,
       delta=1.0,
       weight_warmup_steps=20,
       log_every=5,
       eval_every=50,
-      eval_batch_size=64,
-      # None: every held-out window at every evaluation.
-      eval_max_batches=None,
       # 0: no checkpoints. Otherwise orbax checkpoints every N steps under
       # <workdir>/checkpoints/<method>_seed<k>/ and a rerun continues every run
       # from its latest checkpoint (a finished run is only re-evaluated); delete
       # that folder to start over after changing the config.
       checkpoint_every=0,
-      # Shard the batch over all devices (jaxweights.data_mesh) when more than one
-      # is present; on one device the step runs unsharded.
-      use_mesh=True,
       # Mixed-precision check: these methods are run again with bf16 compute
       # (float32 params, optimiser state and weights), same seeds and batches,
       # and compared with their float32 runs.

@@ -11,31 +11,15 @@ corpus makes this a throughput and memory check, not a pretraining run
 
 import ml_collections
 
-from experiments.loss_lm.configs.pod import POD_MODEL
+from experiments import lm_recipe
 from experiments.presence_lm.configs import quick
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = quick.get_config()
   config.name = "pod"
-  config.seeds = (0,)
   config.methods = ("uniform", "presence_mb")
-  config.corpus.vocab_size = 32000
-  config.corpus.max_bytes_per_domain = None
-  config.model_kind = "llama"
-  config.model = POD_MODEL
-  config.mesh = dict(data=1, fsdp=64, tensor=1)
+  lm_recipe.pod_overrides(config)
   config.layers = None
-  config.seq_len = 2048
-  config.batch_size = 512
-  config.eval_batch_size = 512
-  config.eval_max_batches = 4
-  config.num_steps = 200
-  config.max_passes = None
-  config.peak_lr = 3e-4
-  config.end_lr = 3e-5
-  config.lr_warmup_steps = 20
-  config.log_every = 10
-  config.eval_every = 100
   config.diagnostic = None
   return config

@@ -26,31 +26,13 @@ from experiments import lm_recipe
 
 def get_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
-    dict(
+    lm_recipe.recipe_config(
       name="quick",
       methods=("uniform", "presence_mb", "presence"),
       seeds=(0, 1, 2),
-      corpus=lm_recipe.corpus_config(),
-      # Cache of the tokenised corpus (None: ~/.cache/jaxweights).
-      cache_dir=None,
-      # "transformer" (jaxweights.TransformerLM) or "llama" (jaxweights.Llama).
-      model_kind="transformer",
-      model=dict(d_model=96, n_layers=2, n_heads=4, d_ff=384),
-      # None: a data mesh over every device; dict(data=, fsdp=, tensor=): a sharded state.
-      mesh=None,
-      seq_len=64,
       batch_size=32,
       num_steps=200,
-      # At most one pass over each domain's training tokens (the paper's regime).
-      max_passes=1.0,
-      # The shared LM recipe (experiments/lm_recipe.py), as loss_lm.
-      peak_lr=1e-3,
-      end_lr=2e-4,
       lr_warmup_steps=5,
-      weight_decay=0.01,
-      b1=0.9,
-      b2=0.999,
-      clip_norm=1.0,
       # PRESENCE: tau = +tau for the first round(switch_fraction * num_steps) steps,
       # then -tau (the paper: 10%, |tau| = 1); per-sample scores over `layers`
       # (path prefixes; the paper: the first layer(s)), exact ghost norms with the
@@ -68,15 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
       duplicate_pool=16,
       log_every=5,
       eval_every=50,
-      eval_batch_size=64,
-      eval_max_batches=None,
       # Offline TracIn on the diagnostic's uniform runs: checkpoints at these
       # fractions of the steps; a scoring pool of training rows per kind plus
       # every window of the duplicate pool.
       tracin_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
       tracin_pool=dict(clean=160, shuffled=32, random=32),
-      # Shard the batch over all devices when more than one is present.
-      use_mesh=True,
       # The injected-noise diagnostic (ours): overrides of this config, run into
       # <workdir>/diagnostic/. None: skipped.
       diagnostic=dict(
