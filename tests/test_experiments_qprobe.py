@@ -156,3 +156,13 @@ def test_smoke_end_to_end(tmp_path):
       assert records[0]["step"] == 0
       assert max(r["step"] for r in records) == config.num_steps
       assert sum("loss_mean" in r for r in records) == config.num_steps
+
+
+def test_diagnostic_pairs_match_l_pg_with_l_ce_of_the_same_settings():
+  specs = get_config("quick").diagnostics
+  runs = {name: [{"expected_reward": 0.3 + 0.01 * s} for s in range(3)] for name in specs}
+  runs["L_PG_lr1e3"] = [{"expected_reward": 0.25 + 0.01 * s} for s in range(3)]
+  pairs = train.pg_vs_ce_pairs(specs, runs)
+  assert set(pairs) == {"L_PG_lr1e3 - L_CE_lr1e3"}  # train_beta01 has no L_CE twin
+  assert pairs["L_PG_lr1e3 - L_CE_lr1e3"]["delta"] == pytest.approx(-0.05)
+  assert pairs["L_PG_lr1e3 - L_CE_lr1e3"]["delta_std"] == pytest.approx(0.0, abs=1e-12)

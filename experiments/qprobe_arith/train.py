@@ -374,6 +374,7 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
   for b in config.betas:
     common.add_paired_deltas(per_seed_base, beta_key(b), baseline="base")
   diagnostics = common.aggregate(diag_runs) if diag_runs else {}
+  diagnostic_pairs = pg_vs_ce_pairs(config.diagnostics, diag_runs)
   if "L_CE" in per_seed:
     for rs in per_seed.values():
       for r in rs:
@@ -406,6 +407,7 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
     backend=jax.default_backend(),
     examples=examples(split.probe_test, data.texts["test"], test_r),
     diagnostics=diagnostics,
+    diagnostic_pairs=diagnostic_pairs,
   )
   plot_vs_k(exp_dir, config, per_seed, base_row, facts)
   plot_vs_beta(exp_dir, config, per_seed, base_row)
@@ -413,6 +415,23 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
   facts["runtime_s"] = runtime
   write_table(exp_dir, config, metrics, base_row, claims, facts)
   return common.finish(exp_dir, EXPERIMENT, config, metrics, runtime, log, **facts)
+
+
+def pg_vs_ce_pairs(specs, runs) -> dict[str, dict[str, float]]:
+  """Paired E[r] deltas of an L_PG diagnostic against the L_CE diagnostic with the same overrides.
+
+  Returns:
+    ``{"<pg name> - <ce name>": {"delta": mean, "delta_std": std}}`` over seeds.
+  """
+  out = {}
+  for pg, pg_spec in specs.items():
+    for ce, ce_spec in specs.items():
+      pg_over, ce_over = dict(pg_spec), dict(ce_spec)
+      if (pg_over.pop("method"), ce_over.pop("method")) == ("L_PG", "L_CE") and pg_over == ce_over:
+        d = [a["expected_reward"] - b["expected_reward"] for a, b in zip(runs[pg], runs[ce])]
+        mean, std = common.mean_std(d)
+        out[f"{pg} - {ce}"] = {"delta": mean, "delta_std": std}
+  return out
 
 
 def distinct_stats(texts, rewards) -> dict[str, float]:
@@ -584,6 +603,13 @@ def write_table(exp_dir, config, metrics, base_row, claims, facts):
         )
       )
       + "."
+    )
+  for pair, d in facts["diagnostic_pairs"].items():
+    clear = n >= 3 and abs(d["delta"]) > 2 * d["delta_std"] / math.sqrt(n)
+    word = ("better" if d["delta"] > 0 else "worse") if clear else "no clear difference"
+    notes.append(
+      f"Diagnostic pair {pair} at beta = {beta:g} (paired, the same probe settings): "
+      f"{d['delta']:+.3f} ± {d['delta_std']:.2g} ({'L_PG ' + word if clear else word})."
     )
   notes += [
     f"Per test prompt, the {config.n_samples} samples hold on average {ds['distinct_correct']:.1f} "
