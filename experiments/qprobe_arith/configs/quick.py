@@ -15,9 +15,10 @@ CodeLlama-7B; 100 training prompts (theirs: 464) and 100 test prompts x 192
 samples (theirs: 200; 192 = 4 chunks of 48); a reach-the-target task with an
 executed check instead of MBPP's unit tests.
 
-Resources: one CPU process, < 2 GB RAM. Most of the time is the base LM (2000
-steps) and sampling 200 x 192 completions (the library's sampler re-runs the
-whole row each token).
+Resources: one CPU process, < 2 GB RAM; about 5.4 min of CPU (22 min wall on 2
+cores shared with three other jobs, 2026-11-30). Half of it is the two LMs, a third
+sampling 200 x 192 completions (the library's sampler re-runs the whole row for each
+token). Expected: base pass@1 0.169, L_CE 0.240, L_PG 0.279 at beta = 0.1 (k = 48).
 """
 
 import ml_collections
