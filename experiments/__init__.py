@@ -23,12 +23,12 @@ from types import ModuleType
 
 EXPERIMENTS: tuple[str, ...] = (
   "loss_linreg",  # loss-based reweighting, linear regression (Sow et al. Fig. 7)
-  "loss_lm",  # loss-based reweighting, LM pretraining on stdlib source
-  "presence_lm",  # PRESENCE self-influence reweighting, LM on noisy stdlib data
+  "loss_lm",  # loss-based reweighting, LM pretraining on a mixture of offline domains
+  "presence_lm",  # PRESENCE self-influence reweighting, LM pretraining on the same mixture
   "noisy_digits",  # noisy labels on digits: Forward / Reweight / DWS / RENT (Bae et al.)
   "tiw_gmm",  # TIW-DSM, 2-D Gaussian mixture with biased mode proportions (Kim et al.)
   "tiw_digits",  # TIW-DSM, long-tailed 8x8 digits with a 5% balanced reference
-  "qprobe_arith",  # Q-probe, arithmetic with an executable reward (Li et al.)
+  "qprobe_arith",  # Q-probe, reach-the-target expressions with an executed check (Li et al.)
 )
 
 
