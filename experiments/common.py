@@ -222,6 +222,26 @@ def add_paired_deltas(
       run[f"delta_{metric}"] = run[metric] - b
 
 
+def add_paired_deltas_vs(per_seed: dict[str, list[dict[str, float]]], metric: str, baseline: str) -> None:
+  """Adds ``<metric>_vs_<baseline>`` (a copy of ``metric``) and its paired delta to every run.
+
+  :func:`add_paired_deltas` names the delta ``delta_<metric>`` whatever the
+  baseline, so a second baseline needs its own metric name; a
+  :class:`Claim` against that baseline uses ``metric=f"{metric}_vs_{baseline}"``.
+  Methods without ``metric`` (or a missing baseline) are skipped.
+  """
+  if baseline not in per_seed or metric not in per_seed[baseline][0]:
+    return
+  alias = f"{metric}_vs_{baseline}"
+  base = [run[metric] for run in per_seed[baseline]]
+  for runs in per_seed.values():
+    if metric not in runs[0]:
+      continue
+    for run, b in zip(runs, base):
+      run[alias] = run[metric]
+      run[f"delta_{alias}"] = run[metric] - b
+
+
 def write_summary(
   exp_dir: str | os.PathLike,
   experiment: str,

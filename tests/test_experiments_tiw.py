@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments import common
 from experiments.tiw_digits import configs as digits_configs
 from experiments.tiw_digits import features as F
 from experiments.tiw_digits import train as digits
@@ -167,7 +168,7 @@ def test_paired_deltas_vs_a_second_baseline():
     "b": [{"m": 0.5}, {"m": 3.0}],
     "c": [{"x": 0.0}, {"x": 0.0}],
   }
-  gmm.add_paired_deltas_vs(per_seed, "m", "b")
+  common.add_paired_deltas_vs(per_seed, "m", "b")
   assert [r["delta_m_vs_b"] for r in per_seed["a"]] == [0.5, -1.0]
   assert [r["delta_m_vs_b"] for r in per_seed["b"]] == [0.0, 0.0]
   assert "delta_m_vs_b" not in per_seed["c"][0]

@@ -34,7 +34,6 @@ import jaxweights
 from experiments import common
 from experiments.tiw_digits import features as F
 from experiments.tiw_gmm import methods as M
-from experiments.tiw_gmm.train import add_paired_deltas_vs
 from jaxweights import data as jw_data
 from jaxweights import density_ratio as dr
 from jaxweights import diffusion as df
@@ -341,7 +340,7 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
   for metric in ("class_tv", "tail_mass", "fd", "heldout_dsm"):
     common.add_paired_deltas(per_seed, metric, baseline="dsm_obs")
   for metric, baseline in (("class_tv", "iw_dsm"), ("fd", "iw_dsm"), ("fd", "dsm_ref")):
-    add_paired_deltas_vs(per_seed, metric, baseline)
+    common.add_paired_deltas_vs(per_seed, metric, baseline)
   metrics = common.aggregate(per_seed)
   refs = reference_values(config, datasets, digits, judge)
   refs["judge_test_accuracy"] = judge.test_accuracy

@@ -241,25 +241,6 @@ CLAIMS = (
 )
 
 
-def add_paired_deltas_vs(per_seed, metric: str, baseline: str) -> None:
-  """Adds ``<metric>_vs_<baseline>`` (a copy of ``metric``) and its paired delta to every run.
-
-  :func:`experiments.common.add_paired_deltas` names the delta ``delta_<metric>``
-  whatever the baseline, so a second baseline needs its own metric name. Methods
-  without ``metric`` (or a missing baseline) are skipped.
-  """
-  if baseline not in per_seed or metric not in per_seed[baseline][0]:
-    return
-  alias = f"{metric}_vs_{baseline}"
-  base = [run[metric] for run in per_seed[baseline]]
-  for runs in per_seed.values():
-    if metric not in runs[0]:
-      continue
-    for run, b in zip(runs, base):
-      run[alias] = run[metric]
-      run[f"delta_{alias}"] = run[metric] - b
-
-
 def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
   """Runs every method and seed; writes summary, claims, table and plots.
 
@@ -365,8 +346,8 @@ def train_and_evaluate(config, workdir, *, log=print) -> dict[str, Any]:
   for metric in ("mode_tv", "sw", "heldout_dsm"):
     common.add_paired_deltas(per_seed, metric, baseline="dsm_obs")
   for metric in ("mode_tv", "sw", "ratio_mae"):
-    add_paired_deltas_vs(per_seed, metric, "iw_dsm")
-  add_paired_deltas_vs(per_seed, "sw", "dsm_ref")
+    common.add_paired_deltas_vs(per_seed, metric, "iw_dsm")
+  common.add_paired_deltas_vs(per_seed, "sw", "dsm_ref")
   metrics = common.aggregate(per_seed)
   references = reference_values(config, datasets, target)
 
