@@ -3,8 +3,8 @@
 ``python -m experiments.qprobe_arith --config=full``. The quick recipe with more
 training prompts (200, theirs 464), seeds and API rows. The split differs, so the
 LMs' text and hence the LMs differ from ``quick``'s. About 8.4 min of CPU (28 min
-wall on 2 cores shared with three other jobs, 2026-11-30). Expected: base pass@1
-0.150, L_CE 0.183, L_PG 0.233 at beta = 0.1 (k = 48).
+wall on 2 cores shared with three other jobs, 2026-11-30). The results are in the
+generated table and README.md.
 """
 
 import ml_collections
