@@ -324,6 +324,31 @@ def test_claim_verdicts(tmp_path):
   assert "# Paper vs ours: verdicts" in text and "| a beats uniform | Fig. 1 |" in text
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_has_the_shape(name):
+  """main.py, configs/ (smoke, quick, full) of ConfigDicts, train_and_evaluate, a README
+  with the paper's setting vs ours."""
+  root = Path(__file__).resolve().parent.parent / "experiments" / name
+  assert (root / "main.py").exists() and (root / "train.py").exists()
+  readme = (root / "README.md").read_text()
+  assert "paper" in readme.lower() and "python -m experiments." in readme
+  module = load(name)
+  assert callable(module.train_and_evaluate)
+  for config in ("smoke", "quick", "full"):
+    cfg = module.get_config(config)
+    assert isinstance(cfg, ml_collections.ConfigDict) and cfg.name == config
+
+
+@pytest.mark.parametrize("name", ["loss_lm", "presence_lm"])
+def test_lm_quick_configs_stay_within_one_pass(name, tmp_path):
+  from experiments import lm_recipe
+
+  config = load(name).get_config("quick")
+  config.cache_dir = str(tmp_path)
+  passes = lm_recipe.check_passes(config, lm_recipe.load_corpus(config))
+  assert 0.5 < max(passes.values()) <= 1.0
+
+
 def test_unknown_names():
   with pytest.raises(ValueError):
     load("nope")
