@@ -326,7 +326,7 @@ def test_claim_verdicts(tmp_path):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_has_the_shape(name):
-  """main.py, configs/ (smoke, quick, full) of ConfigDicts, train_and_evaluate, a README
+  """main.py, configs/ (smoke, quick, full, accel and more) of ConfigDicts, train_and_evaluate, a README
   with the paper's setting vs ours."""
   root = Path(__file__).resolve().parent.parent / "experiments" / name
   assert (root / "main.py").exists() and (root / "train.py").exists()
@@ -334,7 +334,10 @@ def test_every_experiment_has_the_shape(name):
   assert "paper" in readme.lower() and "python -m experiments." in readme
   module = load(name)
   assert callable(module.train_and_evaluate)
-  for config in ("smoke", "quick", "full"):
+  names = {p.stem for p in (root / "configs").glob("*.py") if not p.stem.startswith("_")}
+  # A linear model needs no accelerator: loss_linreg's full config is its longest.
+  assert {"smoke", "quick", "full"} | ({"accel"} if name != "loss_linreg" else set()) <= names
+  for config in sorted(names):  # every config loads, and names itself
     cfg = module.get_config(config)
     assert isinstance(cfg, ml_collections.ConfigDict) and cfg.name == config
 

@@ -2,9 +2,8 @@
 
 ``python -m experiments.tiw_gmm --config=full``
 
-Measured 2026-11-30 (21 min CPU): sliced W2 DSM(obs) 0.32, DSM(ref) 0.12, IW-DSM
-0.16, TIW-DSM 0.22, authors' code 0.37, TIW-DSM with the exact ratio 0.04; mean
-log-ratio error time-dependent 0.32 vs time-independent 0.86 (README.md).
+21 min of CPU (2026-11-30). The measured results are in the generated table and
+README.md.
 """
 
 import ml_collections
