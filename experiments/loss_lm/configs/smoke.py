@@ -20,4 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every = 2
   config.eval_every = 6
   config.eval_batch_size = 16
+  config.bf16_methods = ("linupper",)
   return config
