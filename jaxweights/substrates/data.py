@@ -268,8 +268,24 @@ def digits_batch(data: dict, *, seed: int, step: int, batch_size: int, split: st
 # Text corpora.
 
 
+class _Tokenized:
+  """What every corpus with a ``tokenizer`` attribute derives from it."""
+
+  tokenizer: tokenizers.Tokenizer
+
+  @property
+  def vocab_size(self) -> int:
+    """The tokenizer's vocabulary size, special token included."""
+    return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+  @property
+  def eot_id(self) -> int:
+    """The id of the ``<|endoftext|>`` separator that closes every document or chunk."""
+    return int(self.tokenizer.token_to_id(EOT))
+
+
 @dataclasses.dataclass
-class TextCorpus:
+class TextCorpus(_Tokenized):
   """Token streams with a held-out split by document and the tokenizer that made them.
 
   Attributes:
@@ -289,16 +305,6 @@ class TextCorpus:
   test_tokens: np.ndarray
   train_files: list[str]
   test_files: list[str]
-
-  @property
-  def vocab_size(self) -> int:
-    """The tokenizer's vocabulary size, special token included."""
-    return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
-
-  @property
-  def eot_id(self) -> int:
-    """The id of the ``<|endoftext|>`` document separator."""
-    return int(self.tokenizer.token_to_id(EOT))
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes ``tokenizer.json`` and ``split.json`` (file lists, sizes) to ``directory``.
@@ -573,7 +579,7 @@ MIXTURE_DOMAINS: dict[str, Callable[[], list[tuple[str, int, Callable[[], str]]]
 
 
 @dataclasses.dataclass(frozen=True)
-class MixtureCorpus:
+class MixtureCorpus(_Tokenized):
   """Token streams of several text domains with i.i.d. held-out rows per domain.
 
   Attributes:
@@ -590,16 +596,6 @@ class MixtureCorpus:
   train: dict[str, np.ndarray]
   test: dict[str, np.ndarray]
   chunks: dict[str, dict[str, int]]
-
-  @property
-  def vocab_size(self) -> int:
-    """The tokenizer's vocabulary size, special token included."""
-    return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
-
-  @property
-  def eot_id(self) -> int:
-    """The id of the ``<|endoftext|>`` chunk separator."""
-    return int(self.tokenizer.token_to_id(EOT))
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes ``tokenizer.json`` and ``split.json`` (domains, chunk and token counts).
