@@ -149,7 +149,9 @@ def run_logger(exp_dir: Path, method: str, seed: int) -> jaxweights.JsonlLogger:
   """A fresh logger at ``runs/<method>_seed<seed>.jsonl`` (an old file is removed)."""
   path = run_log_path(exp_dir, method, seed)
   path.unlink(missing_ok=True)
-  return jaxweights.JsonlLogger(path)
+  # Every process logs: each has its own workdir (``.process<k>`` for k > 0), and
+  # each reads its own log back to compute the run's metrics.
+  return jaxweights.JsonlLogger(path, all_processes=True)
 
 
 def run_log_path(exp_dir: Path, method: str, seed: int) -> Path:

@@ -115,7 +115,11 @@ def run_one(
       fingerprint={"config": common.config_json(config), "method": method, "seed": seed},
     )
   resuming = checkpointer is not None and checkpointer.latest_step() is not None
-  logger = jaxweights.JsonlLogger(log_path) if resuming else common.run_logger(exp_dir, method, seed)
+  logger = (
+    jaxweights.JsonlLogger(log_path, all_processes=True)
+    if resuming
+    else common.run_logger(exp_dir, method, seed)
+  )
   if not resuming:
     logger.log({"step": 0, **eval_fn(state)})
   jaxweights.train_loop(
